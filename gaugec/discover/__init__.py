@@ -1,0 +1,32 @@
+"""Discovery: run every seed's probe through the rule registry and solve the constraints into gauges."""
+from __future__ import annotations
+
+import dataclasses
+
+from gaugec.capture import GaugeGraph
+from gaugec.discover import rules  # noqa: F401  (registers the rules)
+from gaugec.discover.engine import Engine
+from gaugec.discover.rules.rope import find_rope_macros
+from gaugec.discover.solve import FoundGauge, Refusal, solve
+
+
+@dataclasses.dataclass
+class Discovery:
+    engine: Engine
+    gauges: list[FoundGauge]
+    refusals: list[Refusal]
+
+    @property
+    def unknown_ops(self) -> dict[str, int]:
+        return dict(self.engine.unknown_ops)
+
+
+def discover(gg: GaugeGraph, loss: str | None = "cross_entropy") -> Discovery:
+    if loss not in ("cross_entropy", "mse", None):
+        raise ValueError(f"loss must be 'cross_entropy', 'mse' or None, got {loss!r}")
+    engine = Engine(gg, loss)
+    find_rope_macros(engine)
+    engine.seed_all()
+    engine.run()
+    gauges, refusals = solve(engine)
+    return Discovery(engine, gauges, refusals)

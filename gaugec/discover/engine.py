@@ -1,0 +1,536 @@
+"""The propagation engine: seeds, probes, the rule context and the rule registry.
+
+A *probe* follows one candidate group action forward from its seed through the graph. Its state on a tensor is an
+integer array of the tensor's full shape:
+
+* multiplicative probes (``kind="mult"``) carry *coordinate ids*: the group acts on the tensor by
+  ``T'[p] = sum_q M[C[p], C[q]] T[q]`` over positions ``q`` in the same fibre; ``-1`` marks positions it leaves
+  alone. Coordinates are grouped into blocks by the solver; a block is GL, a scaled 2x2 rotation (RoPE commutant),
+  a signed scalar or a positive scalar.
+* additive probes (``kind="add"``) carry *value labels*: the action adds ``delta`` with ``delta[p] = v[L[p]]``
+  (positions with equal labels move by the same amount, ``-1`` means zero). Softmax, layer norm and the loss absorb
+  a delta that is constant along their axis; a bias absorbs a delta that has its shape.
+
+Index-moving ops apply the same numpy operation to the array, so views, transposes, slices, concatenation, GQA
+expansion and head splitting need no special cases. Each op rule records constraints (fibres, kinds, dual ties,
+legs, kills) in the :class:`Constraints` store; :mod:`gaugec.discover.solve` turns them into gauges.
+"""
+from __future__ import annotations
+
+import dataclasses
+import heapq
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.fx
+
+from gaugec.capture import GaugeGraph
+
+# ---------------------------------------------------------------------------------------------------------------
+# graph helpers
+
+
+def op_name(node: torch.fx.Node) -> str:
+    """'view', 'linear', 'add', ... for ATen call_function nodes; '<builtin getitem>' style names otherwise."""
+    if node.op != "call_function":
+        return node.op
+    t = node.target
+    schema = getattr(t, "_schema", None)
+    if schema is not None:
+        return schema.name.split("::")[-1]
+    return getattr(t, "__name__", str(t))
+
+
+def node_shape(node) -> tuple[int, ...] | None:
+    val = node.meta.get("val") if isinstance(node, torch.fx.Node) else None
+    if isinstance(val, torch.Tensor):
+        return tuple(int(s) for s in val.shape)
+    return None
+
+
+def arg(node: torch.fx.Node, i: int, name: str, default=None):
+    if len(node.args) > i:
+        return node.args[i]
+    return node.kwargs.get(name, default)
+
+
+def norm_dim(d: int, ndim: int) -> int:
+    return d + ndim if d < 0 else d
+
+
+def varying_axes(a: np.ndarray) -> set[int]:
+    """Axes along which the array is not constant."""
+    out = set()
+    for ax in range(a.ndim):
+        if a.shape[ax] > 1:
+            first = np.take(a, [0], axis=ax)
+            if not np.all(a == first):
+                out.add(ax)
+    return out
+
+
+def broadcast_shape_axes(small: tuple[int, ...], big_ndim: int) -> tuple[int, ...]:
+    """Left-pad a broadcast operand's shape to big_ndim."""
+    return (1,) * (big_ndim - len(small)) + tuple(small)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# probes and constraints
+
+
+@dataclasses.dataclass
+class Leg:
+    """How a parameter moves under a group action.
+
+    role "out":   p <- M p along ``axis`` (the writer side; M built from the blocks of ``coords``)
+    role "in":    p <- M^-T p along ``axis`` (the reader side; W <- W M^-1 for a linear)
+    role "gain":  p <- m (p + offset) - offset, M diagonal (Gemma-style (offset + w) gains; offset 0 is a plain gain)
+    role "shift": p <- p + 1 (x) t, t a free vector over the axes not in ``axes`` (broadcast over ``axes``)
+    role "absorb": p <- p - delta, delta read off the tensor that reaches the bias at ``node`` (additive absorbers)
+    """
+
+    param: str
+    role: str
+    axis: int = 0
+    coords: np.ndarray | None = None     # global coordinate id per index along axis (-1: untouched)
+    offset: float = 0.0
+    axes: tuple[int, ...] = ()          # broadcast axes for role "shift"
+    node: str = ""                       # graph node where the leg was found
+    site: str = ""                       # node name of the tensor an absorber reads (role "absorb")
+    site_index: np.ndarray | None = None  # flat positions of that tensor giving each bias element (role "absorb")
+
+
+@dataclasses.dataclass
+class Probe:
+    id: int
+    kind: str                 # "mult" | "add"
+    seed: str                 # seed kind: "gl" | "diag" | "row_shift" | "translation"
+    node: torch.fx.Node
+    initial: np.ndarray
+    coord_base: int = 0
+    coord_count: int = 0
+    legs: list = dataclasses.field(default_factory=list)
+    tags: set = dataclasses.field(default_factory=set)
+    citations: list = dataclasses.field(default_factory=list)   # (lemma id, node name)
+    refusals: list = dataclasses.field(default_factory=list)    # (node name, reason)
+    dead: bool = False
+    sinks: list = dataclasses.field(default_factory=list)       # (node name, what)
+    describe: str = ""
+
+
+class Constraints:
+    """Everything the rules learn, over global coordinate ids."""
+
+    def __init__(self):
+        self.n_coords = 0
+        self.coord_probe: list[int] = []          # coordinate id -> probe id
+        self.coord_kind: list[str] = []           # initial kind of the coordinate's block: "gl" | "scalar"
+        self.seed_blocks: list[np.ndarray] = []   # coordinate sets that start as one block
+        self.fibres: list[frozenset] = []
+        self._fibre_keys: set = set()
+        self.kinds: list[tuple[str, tuple]] = []  # ("pos"|"scalar", (c,)) or ("rot2", (c1, c2))
+        self.ties: list[tuple[np.ndarray, np.ndarray, int]] = []
+        self.killed: set[int] = set()
+        self.kill_reasons: dict[int, str] = {}
+        self.half_edges: dict[str, dict[str, list]] = {}   # node -> side -> [(probe id, C)]
+
+    def new_coords(self, n: int, probe_id: int, kind: str) -> int:
+        base = self.n_coords
+        self.n_coords += n
+        self.coord_probe.extend([probe_id] * n)
+        self.coord_kind.extend([kind] * n)
+        if kind == "gl":
+            self.seed_blocks.append(np.arange(base, base + n))
+        return base
+
+    def add_fibres(self, C: np.ndarray, axes: list[int]):
+        axes = [norm_dim(a, C.ndim) for a in axes]
+        rest = [a for a in range(C.ndim) if a not in axes]
+        rows = np.transpose(C, rest + axes).reshape(-1, int(np.prod([C.shape[a] for a in axes], dtype=np.int64)))
+        if rows.shape[0] > 1:
+            rows = np.unique(rows, axis=0)
+        for row in rows:
+            key = frozenset(int(c) for c in row if c >= 0)
+            if len(key) > 1 and key not in self._fibre_keys:
+                self._fibre_keys.add(key)
+                self.fibres.append(key)
+
+    def kill(self, coords, reason: str):
+        for c in np.unique(np.asarray(coords)):
+            c = int(c)
+            if c >= 0 and c not in self.killed:
+                self.killed.add(c)
+                self.kill_reasons[c] = reason
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# rule registry
+
+MULT_RULES: dict[str, Callable] = {}
+ADD_RULES: dict[str, Callable] = {}
+INDEX_RULES: dict[str, Callable] = {}     # pure array maps shared by every probe kind and by parameter views
+SEED_RULES: dict[str, Callable] = {}
+BARRIERS: dict[str, str] = {}             # op -> reason (explicit refusals, shown by --explain)
+
+
+def rule(*names: str, kind: str):
+    """Register ``fn(ctx, node) -> state | None`` for ops ``names``; kind is "mult", "add", "both" or "seed"."""
+
+    def deco(fn):
+        tables = {"mult": [MULT_RULES], "add": [ADD_RULES], "both": [MULT_RULES, ADD_RULES],
+                  "seed": [SEED_RULES], "index": [INDEX_RULES]}[kind]
+        for table in tables:
+            for n in names:
+                table[n] = fn
+        return fn
+
+    return deco
+
+
+def barrier(reason: str, *names: str):
+    for n in names:
+        BARRIERS[n] = reason
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# parameter views: tensors that are a parameter moved by index ops (W.t(), gamma.view(1, C, 1, 1), 1 + w)
+
+
+@dataclasses.dataclass
+class ParamView:
+    param: str
+    P: np.ndarray          # flat index into the parameter, per position of the view
+    offset: float = 0.0    # the view is P-indexed (offset + w)
+
+
+@dataclasses.dataclass
+class RopeMacro:
+    """q * cos + rotate_half(q) * sin, recognised as one rotary op on ``x`` along ``axis``."""
+
+    add: torch.fx.Node
+    x: torch.fx.Node
+    axis: int
+    pairs: list            # (i, j): positions along axis rotated together, J e_i = e_j
+    style: str             # "half" | "interleaved"
+    internal: set
+
+
+class Engine:
+    def __init__(self, gg: GaugeGraph, loss: str | None):
+        self.gg = gg
+        self.loss = loss
+        self.graph = gg.graph
+        self.topo = list(self.graph.nodes)
+        self.index = {n: i for i, n in enumerate(self.topo)}
+        self.cons = Constraints()
+        self.probes: list[Probe] = []
+        self.param_views: dict[torch.fx.Node, ParamView] = {}
+        self.rope: dict[torch.fx.Node, RopeMacro] = {}
+        self.rope_internal: dict[torch.fx.Node, RopeMacro] = {}
+        self.stochastic: set[torch.fx.Node] = set()   # softmax outputs (rows sum to one along the last axis)
+        self.unknown_ops: dict[str, int] = {}
+        self.output_node = next(n for n in reversed(self.topo) if n.op == "output")
+        self.f_output = self._find_f_output()
+        self._fresh = 0
+        self._build_param_views()
+
+    # -- bookkeeping -------------------------------------------------------------------------------------------
+    def fresh_labels(self, n: int) -> int:
+        base = self._fresh
+        self._fresh += n
+        return base
+
+    def param_uses(self) -> dict[str, set[str]]:
+        """parameter -> names of the nodes that use it (through parameter views)."""
+        uses: dict[str, set[str]] = {}
+        for n in self.topo:
+            if n in self.param_views or n.op == "output":
+                continue
+            for a in n.all_input_nodes:
+                pv = self.param_views.get(a)
+                if pv is not None:
+                    uses.setdefault(pv.param, set()).add(n.name)
+        return uses
+
+    def _find_f_output(self) -> torch.fx.Node | None:
+        from torch.utils import _pytree as pytree
+
+        leaves = pytree.tree_leaves(self.output_node.args[0])
+        leaves = [x for x in leaves if isinstance(x, torch.fx.Node)]
+        if not leaves:
+            return None
+        ep = self.gg.exported
+        if ep is not None:
+            try:
+                spec = ep.call_spec.out_spec
+                tree = pytree.tree_unflatten(list(range(spec.num_leaves)), spec)
+                idx = None
+                if isinstance(tree, dict) and "logits" in tree:
+                    idx = tree["logits"]
+                elif hasattr(tree, "logits"):
+                    idx = tree.logits
+                if isinstance(idx, int) and idx < len(leaves):
+                    return leaves[idx]
+            except Exception:  # noqa: BLE001 - fall back to the first tensor output
+                pass
+        for leaf in leaves:
+            if node_shape(leaf) is not None:
+                return leaf
+        return leaves[0]
+
+    def _build_param_views(self):
+        from gaugec.discover.rules.index import apply_index_op
+
+        for n in self.topo:
+            if n.op == "placeholder":
+                pname = self.gg.param_of(n)
+                shape = node_shape(n)
+                if pname is not None and shape is not None:
+                    self.param_views[n] = ParamView(pname, np.arange(int(np.prod(shape, dtype=np.int64))).reshape(shape))
+                continue
+            if n.op != "call_function":
+                continue
+            name = op_name(n)
+            ins = [a for a in n.all_input_nodes if node_shape(a) is not None]
+            pv_ins = [a for a in ins if a in self.param_views]
+            if not pv_ins or len(ins) != len(pv_ins) or len(pv_ins) != 1:
+                continue
+            src = self.param_views[pv_ins[0]]
+            if name in INDEX_RULES:
+                out = apply_index_op(self, n, {pv_ins[0]: src.P}, fill=-1)
+                if isinstance(out, np.ndarray):
+                    self.param_views[n] = ParamView(src.param, out, src.offset)
+            elif name == "add" and src.offset == 0.0 and isinstance(arg(n, 1, "other"), (int, float)) \
+                    and arg(n, 0, "self") is pv_ins[0] and arg(n, 2, "alpha", 1) == 1:
+                shape = node_shape(n)
+                self.param_views[n] = ParamView(src.param, np.broadcast_to(src.P, shape).copy(),
+                                                float(arg(n, 1, "other")))
+
+    # -- seeding and running -----------------------------------------------------------------------------------
+    def seed_all(self):
+        for n in self.topo:
+            if n.op != "call_function":
+                continue
+            fn = SEED_RULES.get(op_name(n))
+            if fn is not None:
+                fn(SeedCtx(self, n), n)
+
+    def add_probe(self, kind, seed, node, initial, coord_kind=None, describe="") -> Probe:
+        p = Probe(len(self.probes), kind, seed, node, initial, describe=describe)
+        if kind == "mult":
+            n = int(initial.max()) + 1 if initial.size else 0
+            p.coord_base = self.cons.new_coords(n, p.id, coord_kind or "gl")
+            p.coord_count = n
+            p.initial = np.where(initial >= 0, initial + p.coord_base, -1)
+        self.probes.append(p)
+        return p
+
+    def run(self):
+        for probe in self.probes:
+            self._run_probe(probe)
+
+    def _run_probe(self, probe: Probe):
+        state: dict[torch.fx.Node, object] = {probe.node: probe.initial}
+        heap: list[int] = []
+        pending: set[torch.fx.Node] = set()
+
+        def push_users(n):
+            for u in n.users:
+                if u not in pending:
+                    pending.add(u)
+                    heapq.heappush(heap, self.index[u])
+
+        push_users(probe.node)
+        while heap and not probe.dead:
+            node = self.topo[heapq.heappop(heap)]
+            pending.discard(node)
+            if node.op == "output":
+                self._at_output(probe, node, state)
+                continue
+            macro = self.rope_internal.get(node)
+            if macro is not None and node is not macro.add:
+                # inside a recognised rotary op: the whole op is evaluated at its output node
+                if macro.add not in pending:
+                    pending.add(macro.add)
+                    heapq.heappush(heap, self.index[macro.add])
+                continue
+            ctx = RuleCtx(self, probe, node, state)
+            if macro is not None:
+                from gaugec.discover.rules.rope import rope_rule
+                out = rope_rule(ctx, node, macro)
+            else:
+                out = ctx.dispatch()
+            if out is not None and not probe.dead:
+                state[node] = out
+                push_users(node)
+
+    def _at_output(self, probe: Probe, node, state):
+        from torch.utils import _pytree as pytree
+
+        for leaf in pytree.tree_leaves(node.args[0]):
+            if not isinstance(leaf, torch.fx.Node) or leaf not in state:
+                continue
+            if leaf is not self.f_output:
+                continue  # not part of f: the gauge need not preserve it
+            arr = state[leaf]
+            ctx = RuleCtx(self, probe, node, state)
+            if probe.kind == "mult":
+                ctx.kill(arr, "the group reaches the model output unabsorbed")
+            elif self.loss == "cross_entropy" and arr.ndim >= 1 and (arr.shape[-1] == 1 or
+                                                                       -1 not in varying_axes_l(arr)):
+                ctx.cite("softmax_shift")
+                ctx.sink("cross_entropy")
+            else:
+                why = ("the translation reaches the output and the loss is not shift-invariant"
+                       if self.loss != "cross_entropy" else "the translation is not constant along the classes")
+                ctx.kill(arr, why)
+
+
+def varying_axes_l(a: np.ndarray) -> set[int]:
+    """varying axes, with the last axis reported as -1 too."""
+    v = varying_axes(a)
+    return v | ({-1} if (a.ndim - 1) in v else set())
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# rule context
+
+
+class RuleCtx:
+    """What a rule sees: the node, the probe's state on its inputs, and the constraint store."""
+
+    def __init__(self, engine: Engine, probe: Probe, node: torch.fx.Node, state: dict):
+        self.engine = engine
+        self.probe = probe
+        self.node = node
+        self._state = state
+        self.cons = engine.cons
+
+    @property
+    def mult(self) -> bool:
+        return self.probe.kind == "mult"
+
+    def state(self, a):
+        if isinstance(a, torch.fx.Node):
+            return self._state.get(a)
+        return None
+
+    def shape(self, a=None):
+        return node_shape(self.node if a is None else a)
+
+    def param_view(self, a) -> ParamView | None:
+        return self.engine.param_views.get(a) if isinstance(a, torch.fx.Node) else None
+
+    def carried(self) -> list[torch.fx.Node]:
+        return [a for a in self.node.all_input_nodes if a in self._state]
+
+    def dispatch(self):
+        from gaugec.discover.rules.index import apply_index_op
+
+        name = op_name(self.node)
+        if name in INDEX_RULES:
+            self.cite("index_transport")
+            out = apply_index_op(self.engine, self.node, self._state, fill=-1)
+            return out
+        table = MULT_RULES if self.mult else ADD_RULES
+        fn = table.get(name)
+        if fn is None:
+            reason = BARRIERS.get(name)
+            if reason is None:
+                reason = f"no rule for op '{name}' (a barrier: nothing crosses it)"
+                self.engine.unknown_ops[name] = self.engine.unknown_ops.get(name, 0) + 1
+            for a in self.carried():
+                self.kill(self._state[a], reason)
+            return None
+        return fn(self, self.node)
+
+    # -- recording ---------------------------------------------------------------------------------------------
+    def cite(self, lemma_id: str):
+        self.probe.citations.append((lemma_id, self.node.name))
+
+    def tag(self, t: str):
+        self.probe.tags.add(t)
+
+    def sink(self, what: str):
+        self.probe.sinks.append((self.node.name, what))
+
+    def kill(self, arr, reason: str):
+        self.probe.refusals.append((self.node.name, reason))
+        if self.mult:
+            self.cons.kill(arr, f"{reason} (at {self.node.name})")
+        else:
+            self.probe.dead = True
+
+    def kill_all(self, reason: str):
+        for a in self.carried():
+            self.kill(self._state[a], reason)
+        return None
+
+    def leg(self, param: str, role: str, **kw):
+        self.probe.legs.append(Leg(param, role, node=self.node.name, **kw))
+
+    def fibres(self, C, axes):
+        self.cons.add_fibres(C, axes)
+
+    def restrict(self, C: np.ndarray, kind: str):
+        """Every coordinate of C gets a one-dimensional block of ``kind`` ("pos" or "scalar")."""
+        for c in np.unique(C):
+            if c >= 0:
+                self.cons.kinds.append((kind, (int(c),)))
+
+    def half_edge(self, side: str, C: np.ndarray):
+        self.cons.half_edges.setdefault(self.node.name, {}).setdefault(side, []).append((self.probe.id, C))
+
+    def fresh(self, *arrays: np.ndarray) -> np.ndarray:
+        """New labels, one per distinct tuple of input labels; positions where all inputs are -1 stay -1."""
+        shape = np.broadcast_shapes(*[a.shape for a in arrays])
+        cols = np.stack([np.broadcast_to(a, shape).reshape(-1) for a in arrays], axis=1)
+        zero = np.all(cols < 0, axis=1)
+        _, inv = np.unique(cols, axis=0, return_inverse=True)
+        inv = inv.reshape(-1)
+        out = self.engine.fresh_labels(int(inv.max()) + 1 if inv.size else 0) + inv
+        out[zero] = -1
+        return out.reshape(shape)
+
+
+class SeedCtx:
+    def __init__(self, engine: Engine, node):
+        self.engine = engine
+        self.node = node
+
+    def param_view(self, a):
+        return self.engine.param_views.get(a) if isinstance(a, torch.fx.Node) else None
+
+    def probe(self, kind, seed, initial, legs=(), coord_kind=None, describe="", tags=()) -> Probe:
+        p = self.engine.add_probe(kind, seed, self.node, np.asarray(initial), coord_kind, describe)
+        for lg in legs:
+            if lg.coords is not None:
+                lg.coords = np.where(lg.coords >= 0, lg.coords + p.coord_base, -1)
+            lg.node = self.node.name
+            p.legs.append(lg)
+        p.tags.update(tags)
+        return p
+
+
+def param_axis_coords(P: np.ndarray, C: np.ndarray, shape: tuple[int, ...]):
+    """Find the parameter axis that carries the coordinates C, for a parameter view P used beside C.
+
+    P and C broadcast together (P: flat parameter index per position). Returns (axis, coordinate per index along
+    that axis, -1 where untouched) or None when no single axis carries them consistently.
+    """
+    P, C = np.broadcast_arrays(P, C)
+    flatP, flatC = P.reshape(-1), C.reshape(-1)
+    if not (flatC >= 0).any():
+        return None
+    idx = np.unravel_index(flatP, shape)
+    for ax in range(len(shape)):
+        pairs = np.unique(np.stack([idx[ax], flatC], axis=1), axis=0)
+        if len(np.unique(pairs[:, 0])) != len(pairs):
+            continue  # one parameter index meets two coordinates along this axis
+        coords = np.full(shape[ax], -1, dtype=np.int64)
+        coords[pairs[:, 0]] = pairs[:, 1]
+        if (coords >= 0).any():
+            # every other parameter axis must not change the coordinate: checked by the uniqueness above
+            return ax, coords
+    return None

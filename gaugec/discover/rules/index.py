@@ -1,0 +1,177 @@
+"""Index-moving ops: the same numpy operation moves a probe's array, so an action follows its indices.
+
+Lemma: ``index_transport`` (P(Ax) = (P A P^+) P x). These maps are shared by every probe kind and by parameter
+views, so a reshape into heads, a transpose, a GQA expand or a fused-QKV split needs no special case: the solver
+sees the coordinates wherever they land and refines blocks by the fibres that later ops impose.
+"""
+from __future__ import annotations
+
+import operator
+
+import numpy as np
+import torch.fx
+
+from gaugec.discover.engine import INDEX_RULES, arg, node_shape, norm_dim, rule
+
+
+def _src(state, a):
+    return state.get(a) if isinstance(a, torch.fx.Node) else None
+
+
+def apply_index_op(engine, node: torch.fx.Node, state: dict, fill: int = -1):
+    fn = INDEX_RULES[_name(node)]
+    return fn(node, state, fill)
+
+
+def _name(node):
+    from gaugec.discover.engine import op_name
+
+    return op_name(node)
+
+
+def _data(node, state, fill):
+    x = arg(node, 0, "self")
+    a = _src(state, x)
+    if a is None:
+        shp = node_shape(x)
+        a = np.full(shp, fill, dtype=np.int64)
+    return a
+
+
+@rule("view", "_unsafe_view", "reshape", "view_copy", "unsqueeze", "squeeze", "flatten", "unflatten", "view_as",
+      "reshape_as", kind="index")
+def _reshape(node, state, fill):
+    return np.ascontiguousarray(_data(node, state, fill)).reshape(node_shape(node))
+
+
+@rule("clone", "contiguous", "alias", "detach", "_to_copy", "to", "type_as", "lift_fresh_copy", "dropout",
+      "feature_dropout", "alpha_dropout", "_assert_tensor_metadata", kind="index")
+def _identity(node, state, fill):
+    return _data(node, state, fill)
+
+
+@rule("transpose", "swapaxes", kind="index")
+def _transpose(node, state, fill):
+    a = _data(node, state, fill)
+    return np.swapaxes(a, norm_dim(arg(node, 1, "dim0"), a.ndim), norm_dim(arg(node, 2, "dim1"), a.ndim))
+
+
+@rule("t", "numpy_T", kind="index")
+def _t(node, state, fill):
+    return _data(node, state, fill).T
+
+
+@rule("permute", kind="index")
+def _permute(node, state, fill):
+    a = _data(node, state, fill)
+    return np.transpose(a, [norm_dim(d, a.ndim) for d in arg(node, 1, "dims")])
+
+
+@rule("movedim", kind="index")
+def _movedim(node, state, fill):
+    a = _data(node, state, fill)
+    return np.moveaxis(a, arg(node, 1, "source"), arg(node, 2, "destination"))
+
+
+@rule("expand", "broadcast_to", "expand_as", kind="index")
+def _expand(node, state, fill):
+    a = _data(node, state, fill)
+    shape = node_shape(node)
+    a = a.reshape((1,) * (len(shape) - a.ndim) + a.shape)
+    return np.broadcast_to(a, shape)
+
+
+@rule("slice", "narrow", kind="index")
+def _slice(node, state, fill):
+    a = _data(node, state, fill)
+    dim = norm_dim(arg(node, 1, "dim", 0), a.ndim)
+    if _name(node) == "narrow":
+        start = arg(node, 2, "start")
+        end, step = start + arg(node, 3, "length"), 1
+    else:
+        start, end, step = arg(node, 2, "start", None), arg(node, 3, "end", None), arg(node, 4, "step", 1)
+    n = a.shape[dim]
+    start = 0 if start is None else start
+    end = n if end is None else min(end, n)
+    sl = [slice(None)] * a.ndim
+    sl[dim] = slice(start, end, step)
+    return a[tuple(sl)]
+
+
+@rule("select", kind="index")
+def _select(node, state, fill):
+    a = _data(node, state, fill)
+    dim = norm_dim(arg(node, 1, "dim"), a.ndim)
+    return np.take(a, arg(node, 2, "index"), axis=dim)
+
+
+@rule("flip", kind="index")
+def _flip(node, state, fill):
+    a = _data(node, state, fill)
+    return np.flip(a, axis=tuple(norm_dim(d, a.ndim) for d in arg(node, 1, "dims")))
+
+
+@rule("repeat_interleave", kind="index")
+def _repeat_interleave(node, state, fill):
+    a = _data(node, state, fill)
+    reps = arg(node, 1, "repeats")
+    dim = arg(node, 2, "dim", None)
+    if not isinstance(reps, int) or dim is None:
+        raise NotImplementedError("repeat_interleave with tensor repeats")
+    return np.repeat(a, reps, axis=norm_dim(dim, a.ndim))
+
+
+@rule("repeat", kind="index")
+def _repeat(node, state, fill):
+    a = _data(node, state, fill)
+    reps = list(arg(node, 1, "repeats"))
+    a = a.reshape((1,) * (len(reps) - a.ndim) + a.shape)
+    return np.tile(a, reps)
+
+
+def _list_arrays(node, state, fill):
+    out = []
+    for t in arg(node, 0, "tensors"):
+        a = _src(state, t)
+        out.append(a if a is not None else np.full(node_shape(t), fill, dtype=np.int64))
+    return out
+
+
+@rule("cat", "concat", "concatenate", kind="index")
+def _cat(node, state, fill):
+    arrs = [a for a in _list_arrays(node, state, fill) if a.size or a.ndim > 1]
+    dim = arg(node, 1, "dim", 0)
+    return np.concatenate(arrs, axis=norm_dim(dim, arrs[0].ndim))
+
+
+@rule("stack", kind="index")
+def _stack(node, state, fill):
+    arrs = _list_arrays(node, state, fill)
+    return np.stack(arrs, axis=norm_dim(arg(node, 1, "dim", 0), arrs[0].ndim + 1))
+
+
+@rule("split", "split_with_sizes", "chunk", "unbind", "tensor_split", kind="index")
+def _split(node, state, fill):
+    a = _data(node, state, fill)
+    vals = node.meta.get("val")
+    name = _name(node)
+    dim_pos = {"split": 2, "split_with_sizes": 2, "chunk": 2, "unbind": 1, "tensor_split": 2}[name]
+    dim = norm_dim(arg(node, dim_pos, "dim", 0), a.ndim)
+    if name == "unbind":
+        return tuple(np.take(a, i, axis=dim) for i in range(a.shape[dim]))
+    sizes = [int(v.shape[dim]) for v in vals]
+    bounds = np.cumsum(sizes)[:-1]
+    return tuple(np.split(a, bounds, axis=dim))
+
+
+@rule("getitem", kind="index")
+def _getitem(node, state, fill):
+    src, i = node.args[0], node.args[1]
+    a = _src(state, src)
+    if isinstance(a, tuple):
+        return a[i]
+    raise NotImplementedError("getitem on a non-tuple state")
+
+
+# operator.getitem's name as op_name reports it
+INDEX_RULES[operator.getitem.__name__] = _getitem

@@ -1,0 +1,310 @@
+"""Linear maps: linear, matmul/mm/bmm, convolution, embedding.
+
+Group: GL(n) on the output axis of a writer (rows and bias), absorbed by the input axis of every reader
+(W <- W A^-1). Lemmas: ``linear_writer``, ``linear_reader``, ``bilinear_contract`` (a contraction of two probed
+operands pairs A with A^-T: attention Q/K), ``matmul_free_axis`` (a map on an uncontracted axis passes:
+attention V/O), ``additive_linear`` (a bias absorbs a translation pushed through a linear).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from gaugec.discover.engine import Leg, arg, node_shape, norm_dim, param_axis_coords, rule, varying_axes
+
+
+def fibre_along(P_or_C: np.ndarray, axis: int) -> np.ndarray:
+    """The 1-D slice of an array along ``axis`` at index 0 of every other axis."""
+    idx = [0] * P_or_C.ndim
+    idx[axis] = slice(None)
+    return P_or_C[tuple(idx)]
+
+
+def view_leg(pv, view_axis: int, coords: np.ndarray, param_shape, role: str, node_name: str = "") -> Leg | None:
+    """A leg on the parameter behind view ``pv`` whose ``view_axis`` carries ``coords``."""
+    found = param_axis_coords(fibre_along(pv.P, view_axis), coords, param_shape)
+    if found is None:
+        return None
+    axis, pc = found
+    return Leg(pv.param, role, axis=axis, coords=pc, offset=pv.offset, node=node_name)
+
+
+def _pshape(ctx, pv):
+    return ctx.engine.gg.params[pv.param].shape
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# seeds
+
+
+def token_labels(shape) -> np.ndarray:
+    """Labels constant along the last axis, one per position of the other axes (a per-token scalar)."""
+    lead = int(np.prod(shape[:-1], dtype=np.int64))
+    return np.broadcast_to(np.arange(lead).reshape(shape[:-1] + (1,)), shape)
+
+
+def seed_writer(sc, node, W, b, out_axis: int, what: str):
+    """GL seed on ``out_axis`` of the output of a linear/conv (rows of W, entries of b)."""
+    shape = node_shape(node)
+    pvW = sc.param_view(W)
+    if pvW is None or shape is None:
+        return
+    n = shape[out_axis]
+    C = np.arange(n).reshape([n if a == out_axis else 1 for a in range(len(shape))])
+    C = np.broadcast_to(C, shape)
+    pshape = sc.engine.gg.params[pvW.param].shape
+    legs = []
+    wl = param_axis_coords(fibre_along(pvW.P, 0), np.arange(n), pshape)
+    if wl is None:
+        return
+    legs.append(Leg(pvW.param, "out", axis=wl[0], coords=wl[1]))
+    pvb = sc.param_view(b)
+    if pvb is not None:
+        bl = param_axis_coords(pvb.P.reshape(-1), np.arange(n), sc.engine.gg.params[pvb.param].shape)
+        if bl is not None:
+            legs.append(Leg(pvb.param, "out", axis=bl[0], coords=bl[1]))
+    sc.probe("mult", "gl", C, legs, describe=f"GL({n}) on the output of {what} {node.name}")
+    # translations: the row shift W += 1 a^T, b += s 1 (softmax / layer norm / loss absorb it) ...
+    if out_axis == len(shape) - 1 and wl[0] == 0 and len(pshape) == 2:
+        legs = [Leg(pvW.param, "shift", axes=(0,))]
+        if pvb is not None and len(sc.engine.gg.params[pvb.param].shape) == 1:
+            legs.append(Leg(pvb.param, "shift", axes=(0,)))
+        sc.probe("add", "row_shift", token_labels(shape), legs, describe=f"row shift of {what} {node.name}")
+    # ... and the bias translation b += t (a later bias or attention softmax absorbs it)
+    if pvb is not None:
+        L = np.broadcast_to(np.arange(n).reshape([n if a == out_axis else 1 for a in range(len(shape))]), shape)
+        sc.probe("add", "translation", L, [Leg(pvb.param, "shift", axes=())],
+                 describe=f"translation of the bias of {what} {node.name}")
+
+
+@rule("linear", kind="seed")
+def seed_linear(sc, node):
+    seed_writer(sc, node, arg(node, 1, "weight"), arg(node, 2, "bias"), len(node_shape(node)) - 1, "linear")
+
+
+@rule("convolution", "conv2d", "conv1d", "conv3d", kind="seed")
+def seed_conv(sc, node):
+    name = node.target._schema.name.split("::")[-1]
+    groups = arg(node, 8, "groups", 1) if name == "convolution" else arg(node, 6, "groups", 1)
+    transposed = arg(node, 6, "transposed", False) if name == "convolution" else False
+    if groups == 1 and not transposed:
+        seed_writer(sc, node, arg(node, 1, "weight"), arg(node, 2, "bias"), 1, "conv")
+
+
+@rule("embedding", kind="seed")
+def seed_embedding(sc, node):
+    W = arg(node, 0, "weight")
+    pv = sc.param_view(W)
+    shape = node_shape(node)
+    if pv is None or shape is None or pv.P.ndim != 2:
+        return
+    d = shape[-1]
+    C = np.broadcast_to(np.arange(d), shape)
+    sc.probe("mult", "gl", C, [Leg(pv.param, "out", axis=1, coords=np.arange(d))],
+             describe=f"GL({d}) on the output of embedding {node.name}")
+    sc.probe("add", "translation", np.broadcast_to(np.arange(d), shape), [Leg(pv.param, "shift", axes=(0,))],
+             describe=f"translation of every row of embedding {node.name}")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# propagation
+
+
+def _absorb_bias(ctx, L: np.ndarray, b, out_shape) -> bool:
+    """Additive probe meets a bias: absorbed when the translation has the bias's shape (b <- b - delta)."""
+    pvb = ctx.param_view(b)
+    if pvb is None:
+        return False
+    P = np.broadcast_to(pvb.P.reshape((1,) * (len(out_shape) - pvb.P.ndim) + pvb.P.shape), out_shape)
+    pairs = np.unique(np.stack([P.reshape(-1), L.reshape(-1)], axis=1), axis=0)
+    if len(np.unique(pairs[:, 0])) != len(pairs):
+        return False
+    first = np.zeros(pvb.P.size, dtype=np.int64)
+    flatP = P.reshape(-1)
+    order = np.arange(flatP.size)[::-1]
+    first[flatP[order]] = order   # the first position of each bias element
+    ctx.leg(pvb.param, "absorb", site=ctx.node.name, site_index=first)
+    ctx.cite("additive_linear")
+    ctx.sink(f"bias {pvb.param}")
+    return True
+
+
+@rule("linear", kind="mult")
+def linear_mult(ctx, node):
+    x, W = arg(node, 0, "input"), arg(node, 1, "weight")
+    C = ctx.state(x)
+    pvW = ctx.param_view(W)
+    if C is None or pvW is None:
+        return ctx.kill_all("a linear whose weight is an activation or carries the group")
+    if varying_axes(C) - {C.ndim - 1}:
+        return ctx.kill_all("the group acts on a linear's batch axes, not only its input features")
+    ctx.fibres(C, [-1])
+    lg = view_leg(pvW, 1, fibre_along(C, C.ndim - 1), _pshape(ctx, pvW), "in", node.name)
+    if lg is None:
+        return ctx.kill_all("could not map the reader's input axis to a weight axis")
+    ctx.probe.legs.append(lg)
+    ctx.cite("linear_reader")
+    ctx.tag("reader")
+    return None
+
+
+@rule("linear", kind="add")
+def linear_add(ctx, node):
+    x, W, b = arg(node, 0, "input"), arg(node, 1, "weight"), arg(node, 2, "bias")
+    L = ctx.state(x)
+    if L is None or ctx.param_view(W) is None:
+        return ctx.kill_all("a linear whose weight carries the translation")
+    out_shape = node_shape(node)
+    lead = L.reshape(-1, L.shape[-1])
+    _, cls = np.unique(lead, axis=0, return_inverse=True)
+    cls = cls.reshape(L.shape[:-1] + (1,))
+    nonzero = (lead >= 0).any(axis=1).reshape(L.shape[:-1] + (1,))
+    out = ctx.fresh(np.where(nonzero, cls, -1), np.broadcast_to(np.arange(out_shape[-1]), out_shape))
+    out = np.where(np.broadcast_to(nonzero, out_shape), out, -1)
+    ctx.cite("additive_linear")
+    if b is not None and _absorb_bias(ctx, out, b, out_shape):
+        return None
+    return out
+
+
+def _matmul_shapes(a_shape, b_shape):
+    a1 = len(a_shape) == 1
+    b1 = len(b_shape) == 1
+    return a1, b1
+
+
+@rule("matmul", "mm", "bmm", kind="mult")
+def matmul_mult(ctx, node):
+    a, b = node.args[0], node.args[1]
+    Ca, Cb = ctx.state(a), ctx.state(b)
+    sa, sb, so = node_shape(a), node_shape(b), node_shape(node)
+    if len(sa) < 2 or len(sb) < 2:
+        return ctx.kill_all("matmul with a vector operand")
+    out = None
+    for side, C, other in (("a", Ca, b), ("b", Cb, a)):
+        if C is None:
+            continue
+        k_axis = C.ndim - 1 if side == "a" else C.ndim - 2
+        free_axis = C.ndim - 2 if side == "a" else C.ndim - 1
+        var = varying_axes(C)
+        if k_axis in var:
+            if free_axis in var:
+                ctx.kill(C, "the group acts on both the contracted and the free axis of a matmul")
+                continue
+            pv = ctx.param_view(other)
+            if pv is not None:
+                if var - {k_axis}:
+                    ctx.kill(C, "a parameter reader of a batched action")
+                    continue
+                ctx.fibres(C, [k_axis])
+                other_axis = pv.P.ndim - 2 if side == "a" else pv.P.ndim - 1
+                lg = view_leg(pv, other_axis, fibre_along(C, k_axis), _pshape(ctx, pv), "in", node.name)
+                if lg is None:
+                    ctx.kill(C, "could not map the contracted axis to a weight axis")
+                    continue
+                ctx.probe.legs.append(lg)
+                ctx.cite("linear_reader")
+                ctx.tag("reader")
+            else:
+                ctx.fibres(C, [k_axis])
+                # align to [*batch, k]: drop the free axis (C is constant along it)
+                ctx.half_edge(side, np.take(C, 0, axis=free_axis))
+                ctx.cite("bilinear_contract")
+                ctx.tag("attn_qk")
+        else:
+            # the action sits on the free axis (and batch axes): it passes to the output
+            ctx.fibres(C, [free_axis])
+            Cf = np.take(C, 0, axis=k_axis)   # [*batch, free]
+            if side == "a":
+                res = np.expand_dims(Cf, -1)
+            else:
+                res = np.expand_dims(Cf, -2)
+            res = np.broadcast_to(res.reshape((1,) * (len(so) - res.ndim) + res.shape), so)
+            ctx.cite("matmul_free_axis")
+            ctx.tag("attn_vo" if side == "b" else "matmul_free")
+            if out is not None:
+                ctx.kill(res, "the same group reaches both free axes of a matmul")
+                continue
+            out = res
+    return out
+
+
+@rule("matmul", "mm", "bmm", kind="add")
+def matmul_add(ctx, node):
+    a, b = node.args[0], node.args[1]
+    La, Lb = ctx.state(a), ctx.state(b)
+    so = node_shape(node)
+    if La is not None and Lb is not None:
+        return ctx.kill_all("a translation on both operands of a matmul")
+    if Lb is not None:
+        k_axis = Lb.ndim - 2
+        if k_axis not in varying_axes(Lb) and _row_stochastic(ctx, a):
+            # sum_j a_ij (v_j + t) = sum_j a_ij v_j + t when every row of a sums to one
+            ctx.cite("value_bias_rows")
+            ctx.tag("attn_value_translation")
+            res = np.take(Lb, 0, axis=k_axis)[..., None, :]
+            return np.broadcast_to(res.reshape((1,) * (len(so) - res.ndim) + res.shape), so)
+        # generic: delta' = a @ delta varies with a's free axis and with the class of delta's column
+        cols = np.moveaxis(Lb, -1, 0).reshape(Lb.shape[-1], -1)
+        _, cls = np.unique(cols, axis=0, return_inverse=True)
+        m = so[-2]
+        out = ctx.fresh(np.broadcast_to(np.arange(m)[:, None], so),
+                        np.broadcast_to(cls.reshape(-1)[None, :], so))
+        ctx.cite("additive_passthrough")
+        return out
+    # translation on the left operand: delta' = delta @ b varies along b's free axis, with the class of delta's row
+    rows = La.reshape(-1, La.shape[-1])
+    _, cls = np.unique(rows, axis=0, return_inverse=True)
+    cls = cls.reshape(La.shape[:-1] + (1,))
+    n = so[-1]
+    out = ctx.fresh(np.broadcast_to(cls.reshape((1,) * (len(so) - cls.ndim) + cls.shape), so),
+                    np.broadcast_to(np.arange(n), so))
+    ctx.cite("additive_passthrough")
+    return out
+
+
+def _row_stochastic(ctx, a) -> bool:
+    """Is ``a`` a softmax over its last axis (possibly cast, copied or passed through eval dropout)?"""
+    from gaugec.discover.engine import op_name
+
+    seen = 0
+    while seen < 8:
+        seen += 1
+        name = op_name(a)
+        if name in ("softmax", "_softmax") and norm_dim(arg(a, 1, "dim"), len(node_shape(a))) == len(node_shape(a)) - 1:
+            return True
+        if name in ("_to_copy", "to", "clone", "contiguous", "dropout", "type_as", "alias", "detach"):
+            a = a.args[0]
+            continue
+        return False
+    return False
+
+
+@rule("convolution", "conv2d", "conv1d", "conv3d", kind="mult")
+def conv_mult(ctx, node):
+    x, W = arg(node, 0, "input"), arg(node, 1, "weight")
+    C = ctx.state(x)
+    pvW = ctx.param_view(W)
+    name = node.target._schema.name.split("::")[-1]
+    groups = arg(node, 8, "groups", 1) if name == "convolution" else arg(node, 6, "groups", 1)
+    if C is None or pvW is None or groups != 1:
+        return ctx.kill_all("a grouped convolution, or one whose weight carries the group")
+    if varying_axes(C) - {1}:
+        return ctx.kill_all("the group acts on a convolution's spatial or batch axes")
+    ctx.fibres(C, [1])
+    lg = view_leg(pvW, 1, fibre_along(C, 1), _pshape(ctx, pvW), "in", node.name)
+    if lg is None:
+        return ctx.kill_all("could not map the conv input channels to a weight axis")
+    ctx.probe.legs.append(lg)
+    ctx.cite("linear_reader")
+    ctx.tag("reader")
+    return None
+
+
+@rule("convolution", "conv2d", "conv1d", "conv3d", "embedding", kind="add")
+def conv_add(ctx, node):
+    return ctx.kill_all("a translation entering a convolution or an embedding (not tracked)")
+
+
+@rule("embedding", kind="mult")
+def embedding_mult(ctx, node):
+    return ctx.kill_all("the group reaches embedding indices")

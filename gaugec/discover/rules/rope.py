@@ -1,0 +1,173 @@
+"""Rotary position embeddings, recognised in the graph as ``x * cos + rotate_half(x) * sin``.
+
+rotate_half pairs coordinate i with a partner j (half-split: j = i + d/2; interleaved: j = i + 1 for even i), and
+the op applies R(s θ_p) to each pair at position s. A map A on x survives iff it commutes with every R(s θ_p): the
+commutant, one scaled 2x2 rotation a I + b J per pair (``rope_commutant``: R(φ) (s R(ψ)) = (s R(ψ)) R(φ)). Partial
+rotary slices the head first, so the non-rotary part keeps its full GL. A translation does not survive: it rotates
+with the position.
+"""
+from __future__ import annotations
+
+import numpy as np
+import sympy as sp
+
+from gaugec.discover.engine import RopeMacro, arg, node_shape, norm_dim, op_name
+from gaugec.prove.lemma import lemma
+
+
+@lemma("rope_commutant", "R(φ) (s R(ψ)) = (s R(ψ)) R(φ): scaled rotations commute with every rotary angle")
+def _rope_commutant():
+    phi, psi = sp.symbols("phi psi", real=True)
+    s = sp.Symbol("s", positive=True)
+
+    def R(t):
+        return sp.Matrix([[sp.cos(t), -sp.sin(t)], [sp.sin(t), sp.cos(t)]])
+
+    return [R(phi) * (s * R(psi)) - (s * R(psi)) * R(phi)]
+
+
+@lemma("rope_half_split", "x cos + rotate_half(x) sin applies R(θ) to each pair (x_i, x_{i+d/2})")
+def _rope_half():
+    x0, x1, c, s = sp.symbols("x0 x1 c s", real=True)
+    x = sp.Matrix([x0, x1])
+    rot_half = sp.Matrix([-x1, x0])
+    R = sp.Matrix([[c, -s], [s, c]])
+    return [x * c + rot_half * s - R * x]
+
+
+_PASS = ("_to_copy", "to", "clone", "contiguous", "alias", "type_as")
+
+
+def _strip(n):
+    while isinstance(n, type(n)) and hasattr(n, "op") and n.op == "call_function" and op_name(n) in _PASS:
+        n = n.args[0]
+    return n
+
+
+def _mul_operands(n):
+    if not hasattr(n, "op") or op_name(n) not in ("mul", "mul_"):
+        return None
+    a, b = n.args[0], n.args[1]
+    if not (hasattr(a, "op") and hasattr(b, "op")):
+        return None
+    return a, b
+
+
+def _slice_info(n):
+    """(source, dim, start, end, step) for a slice node."""
+    if not hasattr(n, "op") or op_name(n) != "slice":
+        return None
+    shape = node_shape(n.args[0])
+    dim = norm_dim(arg(n, 1, "dim", 0), len(shape))
+    size = shape[dim]
+    start = arg(n, 2, "start", 0) or 0
+    end = arg(n, 3, "end", None)
+    end = size if end is None else min(end, size)
+    return n.args[0], dim, start, end, arg(n, 4, "step", 1)
+
+
+def _match_rotate_half(r, x):
+    """Return (pairs, style, internal nodes) if r == rotate_half(x), else None."""
+    internal = {r}
+    shape = node_shape(x)
+    if shape is None:
+        return None
+    d = shape[-1]
+    last = len(shape) - 1
+    if op_name(r) in ("cat", "concat") and len(r.args[0]) == 2 and norm_dim(arg(r, 1, "dim", 0), len(shape)) == last:
+        parts = []
+        for p in r.args[0]:
+            neg = False
+            if hasattr(p, "op") and op_name(p) == "neg":
+                internal.add(p)
+                p, neg = p.args[0], True
+            info = _slice_info(p)
+            if info is None or _strip(info[0]) is not _strip(x) or info[1] != last or info[4] != 1:
+                return None
+            internal.add(p)
+            parts.append((info[2], info[3], neg))
+        h = d // 2
+        if d % 2 or sorted((a, b) for a, b, _ in parts) != [(0, h), (h, d)]:
+            return None
+        if parts[0][:2] != (h, d) or parts[0][2] == parts[1][2]:
+            return None
+        return [(i, i + h) for i in range(h)], "half", internal
+    if op_name(r) in ("view", "reshape", "_unsafe_view", "flatten") and node_shape(r) == shape:
+        st = r.args[0]
+        if not hasattr(st, "op") or op_name(st) != "stack" or len(st.args[0]) != 2:
+            return None
+        internal.add(st)
+        parts = []
+        for p in st.args[0]:
+            neg = False
+            if hasattr(p, "op") and op_name(p) == "neg":
+                internal.add(p)
+                p, neg = p.args[0], True
+            info = _slice_info(p)
+            if info is None or _strip(info[0]) is not _strip(x) or info[1] != last or info[4] != 2:
+                return None
+            internal.add(p)
+            parts.append((info[2], neg))
+        if d % 2 or [s for s, _ in parts] != [1, 0] or parts[0][1] == parts[1][1]:
+            return None
+        return [(i, i + 1) for i in range(0, d, 2)], "interleaved", internal
+    return None
+
+
+def find_rope_macros(engine):
+    for n in engine.topo:
+        if n.op != "call_function" or op_name(n) not in ("add", "add_") or len(n.args) < 2:
+            continue
+        m1, m2 = _mul_operands(n.args[0]), _mul_operands(n.args[1])
+        if m1 is None or m2 is None:
+            continue
+        found = None
+        for (mc, ms) in ((n.args[0], n.args[1]), (n.args[1], n.args[0])):
+            for x, c in (mc.args[:2], mc.args[1::-1]):
+                for r, s in (ms.args[:2], ms.args[1::-1]):
+                    if not hasattr(r, "op") or x in engine.param_views or c in engine.param_views \
+                            or s in engine.param_views:
+                        continue
+                    m = _match_rotate_half(r, x)
+                    if m is not None:
+                        found = (x, m, {mc, ms})
+                        break
+                if found:
+                    break
+            if found:
+                break
+        if not found:
+            continue
+        x, (pairs, style, internal), muls = found
+        internal = internal | muls
+        # every internal node must feed only the macro
+        if any(u not in internal and u is not n for i in internal for u in i.users):
+            continue
+        macro = RopeMacro(n, x, len(node_shape(x)) - 1, pairs, style, internal | {n})
+        engine.rope[n] = macro
+        for i in internal | {n}:
+            engine.rope_internal[i] = macro
+
+
+def rope_rule(ctx, node, macro: RopeMacro):
+    C = ctx.state(macro.x)
+    if C is None:
+        # the probe reached cos/sin, not x
+        return ctx.kill_all("the group reaches the rotary angles")
+    if not ctx.mult:
+        return ctx.kill_all("a translation rotates with the position under RoPE")
+    so = node_shape(node)
+    C = np.broadcast_to(C.reshape((1,) * (len(so) - C.ndim) + C.shape), so)
+    ctx.fibres(C, [-1])
+    first = np.stack([C[..., i] for i, _ in macro.pairs], -1).reshape(-1)
+    second = np.stack([C[..., j] for _, j in macro.pairs], -1).reshape(-1)
+    pairs = np.unique(np.stack([first, second], 1), axis=0)
+    for a, b in pairs:
+        if a >= 0 and b >= 0:
+            ctx.cons.kinds.append(("rot2", (int(a), int(b))))
+        elif a >= 0 or b >= 0:
+            ctx.cons.kill([a, b], "a rotary pair only half acted on")
+    ctx.cite("rope_half_split" if macro.style == "half" else "rope_commutant")
+    ctx.cite("rope_commutant")
+    ctx.tag("rope")
+    return C

@@ -1,0 +1,205 @@
+"""The Jacobian oracle: ground truth for soundness and completeness (design section 5).
+
+At a generic θ every symmetry generator ξ lies in the null space of J = ∂f(θ, x_i)/∂θ stacked over enough inputs,
+and for analytic networks the null space is spanned by symmetry generators. The oracle:
+
+* re-initialises a float64 copy of the model at a generic point (fan-in scaled weights, gains near 1, nonzero
+  biases), draws random inputs covering every token and position until J has more rows than θ has entries,
+* accumulates G = JᵀJ and reads its eigenvalues: the nullity counts those below ``rel_tol`` x the largest,
+  and the gap between the last null and the first non-null eigenvalue is reported,
+* checks every found generator: ‖Jξ‖ / (‖J‖ ‖ξ‖) at rounding level (soundness),
+* removes the span of the found generators from the null space; what is left is missed, attributed per module by
+  the squared mass of an orthonormal basis of the missed space on that module's parameters.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+
+import numpy as np
+import torch
+from torch.func import functional_call, jacrev
+
+from gaugec.capture import unique_named_parameters
+from gaugec.pipeline import first_tensor
+
+
+@dataclasses.dataclass
+class ModuleRow:
+    module: str
+    n_params: int
+    oracle: float
+    found: float
+    missed: float
+
+
+@dataclasses.dataclass
+class OracleReport:
+    n_params: int
+    n_rows: int
+    nullity: int
+    found_rank: int
+    missed: int
+    gap: float
+    eigenvalues: np.ndarray
+    soundness: dict[str, float]        # gauge name -> max ‖Jξ‖/(‖J‖‖ξ‖) over its generators
+    modules: list[ModuleRow]
+    threshold: float
+
+    @property
+    def sound(self) -> bool:
+        return all(v <= 1e-8 for v in self.soundness.values())
+
+    @property
+    def complete(self) -> bool:
+        return self.missed == 0
+
+    def __str__(self) -> str:
+        lines = [
+            f"oracle: {self.n_params} parameters, {self.n_rows} Jacobian rows (float64)",
+            f"  nullity {self.nullity} (eigenvalues of JᵀJ below {self.threshold:.1e} x max; gap {self.gap:.1e})",
+            f"  found {self.found_rank}, missed {self.missed}",
+            "",
+            f"  {'module':<32} {'params':>7} {'oracle':>8} {'found':>8} {'missed':>8}",
+        ]
+        for r in self.modules:
+            lines.append(f"  {r.module:<32} {r.n_params:>7} {r.oracle:>8.2f} {r.found:>8.2f} {r.missed:>8.2f}")
+        if self.soundness:
+            lines += ["", f"  {'gauge':<44} {'soundness ‖Jξ‖/(‖J‖‖ξ‖)':>26}"]
+            for k, v in self.soundness.items():
+                flag = "" if v <= 1e-8 else "   UNSOUND"
+                lines.append(f"  {k:<44} {v:>26.1e}{flag}")
+        return "\n".join(lines)
+
+
+def generic_init_(model: torch.nn.Module, seed: int = 0):
+    """Fan-in scaled weights, gains near 1, nonzero biases: a point where no accidental structure hides."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.ndim >= 2:
+                fan_in = int(np.prod(p.shape[1:]))
+                p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float64) / math.sqrt(fan_in))
+            else:
+                looks_like_gain = bool(p.detach().abs().mean() > 0.5)
+                noise = torch.randn(p.shape, generator=gen, dtype=torch.float64) * 0.3
+                p.copy_(1.0 + noise if looks_like_gain else noise)
+
+
+def _vocab_size(model) -> int | None:
+    sizes = [m.num_embeddings for m in model.modules() if isinstance(m, torch.nn.Embedding)]
+    return max(sizes) if sizes else None
+
+
+def sample_inputs(model, example_inputs: tuple, gen: torch.Generator) -> tuple:
+    """Random inputs shaped like the examples: token ids over the whole vocabulary, floats from N(0, 1)."""
+    vocab = _vocab_size(model)
+    out = []
+    for i, x in enumerate(example_inputs):
+        if not isinstance(x, torch.Tensor):
+            out.append(x)
+        elif x.is_floating_point():
+            out.append(torch.randn(x.shape, generator=gen, dtype=torch.float64))
+        elif x.dtype == torch.bool or (i > 0 and x.numel() and bool(((x == 0) | (x == 1)).all())):
+            out.append(x.clone())   # masks stay as they are
+        else:
+            hi = vocab if vocab is not None else int(x.max()) + 1
+            out.append(torch.randint(0, hi, x.shape, generator=gen))
+    return tuple(out)
+
+
+def verify(model, example_inputs, plan=None, loss: str | None = "cross_entropy", seed: int = 0,
+           rel_tol: float = 1e-10, row_factor: float = 2.0, max_batches: int = 64) -> OracleReport:
+    """Run the oracle on ``model``; compare with ``plan`` (compiled here when None)."""
+    from gaugec.plan.plan import GaugePlan
+    from gaugec.pipeline import compile as gaugec_compile
+
+    if not isinstance(example_inputs, tuple):
+        example_inputs = (example_inputs,)
+    if plan is None:
+        plan = gaugec_compile(model, example_inputs, loss=loss)
+    loss = plan.loss
+    model64 = copy.deepcopy(model).to(torch.float64).eval()
+    generic_init_(model64, seed)
+    bound = GaugePlan(model64, plan.gauges, loss=loss, graph=plan.graph, example_inputs=example_inputs)
+
+    info = unique_named_parameters(model64)
+    names = list(info)
+    shapes = [info[n].shape for n in names]
+    sizes = [int(np.prod(s, dtype=np.int64)) for s in shapes]
+    n = sum(sizes)
+    named = dict(model64.named_parameters(remove_duplicate=False))
+    theta = torch.cat([named[k].detach().reshape(-1) for k in names])
+    aliases = {k: info[k].aliases for k in names}
+
+    def f_of(flat, inputs):
+        params, o = {}, 0
+        for k, s, sz in zip(names, shapes, sizes):
+            t = flat[o:o + sz].reshape(s)
+            params[k] = t
+            for a in aliases[k]:
+                params[a] = t
+            o += sz
+        out = first_tensor(functional_call(model64, params, inputs))
+        if loss == "cross_entropy":
+            out = torch.log_softmax(out, dim=-1)
+        return out.reshape(-1)
+
+    B = bound.tangent_basis() if bound.gauges else torch.zeros(0, n, dtype=torch.float64)
+    gen = torch.Generator().manual_seed(seed + 1)
+    G = torch.zeros(n, n, dtype=torch.float64)
+    JB2 = torch.zeros(B.shape[0], dtype=torch.float64)   # ‖J ξ‖² per generator, accumulated exactly
+    rows = 0
+    batches = 0
+    while rows < row_factor * n and batches < max_batches:
+        inputs = sample_inputs(model64, example_inputs, gen)
+        J = jacrev(f_of)(theta, inputs)
+        G += J.T @ J
+        JB2 += ((J @ B.T) ** 2).sum(0)
+        rows += J.shape[0]
+        batches += 1
+    evals, evecs = torch.linalg.eigh(G)
+    lam_max = float(evals[-1].clamp_min(1e-300))
+    thr = rel_tol * lam_max
+    null_mask = evals < thr
+    nullity = int(null_mask.sum())
+    below = evals[null_mask]
+    above = evals[~null_mask]
+    gap = float(above[0] / below[-1].clamp_min(1e-300)) if len(below) and len(above) else float("inf")
+    N = evecs[:, null_mask]                         # [n, nullity]
+
+    soundness = {}
+    jnorm = math.sqrt(lam_max)
+    o = 0
+    for g in bound.gauges:
+        norms = B[o:o + g.dim].norm(dim=1)
+        ratios = JB2[o:o + g.dim].sqrt() / (jnorm * norms.clamp_min(1e-300))
+        soundness[g.name] = float(ratios[norms > 0].max()) if bool((norms > 0).any()) else 0.0
+        o += g.dim
+    if B.shape[0]:
+        U, S, _ = torch.linalg.svd(B.T, full_matrices=False)
+        r = int((S > S[0] * 1e-9).sum())
+        Q = U[:, :r]
+    else:
+        r, Q = 0, torch.zeros(n, 0, dtype=torch.float64)
+    M = N - Q @ (Q.T @ N)
+    if M.shape[1]:
+        Um, Sm, _ = torch.linalg.svd(M, full_matrices=False)
+        missed = int((Sm > 1e-6).sum())
+        Umiss = Um[:, :missed]
+    else:
+        missed, Umiss = 0, torch.zeros(n, 0, dtype=torch.float64)
+
+    modules = []
+    by_module: dict[str, list[int]] = {}
+    o = 0
+    for k, sz in zip(names, sizes):
+        mod = k.rsplit(".", 1)[0] if "." in k else "(root)"
+        by_module.setdefault(mod, []).extend(range(o, o + sz))
+        o += sz
+    for mod, idx in by_module.items():
+        ii = torch.tensor(idx)
+        modules.append(ModuleRow(mod, len(idx), float((N[ii] ** 2).sum()), float((Q[ii] ** 2).sum()),
+                                 float((Umiss[ii] ** 2).sum())))
+    return OracleReport(n, rows, nullity, r, missed, gap, evals.numpy(), soundness, modules, rel_tol)

@@ -1,0 +1,258 @@
+"""GaugePlan: the compiled list of proven gauges, bound to a model."""
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import torch
+
+from gaugec.capture import unique_named_parameters
+from gaugec.plan import (Gauge, PlanLeg, PlanMismatchError, apply_mult_leg, shift_basis, shift_from_vector)
+from gaugec.plan.runner import GraphRunner
+
+PLAN_FORMAT = "gaugec-plan/1"
+
+
+class GaugePlan:
+    """Proven gauges of one model, with generators, group elements and the action on the model's parameters.
+
+    ``tangent_basis()`` columns follow ``model.named_parameters()`` with tied tensors once.
+    """
+
+    def __init__(self, model: torch.nn.Module, gauges: list[Gauge], loss=None, graph=None, example_inputs=None,
+                 refusals=None, rejected=None, unknown_ops=None, timings=None):
+        self.model = model
+        self.gauges = gauges
+        self.loss = loss
+        self.graph = graph
+        self.example_inputs = example_inputs
+        self.refusals = refusals or []
+        self.rejected = rejected or []       # gauges whose numeric check or proof failed: never in .gauges
+        self.unknown_ops = unknown_ops or {}
+        self.timings = timings or {}
+        self._param_info = unique_named_parameters(model)
+        self._check_model()
+
+    # -- model binding ---------------------------------------------------------------------------------------------
+    def _check_model(self):
+        for g in self.gauges:
+            for lg in g.legs:
+                info = self._param_info.get(lg.param)
+                if info is None:
+                    raise PlanMismatchError(f"gauge {g.name}: parameter {lg.param!r} is not in the model")
+                if lg.entries is not None:
+                    if lg.axis >= len(info.shape) or info.shape[lg.axis] != len(lg.entries):
+                        raise PlanMismatchError(
+                            f"gauge {g.name}: parameter {lg.param} has shape {info.shape}, the plan expects "
+                            f"{len(lg.entries)} entries along axis {lg.axis}")
+
+    def _params(self) -> dict[str, torch.Tensor]:
+        named = dict(self.model.named_parameters(remove_duplicate=False))
+        return {name: named[name] for name in self._param_info}
+
+    @property
+    def param_names(self) -> list[str]:
+        return list(self._param_info)
+
+    @property
+    def n_params(self) -> int:
+        return int(sum(np.prod(i.shape, dtype=np.int64) for i in self._param_info.values()))
+
+    @property
+    def dim(self) -> int:
+        """Total orbit dimension found: the rank of the tangent basis."""
+        if not self.gauges:
+            return 0
+        if self.model_is_meta():
+            return sum(g.dim for g in self.gauges)
+        B = self.tangent_basis()
+        if B.shape[0] == 0:
+            return 0
+        return int(torch.linalg.matrix_rank(B).item())
+
+    def model_is_meta(self) -> bool:
+        return any(p.is_meta for p in self.model.parameters())
+
+    def _runner(self):
+        return GraphRunner(self.graph, self.model, self.example_inputs)
+
+    # -- generators ------------------------------------------------------------------------------------------------
+    def gauge_tangents(self, gauge: Gauge, params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """Generators of one gauge at the current parameters: [gauge.dim, n_params] (float64)."""
+        params = params if params is not None else self._params()
+        offsets, total = self._offsets()
+        rows = []
+        if gauge.kind == "mult":
+            for b, X in gauge.algebra_basis():
+                mats = [None] * len(gauge.blocks)
+                mats[b] = X
+                v = torch.zeros(total, dtype=torch.float64)
+                for lg in gauge.legs:
+                    t = apply_mult_leg(params[lg.param], lg, mats, tangent=True)
+                    o = offsets[lg.param]
+                    v[o:o + t.numel()] += t.reshape(-1)
+                rows.append(v)
+        else:
+            for vec in torch.eye(gauge.additive_dim, dtype=torch.float64):
+                rows.append(self._additive_delta(gauge, vec, params, offsets, total))
+        return torch.stack(rows) if rows else torch.zeros(0, total, dtype=torch.float64)
+
+    def _offsets(self):
+        offsets, o = {}, 0
+        for name, info in self._param_info.items():
+            offsets[name] = o
+            o += int(np.prod(info.shape, dtype=np.int64))
+        return offsets, o
+
+    def tangent_basis(self) -> torch.Tensor:
+        """[sum of gauge dims, n_params]: every gauge's generators at the model's current θ."""
+        params = self._params()
+        parts = [self.gauge_tangents(g, params) for g in self.gauges]
+        if not parts:
+            return torch.zeros(0, self._offsets()[1], dtype=torch.float64)
+        return torch.cat(parts, 0)
+
+    # -- group action ----------------------------------------------------------------------------------------------
+    def random_element(self, generator: torch.Generator | None = None, spread: float = 10.0):
+        """A random group element: one element per gauge (a list, in plan order)."""
+        gen = generator if generator is not None else torch.Generator().manual_seed(0)
+        return [g.random_element(gen, spread) for g in self.gauges]
+
+    def identity(self):
+        return [g.identity_element() for g in self.gauges]
+
+    @torch.no_grad()
+    def act(self, g, gauges: list[Gauge] | None = None):
+        """Apply the group element g (from random_element) to the model's parameters in place."""
+        gauges = self.gauges if gauges is None else gauges
+        if len(g) != len(gauges):
+            raise PlanMismatchError(f"group element has {len(g)} parts, the plan has {len(gauges)} gauges")
+        params = self._params()
+        for gauge, (kind, val) in zip(gauges, g):
+            self._act_one(gauge, kind, val, params)
+
+    def _act_one(self, gauge: Gauge, kind: str, val, params):
+        if kind != gauge.kind:
+            raise PlanMismatchError(f"element of kind {kind} for gauge {gauge.name} of kind {gauge.kind}")
+        if kind == "mult":
+            new = {}
+            for lg in gauge.legs:
+                src = new.get(lg.param, params[lg.param])
+                new[lg.param] = apply_mult_leg(src, lg, val)
+            for name, t in new.items():
+                params[name].copy_(t.to(params[name].dtype))
+        else:
+            offsets, total = self._offsets()
+            delta = self._additive_delta(gauge, val, params, offsets, total)
+            for name, p in params.items():
+                o = offsets[name]
+                d = delta[o:o + p.numel()].reshape(p.shape)
+                if torch.any(d != 0):
+                    p.add_(d.to(p.dtype))
+
+    def _additive_delta(self, gauge: Gauge, vec: torch.Tensor, params, offsets, total) -> torch.Tensor:
+        """Parameter change of translation ``vec``: the seed shift plus minus what reaches each absorbing bias."""
+        delta = torch.zeros(total, dtype=torch.float64)
+        k = 0
+        moved = {}
+        for lg in gauge.legs:
+            if lg.role != "shift":
+                continue
+            shape = tuple(params[lg.param].shape)
+            n = int(np.prod([s for i, s in enumerate(shape) if i not in lg.axes], dtype=np.int64))
+            t = shift_from_vector(shape, lg.axes, vec[k:k + n])
+            k += n
+            o = offsets[lg.param]
+            delta[o:o + t.numel()] += t.reshape(-1)
+            moved[lg.param] = t
+        absorbers = [lg for lg in gauge.legs if lg.role == "absorb"]
+        if absorbers:
+            runner = self._runner()
+            sites = {lg.site for lg in absorbers}
+            base = runner.values(params, sites)
+            shifted = {n: p.detach().to(torch.float64) + moved[n] if n in moved else p for n, p in params.items()}
+            after = runner.values(shifted, sites)
+            for lg in absorbers:
+                diff = (after[lg.site].to(torch.float64) - base[lg.site].to(torch.float64)).reshape(-1)
+                comp = -diff[torch.as_tensor(lg.site_index)]
+                o = offsets[lg.param]
+                delta[o:o + comp.numel()] += comp
+        return delta
+
+    # -- serialisation ---------------------------------------------------------------------------------------------
+    def signature(self) -> dict:
+        return {name: list(info.shape) for name, info in self._param_info.items()}
+
+    def to_json(self, indent: int | None = None) -> str:
+        data = {
+            "format": PLAN_FORMAT,
+            "loss": self.loss,
+            "model_signature": self.signature(),
+            "gauges": [gauge_to_dict(g) for g in self.gauges],
+        }
+        return json.dumps(data, indent=indent)
+
+    @classmethod
+    def from_json(cls, text: str, model: torch.nn.Module, example_inputs=None) -> "GaugePlan":
+        try:
+            data = json.loads(text)
+        except (TypeError, ValueError) as exc:
+            raise PlanMismatchError(f"plan JSON is corrupted: {exc}") from exc
+        if not isinstance(data, dict) or data.get("format") != PLAN_FORMAT:
+            raise PlanMismatchError(f"not a gaugec plan (expected format {PLAN_FORMAT!r})")
+        try:
+            gauges = [gauge_from_dict(d) for d in data["gauges"]]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise PlanMismatchError(f"plan JSON is corrupted: {type(exc).__name__}: {exc}") from exc
+        sig = data.get("model_signature", {})
+        info = unique_named_parameters(model)
+        for name, shape in sig.items():
+            if name not in info:
+                raise PlanMismatchError(f"the plan's parameter {name!r} is not in the model")
+            if list(info[name].shape) != list(shape):
+                raise PlanMismatchError(f"parameter {name}: model shape {list(info[name].shape)}, plan {shape}")
+        graph = None
+        if example_inputs is not None:
+            from gaugec.capture import capture
+
+            graph = capture(model, example_inputs)
+        return cls(model, gauges, loss=data.get("loss"), graph=graph, example_inputs=example_inputs)
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(self.to_json().encode()).hexdigest()[:16]
+
+    def summary_rows(self) -> list[dict]:
+        rows = []
+        for g in self.gauges:
+            rows.append({"name": g.name, "family": g.family, "group": g.group, "dim": g.dim,
+                         "params": g.params, "proof": g.proof.status if g.proof else "none",
+                         "residual": g.numeric_residual})
+        return rows
+
+    def __repr__(self):
+        return f"GaugePlan({len(self.gauges)} gauges, {sum(g.dim for g in self.gauges)} generators)"
+
+
+def gauge_to_dict(g: Gauge) -> dict:
+    return {
+        "name": g.name, "family": g.family, "kind": g.kind, "group": g.group, "dim": g.dim,
+        "blocks": [list(b) for b in g.blocks], "additive_dim": g.additive_dim,
+        "legs": [lg.to_dict() for lg in g.legs],
+        "proof": g.proof.to_dict() if g.proof is not None else None,
+        "numeric_residual": g.numeric_residual, "exact": g.exact, "description": g.description,
+    }
+
+
+def gauge_from_dict(d: dict) -> Gauge:
+    from gaugec.prove import Proof
+
+    g = Gauge(d["name"], d["family"], d["kind"], [(str(k), int(m)) for k, m in d["blocks"]],
+              [PlanLeg.from_dict(x) for x in d["legs"]], additive_dim=int(d.get("additive_dim", 0)),
+              numeric_residual=d.get("numeric_residual"), exact=bool(d.get("exact", True)),
+              description=list(d.get("description", [])))
+    if d.get("proof") is not None:
+        g.proof = Proof.from_dict(d["proof"])
+    if g.kind not in ("mult", "add"):
+        raise ValueError(f"unknown gauge kind {g.kind!r}")
+    return g

@@ -1,0 +1,273 @@
+"""Built-in tiny models (pure PyTorch) for the CLI, the demo and the tests.
+
+Every factory returns ``(model, example_inputs)``. The decoders are written the way their families are usually
+written (hand-written RMSNorm with pow/mean/rsqrt, rotate_half RoPE, repeat_kv GQA, fused GPT-2 QKV), so the
+discovery rules see the graphs users hand them, not a simplified form.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class RMSNorm(nn.Module):
+    """x / rms(x) * w, or * (1 + w) with ``offset_gain`` (Gemma)."""
+
+    def __init__(self, d: int, eps: float = 1e-6, offset_gain: bool = False):
+        super().__init__()
+        self.offset_gain = offset_gain
+        self.weight = nn.Parameter(torch.zeros(d) if offset_gain else torch.ones(d))
+        self.eps = eps
+
+    def forward(self, x):
+        var = x.pow(2).mean(-1, keepdim=True)
+        x = x * torch.rsqrt(var + self.eps)
+        return x * (1.0 + self.weight) if self.offset_gain else self.weight * x
+
+
+def rotate_half(x):
+    h = x.shape[-1] // 2
+    return torch.cat((-x[..., h:], x[..., :h]), dim=-1)
+
+
+def rotate_interleaved(x):
+    return torch.stack((-x[..., 1::2], x[..., 0::2]), dim=-1).flatten(-2)
+
+
+class Rotary(nn.Module):
+    def __init__(self, dim: int, base: float = 10000.0, interleaved: bool = False):
+        super().__init__()
+        self.dim = dim
+        self.interleaved = interleaved
+        self.register_buffer("inv_freq", 1.0 / base ** (torch.arange(0, dim, 2).float() / dim), persistent=False)
+
+    def forward(self, x, positions):
+        freqs = positions[:, None].to(self.inv_freq.dtype) * self.inv_freq[None, :]
+        if self.interleaved:
+            emb = torch.repeat_interleave(freqs, 2, dim=-1)
+            rot = rotate_interleaved
+        else:
+            emb = torch.cat((freqs, freqs), dim=-1)
+            rot = rotate_half
+        cos, sin = emb.cos().to(x.dtype), emb.sin().to(x.dtype)
+        r = self.dim
+        if r == x.shape[-1]:
+            return x * cos + rot(x) * sin
+        x_rot, x_pass = x[..., :r], x[..., r:]
+        return torch.cat((x_rot * cos + rot(x_rot) * sin, x_pass), dim=-1)
+
+
+class LlamaAttention(nn.Module):
+    def __init__(self, d, n_heads, n_kv_heads, bias=False, rope=True, partial_rotary=1.0, interleaved=False):
+        super().__init__()
+        self.h, self.hkv, self.dh = n_heads, n_kv_heads, d // n_heads
+        self.q_proj = nn.Linear(d, n_heads * self.dh, bias=bias)
+        self.k_proj = nn.Linear(d, n_kv_heads * self.dh, bias=bias)
+        self.v_proj = nn.Linear(d, n_kv_heads * self.dh, bias=bias)
+        self.o_proj = nn.Linear(n_heads * self.dh, d, bias=False)
+        rot_dim = int(self.dh * partial_rotary) // 2 * 2
+        self.rotary = Rotary(rot_dim, interleaved=interleaved) if rope and rot_dim else None
+
+    def forward(self, x):
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.h, self.dh).transpose(1, 2)
+        k = self.k_proj(x).view(B, T, self.hkv, self.dh).transpose(1, 2)
+        v = self.v_proj(x).view(B, T, self.hkv, self.dh).transpose(1, 2)
+        if self.rotary is not None:
+            pos = torch.arange(T, device=x.device)
+            q, k = self.rotary(q, pos), self.rotary(k, pos)
+        rep = self.h // self.hkv
+        if rep > 1:  # repeat_kv, as Hugging Face writes it
+            k = k[:, :, None, :, :].expand(B, self.hkv, rep, T, self.dh).reshape(B, self.h, T, self.dh)
+            v = v[:, :, None, :, :].expand(B, self.hkv, rep, T, self.dh).reshape(B, self.h, T, self.dh)
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.o_proj(out.transpose(1, 2).reshape(B, T, self.h * self.dh))
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, d, d_ff, act="silu"):
+        super().__init__()
+        self.gate_proj = nn.Linear(d, d_ff, bias=False)
+        self.up_proj = nn.Linear(d, d_ff, bias=False)
+        self.down_proj = nn.Linear(d_ff, d, bias=False)
+        self.act = F.silu if act == "silu" else F.gelu
+
+    def forward(self, x):
+        return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
+
+
+class LlamaBlock(nn.Module):
+    def __init__(self, d, n_heads, n_kv_heads, d_ff, eps, **kw):
+        super().__init__()
+        offset = kw.pop("offset_gain", False)
+        self.input_layernorm = RMSNorm(d, eps, offset)
+        self.self_attn = LlamaAttention(d, n_heads, n_kv_heads, **kw)
+        self.post_attention_layernorm = RMSNorm(d, eps, offset)
+        self.mlp = SwiGLU(d, d_ff)
+
+    def forward(self, x):
+        x = x + self.self_attn(self.input_layernorm(x))
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class TinyLlama(nn.Module):
+    """Llama-style decoder: RMSNorm, RoPE, GQA (repeat_kv), SwiGLU, optional tied head / biases / Gemma gains."""
+
+    def __init__(self, vocab=16, d=8, n_layers=1, n_heads=2, n_kv_heads=2, d_ff=12, eps=1e-6, tie=False,
+                 bias=False, rope=True, partial_rotary=1.0, interleaved=False, offset_gain=False):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(vocab, d)
+        self.layers = nn.ModuleList(
+            LlamaBlock(d, n_heads, n_kv_heads, d_ff, eps, bias=bias, rope=rope, partial_rotary=partial_rotary,
+                       interleaved=interleaved, offset_gain=offset_gain) for _ in range(n_layers))
+        self.norm = RMSNorm(d, eps, offset_gain)
+        self.lm_head = nn.Linear(d, vocab, bias=False)
+        if tie:
+            self.lm_head.weight = self.embed_tokens.weight
+
+    def forward(self, ids):
+        h = self.embed_tokens(ids)
+        for layer in self.layers:
+            h = layer(h)
+        return self.lm_head(self.norm(h))
+
+
+class GPT2Block(nn.Module):
+    def __init__(self, d, n_heads):
+        super().__init__()
+        self.h, self.dh = n_heads, d // n_heads
+        self.ln_1 = nn.LayerNorm(d)
+        self.c_attn = nn.Linear(d, 3 * d)
+        self.c_proj = nn.Linear(d, d)
+        self.ln_2 = nn.LayerNorm(d)
+        self.c_fc = nn.Linear(d, 4 * d)
+        self.mlp_proj = nn.Linear(4 * d, d)
+
+    def forward(self, x):
+        B, T, D = x.shape
+        q, k, v = self.c_attn(self.ln_1(x)).split(D, dim=2)
+        q = q.view(B, T, self.h, self.dh).transpose(1, 2)
+        k = k.view(B, T, self.h, self.dh).transpose(1, 2)
+        v = v.view(B, T, self.h, self.dh).transpose(1, 2)
+        att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(self.dh))
+        mask = torch.tril(torch.ones(T, T, dtype=torch.bool, device=x.device))
+        att = att.masked_fill(~mask, float("-inf")).softmax(dim=-1)
+        y = (att @ v).transpose(1, 2).reshape(B, T, D)
+        x = x + self.c_proj(y)
+        return x + self.mlp_proj(F.gelu(self.c_fc(self.ln_2(x))))
+
+
+class TinyGPT2(nn.Module):
+    """GPT-2-style decoder: learned positions, LayerNorm, fused QKV with biases, GELU MLP, tied head by default."""
+
+    def __init__(self, vocab=16, d=8, n_layers=1, n_heads=2, n_pos=8, tie=True):
+        super().__init__()
+        self.wte = nn.Embedding(vocab, d)
+        self.wpe = nn.Embedding(n_pos, d)
+        self.blocks = nn.ModuleList(GPT2Block(d, n_heads) for _ in range(n_layers))
+        self.ln_f = nn.LayerNorm(d)
+        self.lm_head = nn.Linear(d, vocab, bias=False)
+        if tie:
+            self.lm_head.weight = self.wte.weight
+
+    def forward(self, ids):
+        T = ids.shape[1]
+        h = self.wte(ids) + self.wpe(torch.arange(T, device=ids.device))
+        for b in self.blocks:
+            h = b(h)
+        return self.lm_head(self.ln_f(h))
+
+
+class ConvNet(nn.Module):
+    def __init__(self, classes=5):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 4, 3)
+        self.bn1 = nn.BatchNorm2d(4)
+        self.conv2 = nn.Conv2d(4, 6, 3)
+        self.fc = nn.Linear(6, classes)
+
+    def forward(self, x):
+        x = F.max_pool2d(F.relu(self.bn1(self.conv1(x))), 2)
+        x = F.adaptive_avg_pool2d(F.relu(self.conv2(x)), 1).flatten(1)
+        return self.fc(x)
+
+
+def _seq(*mods):
+    return nn.Sequential(*mods)
+
+
+def _tokens(vocab=16, batch=2, T=6, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randint(0, vocab, (batch, T), generator=g),)
+
+
+def _floats(*shape, seed=0):
+    return (torch.randn(*shape, generator=torch.Generator().manual_seed(seed)),)
+
+
+def relu_mlp():
+    """Linear(4,6) → ReLU → Linear(6,5) → LeakyReLU → Linear(5,3)."""
+    torch.manual_seed(0)
+    return _seq(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 5), nn.LeakyReLU(0.1), nn.Linear(5, 3)), _floats(4, 4)
+
+
+def gelu_mlp():
+    """Linear(4,6) → GELU → Linear(6,3): GELU is a barrier, no rescale."""
+    torch.manual_seed(0)
+    return _seq(nn.Linear(4, 6), nn.GELU(), nn.Linear(6, 3)), _floats(4, 4)
+
+
+def ln_mlp():
+    """Linear(4,6) → LayerNorm(6, eps=0) → Linear(6,3): the design's 31-dimensional example."""
+    torch.manual_seed(0)
+    return _seq(nn.Linear(4, 6), nn.LayerNorm(6, eps=0.0), nn.Linear(6, 3)), _floats(4, 4)
+
+
+def llama(**kw):
+    """1-layer Llama-style decoder: d 8, 2 heads, 2 KV heads, d_ff 12, vocab 16 (the design's 113 example at eps 0)."""
+    torch.manual_seed(0)
+    cfg = dict(vocab=16, d=8, n_layers=1, n_heads=2, n_kv_heads=2, d_ff=12, eps=0.0)
+    cfg.update(kw)
+    return TinyLlama(**cfg), _tokens(cfg["vocab"])
+
+
+def llama_gqa(**kw):
+    """Llama-style decoder with GQA: 4 query heads over 2 KV heads, d 16."""
+    kw = {"d": 16, "n_heads": 4, "n_kv_heads": 2, "d_ff": 12, **kw}
+    return llama(**kw)
+
+
+def gpt2(**kw):
+    """1-layer GPT-2-style decoder, d 8, 2 heads, tied head."""
+    torch.manual_seed(0)
+    cfg = dict(vocab=16, d=8, n_layers=1, n_heads=2, n_pos=8)
+    cfg.update(kw)
+    return TinyGPT2(**cfg), _tokens(cfg["vocab"])
+
+
+def convnet():
+    """Conv2d → BatchNorm2d (eval) → ReLU → MaxPool → Conv2d → ReLU → AvgPool → Linear."""
+    torch.manual_seed(0)
+    m = ConvNet()
+    m.eval()
+    return m, _floats(2, 3, 10, 10)
+
+
+ZOO = {
+    "relu_mlp": relu_mlp,
+    "gelu_mlp": gelu_mlp,
+    "ln_mlp": ln_mlp,
+    "llama": llama,
+    "llama_gqa": llama_gqa,
+    "gpt2": gpt2,
+    "convnet": convnet,
+}
+
+
+def load(name: str):
+    if name not in ZOO:
+        raise KeyError(f"unknown zoo model {name!r}; known: {', '.join(sorted(ZOO))}")
+    return ZOO[name]()
