@@ -92,11 +92,14 @@ def _vocab_size(model) -> int | None:
     return max(sizes) if sizes else None
 
 
-def sample_inputs(model, example_inputs: tuple, gen: torch.Generator) -> tuple:
-    """Random inputs shaped like the examples: token ids over the whole vocabulary, floats from N(0, 1)."""
+def sample_inputs(model, example_inputs: tuple, gen: torch.Generator, batch_mult: int = 1) -> tuple:
+    """Random inputs shaped like the examples (leading axis x batch_mult): token ids over the whole vocabulary,
+    floats from N(0, 1)."""
     vocab = _vocab_size(model)
     out = []
     for i, x in enumerate(example_inputs):
+        if isinstance(x, torch.Tensor) and x.ndim >= 1 and batch_mult > 1:
+            x = x.repeat(batch_mult, *([1] * (x.ndim - 1)))
         if not isinstance(x, torch.Tensor):
             out.append(x)
         elif x.is_floating_point():
@@ -110,7 +113,7 @@ def sample_inputs(model, example_inputs: tuple, gen: torch.Generator) -> tuple:
 
 
 def verify(model, example_inputs, plan=None, loss: str | None = "cross_entropy", seed: int = 0,
-           rel_tol: float = 1e-10, row_factor: float = 2.0, max_batches: int = 64) -> OracleReport:
+           rel_tol: float = 1e-10, row_factor: float = 4.0, max_batches: int = 64) -> OracleReport:
     """Run the oracle on ``model``; compare with ``plan`` (compiled here when None)."""
     from gaugec.plan.plan import GaugePlan
     from gaugec.pipeline import compile as gaugec_compile
@@ -152,8 +155,10 @@ def verify(model, example_inputs, plan=None, loss: str | None = "cross_entropy",
     JB2 = torch.zeros(B.shape[0], dtype=torch.float64)   # ‖J ξ‖² per generator, accumulated exactly
     rows = 0
     batches = 0
+    per_example = f_of(theta, sample_inputs(model64, example_inputs, gen)).numel()
+    batch_mult = max(1, math.ceil(row_factor * n / max(per_example, 1) / 8))
     while rows < row_factor * n and batches < max_batches:
-        inputs = sample_inputs(model64, example_inputs, gen)
+        inputs = sample_inputs(model64, example_inputs, gen, batch_mult)
         J = jacrev(f_of)(theta, inputs)
         G += J.T @ J
         JB2 += ((J @ B.T) ** 2).sum(0)

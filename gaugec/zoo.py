@@ -245,7 +245,7 @@ def gpt2(**kw):
     torch.manual_seed(0)
     cfg = dict(vocab=16, d=8, n_layers=1, n_heads=2, n_pos=8)
     cfg.update(kw)
-    return TinyGPT2(**cfg), _tokens(cfg["vocab"])
+    return TinyGPT2(**cfg), _tokens(cfg["vocab"], T=cfg["n_pos"])
 
 
 def convnet():

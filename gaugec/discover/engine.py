@@ -134,6 +134,7 @@ class Constraints:
         self.killed: set[int] = set()
         self.kill_reasons: dict[int, str] = {}
         self.half_edges: dict[str, dict[str, list]] = {}   # node -> side -> [(probe id, C)]
+        self.coord_tags: dict[int, set] = {}      # coordinate -> what its rules saw (families are per block)
 
     def new_coords(self, n: int, probe_id: int, kind: str) -> int:
         base = self.n_coords
@@ -156,12 +157,12 @@ class Constraints:
                 self._fibre_keys.add(key)
                 self.fibres.append(key)
 
-    def kill(self, coords, reason: str):
+    def kill(self, coords, reason: str, where: str = ""):
         for c in np.unique(np.asarray(coords)):
             c = int(c)
             if c >= 0 and c not in self.killed:
                 self.killed.add(c)
-                self.kill_reasons[c] = reason
+                self.kill_reasons[c] = (reason, where)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -447,10 +448,20 @@ class RuleCtx:
 
     # -- recording ---------------------------------------------------------------------------------------------
     def cite(self, lemma_id: str):
-        self.probe.citations.append((lemma_id, self.node.name))
+        """Record a lemma applied here, against the coordinates (multiplicative) that reach this node."""
+        coords = None
+        if self.mult:
+            arrs = [np.unique(self._state[a]) for a in self.carried() if isinstance(self._state[a], np.ndarray)]
+            coords = np.unique(np.concatenate(arrs)) if arrs else np.zeros(0, np.int64)
+        self.probe.citations.append((lemma_id, self.node.name, coords))
 
-    def tag(self, t: str):
+    def tag(self, t: str, C: np.ndarray | None = None):
+        """Record what the action met; with C (multiplicative) on those coordinates only."""
         self.probe.tags.add(t)
+        if C is not None and self.mult:
+            for c in np.unique(C):
+                if c >= 0:
+                    self.cons.coord_tags.setdefault(int(c), set()).add(t)
 
     def sink(self, what: str):
         self.probe.sinks.append((self.node.name, what))
@@ -458,7 +469,7 @@ class RuleCtx:
     def kill(self, arr, reason: str):
         self.probe.refusals.append((self.node.name, reason))
         if self.mult:
-            self.cons.kill(arr, f"{reason} (at {self.node.name})")
+            self.cons.kill(arr, reason, self.node.name)
         else:
             self.probe.dead = True
 
@@ -502,8 +513,12 @@ class SeedCtx:
     def param_view(self, a):
         return self.engine.param_views.get(a) if isinstance(a, torch.fx.Node) else None
 
-    def probe(self, kind, seed, initial, legs=(), coord_kind=None, describe="", tags=()) -> Probe:
+    def probe(self, kind, seed, initial, legs=(), coord_kind=None, describe="", tags=(), cites=()) -> Probe:
+        """A new probe seeded here; ``cites`` are the lemmas that make the seed's legs a group action."""
         p = self.engine.add_probe(kind, seed, self.node, np.asarray(initial), coord_kind, describe)
+        seed_coords = np.arange(p.coord_base, p.coord_base + p.coord_count) if kind == "mult" else None
+        for lid in cites:
+            p.citations.append((lid, self.node.name, seed_coords))
         for lg in legs:
             if lg.coords is not None:
                 lg.coords = np.where(lg.coords >= 0, lg.coords + p.coord_base, -1)

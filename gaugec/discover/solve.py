@@ -104,11 +104,11 @@ def solve(engine: Engine) -> tuple[list[FoundGauge], list[Refusal]]:
     killed: set[int] = set(cons.killed)
     kill_reason = dict(cons.kill_reasons)
 
-    def kill(c, why):
+    def kill(c, why, where=""):
         c = int(c)
         if c >= 0 and c not in killed:
             killed.add(c)
-            kill_reason[c] = why
+            kill_reason[c] = (why, where)
 
     # 1. contraction ties
     for node_name, sides in cons.half_edges.items():
@@ -126,14 +126,14 @@ def solve(engine: Engine) -> tuple[list[FoundGauge], list[Refusal]]:
         if len(merged) < 2:
             for m in merged.values():
                 for c in np.unique(m):
-                    kill(c, f"the other factor of the contraction at {node_name} carries no matching group")
+                    kill(c, "the other factor of a contraction carries no matching group", node_name)
             continue
         a, b = np.broadcast_arrays(merged["a"], merged["b"])
         for ca, cb in np.unique(np.stack([a.reshape(-1), b.reshape(-1)], 1), axis=0):
             if ca >= 0 and cb >= 0:
                 uf.union(int(ca), int(cb), 1)
             elif ca >= 0 or cb >= 0:
-                kill(max(ca, cb), f"one factor of the contraction at {node_name} is fixed")
+                kill(max(ca, cb), "one factor of a contraction is fixed", node_name)
 
     roots = np.array([uf.find(c)[0] for c in range(n)], dtype=np.int64) if n else np.zeros(0, np.int64)
     for r in uf.conflict:
@@ -188,7 +188,7 @@ def solve(engine: Engine) -> tuple[list[FoundGauge], list[Refusal]]:
         if "rot2" in kinds:
             pairs = set().union(*[rot_pairs.get(r, set()) for r in rs])
             if len(rs) != 2 or len({frozenset(p) for p in pairs}) != 1 or kinds != {"rot2"}:
-                dead = "a rotary pair that other ops split or restrict"
+                dead = ("a rotary pair that other ops split or restrict", "")
                 kind = "rot2"
             else:
                 kind = "rot2"
@@ -199,10 +199,10 @@ def solve(engine: Engine) -> tuple[list[FoundGauge], list[Refusal]]:
         else:
             kind = "gl"
             if kinds:
-                dead = "a block wider than one coordinate with a diagonal restriction"
+                dead = ("a block wider than one coordinate with a diagonal restriction", "")
         for r in rs:
             if r in killed_roots and dead is None:
-                dead = next((kill_reason[c] for c in killed if int(roots[c]) == r), "killed")
+                dead = next((kill_reason[c] for c in killed if int(roots[c]) == r), ("killed", ""))
         bid = len(blocks)
         blocks.append(Block(kind, list(rs)))
         block_dead.append(dead)
@@ -239,34 +239,48 @@ def solve(engine: Engine) -> tuple[list[FoundGauge], list[Refusal]]:
                         for c in lg.coords[lg.coords >= 0]:
                             bid = block_of_root[int(roots[c])]
                             if block_dead[bid] is None:
-                                block_dead[bid] = (f"parameter {param} is also used at {sorted(missing)[0]} "
-                                                   f"(tied or shared), where the group does not act")
+                                block_dead[bid] = (f"parameter {param} is also used where the group does not "
+                                                   f"act (tied or shared)", sorted(missing)[0])
         comp_coords = [c for p in probes for c in range(p.coord_base, p.coord_base + p.coord_count)]
         bids = sorted({block_of_root[int(roots[c])] for c in comp_coords})
         live = [b for b in bids if block_dead[b] is None]
         for b in bids:
             if block_dead[b] is not None:
-                refusals.append(Refusal(probes[0].node.name, probes[0].describe, block_dead[b]))
+                refusals.append(Refusal(block_dead[b][1] or probes[0].node.name, probes[0].describe,
+                                        block_dead[b][0]))
         if not live:
             continue
-        local_id = {b: i for i, b in enumerate(live)}
-        coord_block = {}
+        # families are per block: a fused QKV probe holds Q/K blocks and V/O blocks
+        seed_tags = set().union(*[p.tags for p in probes]) & {"norm_gain"}
+        coords_of_root: dict[int, list[int]] = {}
         for c in comp_coords:
-            r, par = uf.find(c)
-            b = block_of_root[r]
-            if b in local_id:
-                coord_block[c] = (local_id[b], blocks[b].coords.index(r), par)
-        tags = set().union(*[p.tags for p in probes])
-        fam = mult_family(tags)
-        gauges.append(FoundGauge(fam, "mult", [blocks[b] for b in live], legs, coord_block,
-                                 sorted({c for p in probes for c in p.citations}),
-                                 [p.describe for p in probes], tags))
+            coords_of_root.setdefault(int(roots[c]), []).append(c)
+        by_family: dict[str, list[int]] = {}
+        for b in live:
+            btags = set(seed_tags)
+            for r in blocks[b].coords:
+                for c in coords_of_root.get(r, []):
+                    btags |= cons.coord_tags.get(c, set())
+            by_family.setdefault(mult_family(btags), []).append(b)
+        for fam, fam_blocks in by_family.items():
+            local_id = {b: i for i, b in enumerate(fam_blocks)}
+            coord_block = {}
+            for c in comp_coords:
+                r, par = uf.find(c)
+                b = block_of_root[r]
+                if b in local_id:
+                    coord_block[c] = (local_id[b], blocks[b].coords.index(r), par)
+            mine = np.array(sorted(coord_block), dtype=np.int64)
+            cites = sorted({(lid, nd) for p in probes for lid, nd, cs in p.citations
+                            if cs is None or np.isin(cs, mine).any()})
+            gauges.append(FoundGauge(fam, "mult", [blocks[b] for b in fam_blocks], legs, coord_block, cites,
+                                     [p.describe for p in probes], set().union(*[p.tags for p in probes])))
     for p in engine.probes:
         if p.kind != "add":
             continue
         if p.dead:
-            why = p.refusals[-1][1] if p.refusals else "dead"
-            refusals.append(Refusal(p.node.name, p.describe, why))
+            where, why = p.refusals[-1] if p.refusals else (p.node.name, "dead")
+            refusals.append(Refusal(where, p.describe, why))
             continue
         if not p.sinks:
             refusals.append(Refusal(p.node.name, p.describe, "the translation never reaches an absorber"))
@@ -275,12 +289,14 @@ def solve(engine: Engine) -> tuple[list[FoundGauge], list[Refusal]]:
         for param in {lg.param for lg in p.legs}:
             missing = uses.get(param, set()) - {lg.node for lg in p.legs if lg.param == param}
             if missing:
-                bad = f"parameter {param} is also used at {sorted(missing)[0]} (tied or shared)"
+                bad = (f"parameter {param} is also used where the translation is not compensated (tied or "
+                       f"shared)", sorted(missing)[0])
         if bad:
-            refusals.append(Refusal(p.node.name, p.describe, bad))
+            refusals.append(Refusal(bad[1], p.describe, bad[0]))
             continue
         dim = sum(_shift_dim(engine, lg) for lg in p.legs if lg.role == "shift")
-        gauges.append(FoundGauge(additive_family(p), "add", [], list(p.legs), {}, sorted(set(p.citations)),
+        gauges.append(FoundGauge(additive_family(p), "add", [], list(p.legs), {},
+                                 sorted({(lid, nd) for lid, nd, _ in p.citations}),
                                  [p.describe], set(p.tags), additive_dim=dim))
     if os.environ.get("GAUGEC_DEBUG"):
         for p in engine.probes:

@@ -79,7 +79,7 @@ def sdpa_mult(ctx, node):
                 Ch = _heads_to(Ch, hq, Ch.ndim - 2)
             ctx.half_edge("a" if role == "q" else "b", Ch)
             ctx.cite("bilinear_contract")
-            ctx.tag("attn_qk")
+            ctx.tag("attn_qk", C)
         else:
             Ch = np.take(C, 0, axis=tok)
             if Ch.ndim >= 2:
@@ -87,7 +87,7 @@ def sdpa_mult(ctx, node):
             res = np.expand_dims(Ch, -2)
             res = np.broadcast_to(res.reshape((1,) * (len(so) - res.ndim) + res.shape), so)
             ctx.cite("matmul_free_axis")
-            ctx.tag("attn_vo")
+            ctx.tag("attn_vo", C)
             out = res
     return out
 

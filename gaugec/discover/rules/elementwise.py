@@ -93,7 +93,7 @@ def relu_mult(ctx, node):
     C = ctx.state(node.args[0])
     ctx.restrict(C, "pos")
     ctx.cite("relu_pos_homogeneous")
-    ctx.tag("relu")
+    ctx.tag("relu", C)
     return C
 
 
@@ -102,7 +102,7 @@ def leaky_relu_mult(ctx, node):
     C = ctx.state(node.args[0])
     ctx.restrict(C, "pos")
     ctx.cite("leaky_relu_pos_homogeneous")
-    ctx.tag("relu")
+    ctx.tag("relu", C)
     return C
 
 
@@ -150,7 +150,7 @@ def mul_mult(ctx, node):
     ctx.restrict(C, "scalar")
     ctx.cite("diag_mul")
     if ctx.param_view(other) is None:
-        ctx.tag("glu")
+        ctx.tag("glu", C)
         ctx.cite("glu_rescale")
     return C
 
@@ -285,7 +285,8 @@ def seed_gain(sc, node):
             continue
         ax, coords = found
         sc.probe("mult", "diag", C, [Leg(pv.param, "gain", axis=ax, coords=coords, offset=pv.offset)],
-                 coord_kind="scalar", describe=f"gain {pv.param} at {node.name}", tags=("norm_gain",))
+                 coord_kind="scalar", describe=f"gain {pv.param} at {node.name}", tags=("norm_gain",),
+                 cites=("norm_gain", "offset_gain") if pv.offset else ("norm_gain",))
 
 
 @rule("add", "add_", kind="seed")
@@ -296,8 +297,6 @@ def seed_translation(sc, node):
         pv = sc.param_view(b)
         if pv is None or sc.param_view(a) is not None or not hasattr(a, "meta") or shape is None:
             continue
-        pshape = sc.engine.gg.params[pv.param].shape
         P = _broadcast(pv.P, shape)
         sc.probe("add", "translation", P.copy(), [Leg(pv.param, "shift", axes=())],
-                 describe=f"translation of {pv.param} at {node.name}")
-        del pshape
+                 describe=f"translation of {pv.param} at {node.name}", cites=("additive_passthrough",))

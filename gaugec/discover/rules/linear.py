@@ -8,8 +8,26 @@ attention V/O), ``additive_linear`` (a bias absorbs a translation pushed through
 from __future__ import annotations
 
 import numpy as np
+import sympy as sp
 
+from gaugec.prove.lemma import lemma, sym_matrix, sym_vector
 from gaugec.discover.engine import Leg, arg, node_shape, norm_dim, param_axis_coords, rule, varying_axes
+
+
+@lemma("row_shift", "(W + 1 a^T) x + (b + s 1) = W x + b + (a.x + s) 1: a row shift adds a per-sample multiple of "
+       "the ones vector")
+def _row_shift_lemma():
+    W, a, x, b = sym_matrix("w", 3, 2), sym_vector("a", 2), sym_vector("x", 2), sym_vector("b", 3)
+    s = sp.Symbol("s")
+    one = sp.ones(3, 1)
+    return [(W + one * a.T) * x + (b + s * one) - (W * x + b + ((a.T * x)[0] + s) * one)]
+
+
+@lemma("embedding_writer", "E[i] for a one-hot i is a linear map of E: (E A^T)[i] = A E[i], (E + 1 t^T)[i] = E[i] + t")
+def _embedding_lemma():
+    E, A, t = sym_matrix("e", 3, 2), sym_matrix("a", 2), sym_vector("t", 2)
+    onehot = sp.Matrix([0, 1, 0])
+    return [(E * A.T).T * onehot - A * (E.T * onehot), (E + sp.ones(3, 1) * t.T).T * onehot - (E.T * onehot + t)]
 
 
 def fibre_along(P_or_C: np.ndarray, axis: int) -> np.ndarray:
@@ -42,8 +60,11 @@ def token_labels(shape) -> np.ndarray:
     return np.broadcast_to(np.arange(lead).reshape(shape[:-1] + (1,)), shape)
 
 
-def seed_writer(sc, node, W, b, out_axis: int, what: str):
-    """GL seed on ``out_axis`` of the output of a linear/conv (rows of W, entries of b)."""
+def seed_writer(sc, node, W, b, out_axis: int, what: str, w_out_view_axis: int = 0):
+    """GL seed on ``out_axis`` of the output of a linear/conv (rows of W, entries of b).
+
+    ``w_out_view_axis``: the axis of the weight view that indexes outputs (0 for linear/conv, 1 for x @ W).
+    """
     shape = node_shape(node)
     pvW = sc.param_view(W)
     if pvW is None or shape is None:
@@ -53,7 +74,7 @@ def seed_writer(sc, node, W, b, out_axis: int, what: str):
     C = np.broadcast_to(C, shape)
     pshape = sc.engine.gg.params[pvW.param].shape
     legs = []
-    wl = param_axis_coords(fibre_along(pvW.P, 0), np.arange(n), pshape)
+    wl = param_axis_coords(fibre_along(pvW.P, w_out_view_axis), np.arange(n), pshape)
     if wl is None:
         return
     legs.append(Leg(pvW.param, "out", axis=wl[0], coords=wl[1]))
@@ -62,23 +83,38 @@ def seed_writer(sc, node, W, b, out_axis: int, what: str):
         bl = param_axis_coords(pvb.P.reshape(-1), np.arange(n), sc.engine.gg.params[pvb.param].shape)
         if bl is not None:
             legs.append(Leg(pvb.param, "out", axis=bl[0], coords=bl[1]))
-    sc.probe("mult", "gl", C, legs, describe=f"GL({n}) on the output of {what} {node.name}")
+    sc.probe("mult", "gl", C, legs, describe=f"GL({n}) on the output of {what} {node.name}",
+             cites=("linear_writer",))
     # translations: the row shift W += 1 a^T, b += s 1 (softmax / layer norm / loss absorb it) ...
-    if out_axis == len(shape) - 1 and wl[0] == 0 and len(pshape) == 2:
-        legs = [Leg(pvW.param, "shift", axes=(0,))]
+    if out_axis == len(shape) - 1 and len(pshape) == 2:
+        legs = [Leg(pvW.param, "shift", axes=(wl[0],))]
         if pvb is not None and len(sc.engine.gg.params[pvb.param].shape) == 1:
             legs.append(Leg(pvb.param, "shift", axes=(0,)))
-        sc.probe("add", "row_shift", token_labels(shape), legs, describe=f"row shift of {what} {node.name}")
+        sc.probe("add", "row_shift", token_labels(shape), legs, describe=f"row shift of {what} {node.name}",
+                 cites=("row_shift",))
     # ... and the bias translation b += t (a later bias or attention softmax absorbs it)
     if pvb is not None:
         L = np.broadcast_to(np.arange(n).reshape([n if a == out_axis else 1 for a in range(len(shape))]), shape)
         sc.probe("add", "translation", L, [Leg(pvb.param, "shift", axes=())],
-                 describe=f"translation of the bias of {what} {node.name}")
+                 describe=f"translation of the bias of {what} {node.name}", cites=("additive_passthrough",))
 
 
 @rule("linear", kind="seed")
 def seed_linear(sc, node):
     seed_writer(sc, node, arg(node, 1, "weight"), arg(node, 2, "bias"), len(node_shape(node)) - 1, "linear")
+
+
+@rule("addmm", kind="seed")
+def seed_addmm(sc, node):
+    """addmm(b, x, W) = b + x @ W (Hugging Face Conv1D)."""
+    seed_writer(sc, node, arg(node, 2, "mat2"), arg(node, 0, "self"), len(node_shape(node)) - 1, "addmm", 1)
+
+
+@rule("matmul", "mm", kind="seed")
+def seed_matmul_param(sc, node):
+    """x @ W with W a parameter (view): a writer of its output columns."""
+    if sc.param_view(node.args[1]) is not None and sc.param_view(node.args[0]) is None:
+        seed_writer(sc, node, node.args[1], None, len(node_shape(node)) - 1, "matmul", 1)
 
 
 @rule("convolution", "conv2d", "conv1d", "conv3d", kind="seed")
@@ -100,9 +136,12 @@ def seed_embedding(sc, node):
     d = shape[-1]
     C = np.broadcast_to(np.arange(d), shape)
     sc.probe("mult", "gl", C, [Leg(pv.param, "out", axis=1, coords=np.arange(d))],
-             describe=f"GL({d}) on the output of embedding {node.name}")
+             describe=f"GL({d}) on the output of embedding {node.name}", cites=("embedding_writer",))
     sc.probe("add", "translation", np.broadcast_to(np.arange(d), shape), [Leg(pv.param, "shift", axes=(0,))],
-             describe=f"translation of every row of embedding {node.name}")
+             describe=f"translation of every row of embedding {node.name}", cites=("embedding_writer",))
+    # W_E <- W_E + a 1^T: each token's row moves along the ones direction (a layer norm absorbs it)
+    sc.probe("add", "row_shift", token_labels(shape), [Leg(pv.param, "shift", axes=(1,))],
+             describe=f"row shift of embedding {node.name}", cites=("embedding_writer",))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -147,9 +186,37 @@ def linear_mult(ctx, node):
     return None
 
 
+@rule("addmm", kind="mult")
+def addmm_mult(ctx, node):
+    b, x, W = arg(node, 0, "self"), arg(node, 1, "mat1"), arg(node, 2, "mat2")
+    C = ctx.state(x)
+    pvW = ctx.param_view(W)
+    if C is None or pvW is None or ctx.state(b) is not None:
+        return ctx.kill_all("an addmm whose weight or bias carries the group")
+    if varying_axes(C) - {C.ndim - 1}:
+        return ctx.kill_all("the group acts on an addmm's batch axis")
+    ctx.fibres(C, [-1])
+    lg = view_leg(pvW, 0, fibre_along(C, C.ndim - 1), _pshape(ctx, pvW), "in", node.name)
+    if lg is None:
+        return ctx.kill_all("could not map the reader's input axis to a weight axis")
+    ctx.probe.legs.append(lg)
+    ctx.cite("linear_reader")
+    ctx.tag("reader")
+    return None
+
+
+@rule("addmm", kind="add")
+def addmm_add(ctx, node):
+    return _linear_translation(ctx, node, arg(node, 1, "mat1"), arg(node, 2, "mat2"), arg(node, 0, "self"))
+
+
 @rule("linear", kind="add")
 def linear_add(ctx, node):
-    x, W, b = arg(node, 0, "input"), arg(node, 1, "weight"), arg(node, 2, "bias")
+    return _linear_translation(ctx, node, arg(node, 0, "input"), arg(node, 1, "weight"), arg(node, 2, "bias"))
+
+
+def _linear_translation(ctx, node, x, W, b):
+    """delta' = W delta per row: labels by (class of the row's labels, output index); a bias may absorb it."""
     L = ctx.state(x)
     if L is None or ctx.param_view(W) is None:
         return ctx.kill_all("a linear whose weight carries the translation")
@@ -164,12 +231,6 @@ def linear_add(ctx, node):
     if b is not None and _absorb_bias(ctx, out, b, out_shape):
         return None
     return out
-
-
-def _matmul_shapes(a_shape, b_shape):
-    a1 = len(a_shape) == 1
-    b1 = len(b_shape) == 1
-    return a1, b1
 
 
 @rule("matmul", "mm", "bmm", kind="mult")
@@ -209,7 +270,7 @@ def matmul_mult(ctx, node):
                 # align to [*batch, k]: drop the free axis (C is constant along it)
                 ctx.half_edge(side, np.take(C, 0, axis=free_axis))
                 ctx.cite("bilinear_contract")
-                ctx.tag("attn_qk")
+                ctx.tag("attn_qk", C)
         else:
             # the action sits on the free axis (and batch axes): it passes to the output
             ctx.fibres(C, [free_axis])
@@ -220,7 +281,7 @@ def matmul_mult(ctx, node):
                 res = np.expand_dims(Cf, -2)
             res = np.broadcast_to(res.reshape((1,) * (len(so) - res.ndim) + res.shape), so)
             ctx.cite("matmul_free_axis")
-            ctx.tag("attn_vo" if side == "b" else "matmul_free")
+            ctx.tag("attn_vo" if side == "b" else "matmul_free", C)
             if out is not None:
                 ctx.kill(res, "the same group reaches both free axes of a matmul")
                 continue

@@ -63,10 +63,10 @@ def _seed_affine(sc, node, axes, w, b, what):
     if pvb is not None and pvb.P.ndim == 1 and pvb.P.size == n:
         legs.append(Leg(pvb.param, "out", axis=0, coords=np.arange(n)))
     sc.probe("mult", "diag", C, legs, coord_kind="scalar", describe=f"gain of {what} {node.name}",
-             tags=("norm_gain",))
+             tags=("norm_gain",), cites=("norm_gain", "offset_gain") if pvw.offset else ("norm_gain",))
     if pvb is not None and pvb.P.ndim == 1 and pvb.P.size == n:
         sc.probe("add", "translation", C.copy(), [Leg(pvb.param, "shift", axes=())],
-                 describe=f"translation of the bias of {what} {node.name}")
+                 describe=f"translation of the bias of {what} {node.name}", cites=("additive_passthrough",))
 
 
 @rule("layer_norm", kind="seed")

@@ -15,9 +15,10 @@ from gaugec.prove.lemma import lemma
 
 @lemma("maxpool_pos", "max(c a, c b) = c max(a, b) for c > 0")
 def _maxpool():
-    a, b = sp.symbols("a b", real=True)
-    c = sp.Symbol("c", positive=True)
-    return [sp.Max(c * a, c * b) - c * sp.Max(a, b)]
+    b = sp.Symbol("b", real=True)
+    c, u = sp.symbols("c u", positive=True)
+    # the two orderings a = b + u and a = b - u (u > 0), and a = b
+    return [sp.Max(c * a, c * b) - c * sp.Max(a, b) for a in (b + u, b - u, b)]
 
 
 def _reduced_axes(node, ndim):

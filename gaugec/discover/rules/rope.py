@@ -166,8 +166,8 @@ def rope_rule(ctx, node, macro: RopeMacro):
         if a >= 0 and b >= 0:
             ctx.cons.kinds.append(("rot2", (int(a), int(b))))
         elif a >= 0 or b >= 0:
-            ctx.cons.kill([a, b], "a rotary pair only half acted on")
+            ctx.cons.kill([a, b], "a rotary pair only half acted on", node.name)
     ctx.cite("rope_half_split" if macro.style == "half" else "rope_commutant")
     ctx.cite("rope_commutant")
-    ctx.tag("rope")
+    ctx.tag("rope", C)
     return C

@@ -1,0 +1,5 @@
+import sys
+
+from gaugec.cli import main
+
+sys.exit(main())

@@ -1,0 +1,310 @@
+"""Command line: ``gaugec inspect | check | verify | demo | zoo``.
+
+TARGET is ``zoo:NAME`` (or a bare zoo name), ``path/to/file.py:factory`` or ``package.module:factory``; a factory
+returns ``(model, example_inputs)``.
+
+Exit codes of ``check``: 0 the gauges hold and match the lock, 1 a proof, numeric check or lock comparison failed,
+2 usage or capture error (including a corrupted lock file).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import json
+import os
+import sys
+import textwrap
+
+import torch
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+LOCK_FORMAT = "gaugec-lock/1"
+
+
+class UsageError(Exception):
+    pass
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# targets
+
+
+def load_target(target: str):
+    from gaugec import zoo
+
+    if target.startswith("zoo:") or target in zoo.ZOO:
+        name = target[4:] if target.startswith("zoo:") else target
+        try:
+            made = zoo.load(name)
+        except KeyError as exc:
+            raise UsageError(str(exc.args[0])) from exc
+    else:
+        if ":" not in target:
+            raise UsageError(f"TARGET {target!r}: expected zoo:NAME, path/to/file.py:factory or module:factory")
+        where, factory = target.rsplit(":", 1)
+        if where.endswith(".py"):
+            if not os.path.exists(where):
+                raise UsageError(f"no such file: {where}")
+            spec = importlib.util.spec_from_file_location("_gaugec_target", where)
+            mod = importlib.util.module_from_spec(spec)
+            sys.modules["_gaugec_target"] = mod
+            spec.loader.exec_module(mod)
+        else:
+            try:
+                mod = importlib.import_module(where)
+            except ImportError as exc:
+                raise UsageError(f"cannot import {where!r}: {exc}") from exc
+        fn = getattr(mod, factory, None)
+        if fn is None:
+            raise UsageError(f"{where} has no factory {factory!r}")
+        made = fn()
+    if not (isinstance(made, tuple) and len(made) == 2 and isinstance(made[0], torch.nn.Module)):
+        raise UsageError(f"the factory for {target} must return (model, example_inputs)")
+    model, inputs = made
+    if not isinstance(inputs, tuple):
+        inputs = (inputs,)
+    return model, inputs
+
+
+def _loss(s: str):
+    return None if s in ("none", "None", "raw") else s
+
+
+def compile_target(args):
+    import gaugec
+
+    model, inputs = load_target(args.target)
+    plan = gaugec.compile(model, inputs, loss=_loss(args.loss), tracer=args.tracer)
+    return model, inputs, plan
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# printing
+
+
+def _fmt_res(r):
+    return "-" if r is None else f"{r:.1e}"
+
+
+def format_table(plan) -> str:
+    rows = [("gauge", "family", "group", "dim", "parameters", "proof", "residual")]
+    for g in plan.gauges:
+        params = ", ".join(g.params)
+        rows.append((g.name, g.family, g.group, str(g.dim), params if len(params) < 60 else params[:57] + "...",
+                     g.proof.status if g.proof else "-", _fmt_res(g.numeric_residual)))
+    for g in plan.rejected:
+        rows.append((g.name, g.family, g.group, str(g.dim), ", ".join(g.params)[:60],
+                     g.proof.status if g.proof else "-", _fmt_res(g.numeric_residual)))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = []
+    for k, r in enumerate(rows):
+        lines.append("  ".join(c.ljust(w) if i != 3 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))))
+        if k == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    total = sum(g.dim for g in plan.gauges)
+    lines.append("")
+    lines.append(f"{len(plan.gauges)} gauges, {total} generators; orbit dimension (rank) {plan.dim}"
+                 + (f"; {len(plan.rejected)} REJECTED" if plan.rejected else ""))
+    notes = {g.proof.numeric_note for g in plan.gauges if g.proof and g.proof.numeric_note}
+    for n in notes:
+        lines.append(f"note: {n}")
+    return "\n".join(lines)
+
+
+def format_explain(plan) -> str:
+    lines = ["barriers and refusals (why a candidate group did not survive):"]
+    by_reason: dict[str, list] = {}
+    for r in plan.refusals:
+        by_reason.setdefault(r.reason, []).append(r)
+    for reason, rs in sorted(by_reason.items(), key=lambda kv: -len(kv[1])):
+        lines.append(f"- {reason}  [{len(rs)}]")
+        for r in rs[:4]:
+            lines.append(f"    {r.probe}  (stopped at {r.where})")
+        if len(rs) > 4:
+            lines.append(f"    ... and {len(rs) - 4} more")
+    if plan.unknown_ops:
+        lines.append("ops with no rule (barriers): " + ", ".join(f"{k} x{v}" for k, v in plan.unknown_ops.items()))
+    lines.append("")
+    lines.append("lemmas cited per gauge (sympy verdict):")
+    for g in plan.gauges:
+        lines.append(f"- {g.name}: " + ", ".join(
+            f"{lid}{'' if g.proof.lemma_status.get(lid) else ' (FAILED)'}" for lid in g.proof.lemmas))
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# lock files
+
+
+def lock_data(plan) -> dict:
+    return {"format": LOCK_FORMAT, "loss": plan.loss,
+            "gauges": {g.name: {"family": g.family, "group": g.group, "dim": g.dim, "params": g.params,
+                                "lemmas": g.proof.lemmas if g.proof else []} for g in plan.gauges}}
+
+
+def read_lock(path: str) -> dict:
+    try:
+        with open(path) as fh:
+            data = json.load(fh)
+    except OSError as exc:
+        raise UsageError(f"cannot read lock file {path}: {exc.strerror}") from exc
+    except ValueError as exc:
+        raise UsageError(f"lock file {path} is corrupted (not JSON: {exc}); regenerate it with --update") from exc
+    if not isinstance(data, dict) or data.get("format") != LOCK_FORMAT or not isinstance(data.get("gauges"), dict):
+        raise UsageError(f"lock file {path} is corrupted (expected format {LOCK_FORMAT!r} with a 'gauges' table); "
+                         "regenerate it with --update")
+    for name, g in data["gauges"].items():
+        if not isinstance(g, dict) or not {"family", "group", "dim", "params"} <= set(g):
+            raise UsageError(f"lock file {path} is corrupted: entry {name!r} lacks family/group/dim/params")
+    return data
+
+
+def diff_lock(old: dict, new: dict) -> list[str]:
+    out = []
+    if old.get("loss") != new.get("loss"):
+        out.append(f"~ loss: {old.get('loss')} -> {new.get('loss')}")
+    og, ng = old["gauges"], new["gauges"]
+    for name in sorted(set(og) - set(ng)):
+        out.append(f"- {name}: {og[name]['group']} (dim {og[name]['dim']}) no longer found")
+    for name in sorted(set(ng) - set(og)):
+        out.append(f"+ {name}: {ng[name]['group']} (dim {ng[name]['dim']}) new")
+    for name in sorted(set(og) & set(ng)):
+        for key in ("family", "group", "dim", "params", "lemmas"):
+            if key in og[name] and og[name][key] != ng[name][key]:
+                out.append(f"~ {name}.{key}: {og[name][key]} -> {ng[name][key]}")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# commands
+
+
+def cmd_inspect(args) -> int:
+    _, _, plan = compile_target(args)
+    if args.json:
+        print(plan.to_json(indent=2))
+        return EXIT_OK
+    print(format_table(plan))
+    if args.explain:
+        print()
+        print(format_explain(plan))
+    return EXIT_OK
+
+
+def cmd_check(args) -> int:
+    _, _, plan = compile_target(args)
+    failures = []
+    for g in plan.gauges + plan.rejected:
+        ok = g.proof.check(use_cache=not args.fresh_proofs)
+        if not ok:
+            failures.append(f"proof of {g.name} failed: {g.proof.status}")
+        elif g.proof.numeric_ok is False:
+            failures.append(f"numeric check of {g.name} failed: residual {g.numeric_residual:.2e}")
+    print(format_table(plan))
+    new = lock_data(plan)
+    if args.lock:
+        if args.update:
+            with open(args.lock, "w") as fh:
+                json.dump(new, fh, indent=2, sort_keys=True)
+            print(f"\nwrote lock file {args.lock}")
+        else:
+            old = read_lock(args.lock)
+            diff = diff_lock(old, new)
+            if diff:
+                failures.append(f"the gauges differ from lock file {args.lock}:")
+                failures.extend("  " + d for d in diff)
+    if failures:
+        print("\nCHECK FAILED")
+        for f in failures:
+            print(f)
+        return EXIT_FAIL
+    print("\ncheck holds: every proof re-ran, every numeric check passed" + (", lock matches" if args.lock and
+                                                                              not args.update else ""))
+    return EXIT_OK
+
+
+def cmd_verify(args) -> int:
+    import gaugec
+
+    model, inputs, plan = compile_target(args)
+    rep = gaugec.verify(model, inputs, plan)
+    print(rep)
+    return EXIT_OK if rep.sound else EXIT_FAIL
+
+
+def cmd_demo(args) -> int:
+    import gaugec
+    from gaugec import zoo
+
+    model, inputs = zoo.load(args.model)
+    print(f"gaugec demo: zoo:{args.model}  ({sum(p.numel() for p in model.parameters())} parameters)\n")
+    print((zoo.ZOO[args.model].__doc__ or "").strip() + "\n")
+    plan = gaugec.compile(model, inputs, loss="cross_entropy")
+    print(format_table(plan))
+    print("\nJacobian oracle (float64, generic point):")
+    rep = gaugec.verify(model, inputs, plan)
+    print(textwrap.indent(str(rep), "  "))
+    return EXIT_OK if rep.sound and not plan.rejected else EXIT_FAIL
+
+
+def cmd_zoo(args) -> int:
+    from gaugec import zoo
+
+    for name, fn in zoo.ZOO.items():
+        print(f"zoo:{name:<12} {(fn.__doc__ or '').strip().splitlines()[0]}")
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="gaugec", description="find, prove and check the gauge symmetries of a model")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    def target_args(sp):
+        sp.add_argument("target", help="zoo:NAME, path/to/file.py:factory or package.module:factory")
+        sp.add_argument("--loss", default="cross_entropy", choices=["cross_entropy", "mse", "none"],
+                        help="what f is: log-probabilities (cross_entropy) or the raw output")
+        sp.add_argument("--tracer", default="export", choices=["export", "fx"])
+
+    sp = sub.add_parser("inspect", help="print the gauges found")
+    target_args(sp)
+    sp.add_argument("--explain", action="store_true", help="list barriers, refusals and cited lemmas")
+    sp.add_argument("--json", action="store_true", help="print the plan as JSON")
+    sp.set_defaults(fn=cmd_inspect)
+    sp = sub.add_parser("check", help="re-derive, re-prove, re-check; compare with a lock file")
+    target_args(sp)
+    sp.add_argument("--lock", help="lock file to compare with (or write with --update)")
+    sp.add_argument("--update", action="store_true", help="write the lock file instead of comparing")
+    sp.add_argument("--fresh-proofs", action="store_true", help="ignore the lemma cache: run sympy on every lemma")
+    sp.set_defaults(fn=cmd_check)
+    sp = sub.add_parser("verify", help="print the Jacobian oracle report")
+    target_args(sp)
+    sp.set_defaults(fn=cmd_verify)
+    sp = sub.add_parser("demo", help="compile and verify a built-in model (make demo)")
+    sp.add_argument("--model", default="llama")
+    sp.set_defaults(fn=cmd_demo)
+    sp = sub.add_parser("zoo", help="list the built-in models")
+    sp.set_defaults(fn=cmd_zoo)
+    return p
+
+
+def main(argv=None) -> int:
+    from gaugec.capture import CaptureError
+
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        return EXIT_USAGE if exc.code else EXIT_OK
+    try:
+        return args.fn(args)
+    except UsageError as exc:
+        print(f"gaugec: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except CaptureError as exc:
+        print(f"gaugec: capture failed: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())
