@@ -124,7 +124,8 @@ def format_explain(plan) -> str:
         if len(rs) > 4:
             lines.append(f"    ... and {len(rs) - 4} more")
     if plan.unknown_ops:
-        lines.append("ops with no rule (barriers): " + ", ".join(f"{k} x{v}" for k, v in plan.unknown_ops.items()))
+        lines.append("ops with no rule (barriers; count = probes stopped there): "
+                     + ", ".join(f"{k} ({v})" for k, v in plan.unknown_ops.items()))
     lines.append("")
     lines.append("lemmas cited per gauge (sympy verdict):")
     for g in plan.gauges:

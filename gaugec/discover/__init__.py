@@ -18,7 +18,10 @@ class Discovery:
 
     @property
     def unknown_ops(self) -> dict[str, int]:
-        return dict(self.engine.unknown_ops)
+        """Ops with no rule: how often a probe was stopped at one (0: in the graph, never reached)."""
+        out = {k: 0 for k in self.engine.ops_without_rules()}
+        out.update(self.engine.unknown_ops)
+        return out
 
 
 def discover(gg: GaugeGraph, loss: str | None = "cross_entropy") -> Discovery:

@@ -242,6 +242,17 @@ class Engine:
         self._fresh += n
         return base
 
+    def ops_without_rules(self) -> dict[str, int]:
+        """Ops in the graph that no rule table knows (barriers for every probe that would reach them)."""
+        known = set(MULT_RULES) | set(ADD_RULES) | set(INDEX_RULES) | set(BARRIERS) | set(SEED_RULES)
+        out: dict[str, int] = {}
+        for n in self.topo:
+            if n.op == "call_function":
+                name = op_name(n)
+                if name not in known:
+                    out[name] = out.get(name, 0) + 1
+        return out
+
     def param_uses(self) -> dict[str, set[str]]:
         """parameter -> names of the nodes that use it (through parameter views)."""
         uses: dict[str, set[str]] = {}
@@ -447,10 +458,12 @@ class RuleCtx:
         return fn(self, self.node)
 
     # -- recording ---------------------------------------------------------------------------------------------
-    def cite(self, lemma_id: str):
-        """Record a lemma applied here, against the coordinates (multiplicative) that reach this node."""
+    def cite(self, lemma_id: str, C: np.ndarray | None = None):
+        """Record a lemma applied here, against the coordinates (multiplicative) that reach this node (or C)."""
         coords = None
-        if self.mult:
+        if self.mult and C is not None:
+            coords = np.unique(C)
+        elif self.mult:
             arrs = [np.unique(self._state[a]) for a in self.carried() if isinstance(self._state[a], np.ndarray)]
             coords = np.unique(np.concatenate(arrs)) if arrs else np.zeros(0, np.int64)
         self.probe.citations.append((lemma_id, self.node.name, coords))

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from gaugec.prove.lemma import LEMMAS, ProofError, check_lemma, lemma  # noqa: F401
+from gaugec.prove.lemmas import LEMMAS, ProofError, check_lemma, lemma  # noqa: F401
 
 
 @dataclasses.dataclass

@@ -14,7 +14,7 @@ import numpy as np
 import sympy as sp
 
 from gaugec.discover.engine import arg, barrier, node_shape, norm_dim, rule, varying_axes
-from gaugec.prove.lemma import lemma
+from gaugec.prove.lemmas import lemma
 
 
 @lemma("softmax_shift", "softmax(z + s 1) = softmax(z) and log_softmax(z + s 1) = log_softmax(z)")

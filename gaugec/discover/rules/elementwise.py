@@ -21,7 +21,7 @@ import sympy as sp
 
 from gaugec.discover.engine import Leg, arg, barrier, node_shape, rule, varying_axes
 from gaugec.discover.rules.linear import _absorb_bias
-from gaugec.prove.lemma import lemma
+from gaugec.prove.lemmas import lemma
 
 # ---------------------------------------------------------------------------------------------------------------
 # lemmas

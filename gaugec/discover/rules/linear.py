@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import sympy as sp
 
-from gaugec.prove.lemma import lemma, sym_matrix, sym_vector
+from gaugec.prove.lemmas import lemma, sym_matrix, sym_vector
 from gaugec.discover.engine import Leg, arg, node_shape, norm_dim, param_axis_coords, rule, varying_axes
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import sympy as sp
 
 from gaugec.discover.engine import Leg, arg, node_shape, rule
-from gaugec.prove.lemma import lemma
+from gaugec.prove.lemmas import lemma
 
 
 @lemma("layernorm_shift", "LN(x + s 1) = LN(x): centring removes a translation along the ones direction")

@@ -10,7 +10,7 @@ import numpy as np
 import sympy as sp
 
 from gaugec.discover.engine import arg, node_shape, norm_dim, rule, varying_axes
-from gaugec.prove.lemma import lemma
+from gaugec.prove.lemmas import lemma
 
 
 @lemma("maxpool_pos", "max(c a, c b) = c max(a, b) for c > 0")

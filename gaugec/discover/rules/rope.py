@@ -12,7 +12,7 @@ import numpy as np
 import sympy as sp
 
 from gaugec.discover.engine import RopeMacro, arg, node_shape, norm_dim, op_name
-from gaugec.prove.lemma import lemma
+from gaugec.prove.lemmas import lemma
 
 
 @lemma("rope_commutant", "R(φ) (s R(ψ)) = (s R(ψ)) R(φ): scaled rotations commute with every rotary angle")
@@ -167,7 +167,8 @@ def rope_rule(ctx, node, macro: RopeMacro):
             ctx.cons.kinds.append(("rot2", (int(a), int(b))))
         elif a >= 0 or b >= 0:
             ctx.cons.kill([a, b], "a rotary pair only half acted on", node.name)
-    ctx.cite("rope_half_split" if macro.style == "half" else "rope_commutant")
-    ctx.cite("rope_commutant")
+    if macro.style == "half":
+        ctx.cite("rope_half_split", C)
+    ctx.cite("rope_commutant", C)
     ctx.tag("rope", C)
     return C

@@ -1,0 +1,176 @@
+"""CLI (inspect / check / verify), lock files, capture errors and barriers."""
+import json
+
+import pytest
+import torch
+import torch.nn as nn
+
+import gaugec
+from gaugec.capture import CaptureError
+from gaugec.cli import main
+
+FACTORY_FILE = '''
+import torch, torch.nn as nn
+
+class Branchy(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.l = nn.Linear(3, 3)
+
+    def forward(self, x):
+        if x.sum() > 0:
+            return self.l(x)
+        return -self.l(x)
+
+def mlp():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3)), (torch.randn(3, 4),)
+
+def branchy():
+    return Branchy(), (torch.randn(2, 3),)
+'''
+
+
+@pytest.fixture()
+def factory_file(tmp_path):
+    path = tmp_path / "models.py"
+    path.write_text(FACTORY_FILE)
+    return str(path)
+
+
+def test_inspect_prints_the_table(capsys):
+    assert main(["inspect", "zoo:llama"]) == 0
+    out = capsys.readouterr().out
+    for word in ("attention_qk_rope", "(R+ x SO(2))^4", "GL(4)^2", "R*^12", "proved", "orbit dimension (rank) 84"):
+        assert word in out
+
+
+def test_inspect_json_is_a_plan(capsys):
+    assert main(["inspect", "zoo:relu_mlp", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["format"] == "gaugec-plan/1" and len(data["gauges"]) == 3
+
+
+def test_inspect_explain_lists_refusals_and_lemmas(capsys):
+    assert main(["inspect", "zoo:gelu_mlp", "--explain"]) == 0
+    out = capsys.readouterr().out
+    assert "not positively homogeneous" in out and "stopped at gelu" in out
+    assert "softmax_shift" in out
+
+
+def test_check_lock_cycle(tmp_path, factory_file, capsys):
+    lock = tmp_path / "gauges.lock"
+    target = f"{factory_file}:mlp"
+    assert main(["check", target, "--lock", str(lock), "--update"]) == 0
+    assert main(["check", target, "--lock", str(lock)]) == 0
+    assert "lock matches" in capsys.readouterr().out
+    data = json.loads(lock.read_text())
+    name = next(iter(data["gauges"]))
+    data["gauges"][name]["dim"] = 99
+    data["gauges"]["positive_rescale@ghost"] = {"family": "positive_rescale", "group": "R+^2", "dim": 2,
+                                                "params": ["x"]}
+    lock.write_text(json.dumps(data))
+    assert main(["check", target, "--lock", str(lock)]) == 1
+    out = capsys.readouterr().out
+    assert "CHECK FAILED" in out
+    assert f"~ {name}.dim: 99 ->" in out
+    assert "- positive_rescale@ghost" in out
+
+
+def test_check_corrupted_lock_is_a_clear_usage_error(tmp_path, factory_file, capsys):
+    lock = tmp_path / "gauges.lock"
+    lock.write_text('{"format": "gaugec-lock/1", "gauges": {"x": ')
+    assert main(["check", f"{factory_file}:mlp", "--lock", str(lock)]) == 2
+    assert "corrupted" in capsys.readouterr().err
+    lock.write_text('{"format": "something-else"}')
+    assert main(["check", f"{factory_file}:mlp", "--lock", str(lock)]) == 2
+
+
+def test_untraceable_model_is_a_clear_capture_error(factory_file, capsys):
+    assert main(["inspect", f"{factory_file}:branchy"]) == 2
+    err = capsys.readouterr().err
+    assert "capture failed" in err and "what to try" in err
+
+
+def test_usage_errors(capsys):
+    assert main(["inspect", "zoo:nope"]) == 2
+    assert "unknown zoo model" in capsys.readouterr().err
+    assert main(["inspect", "no_such_module_xyz:factory"]) == 2
+    assert main(["frobnicate"]) == 2
+
+
+def test_verify_command(capsys):
+    assert main(["verify", "zoo:relu_mlp"]) == 0
+    assert "nullity" in capsys.readouterr().out
+
+
+def test_capture_error_names_the_construct():
+    class Branchy(nn.Module):
+        def forward(self, x):
+            return x if x.sum() > 0 else -x
+
+    with pytest.raises(CaptureError, match="data-dependent"):
+        gaugec.compile(Branchy(), (torch.randn(2, 3),))
+
+
+class UnknownOp(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(3, 4), nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.b(torch.special.erfinv(0.5 * torch.relu(self.a(x)).clamp(max=1.0)))
+
+
+def test_an_op_without_a_rule_is_a_barrier_and_reported():
+    plan = gaugec.compile(UnknownOp(), (torch.randn(2, 3),), loss=None)
+    assert "special_erfinv" in plan.unknown_ops
+    assert all(g.family != "positive_rescale" for g in plan.gauges)
+
+
+class ReluThroughUnknown(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(3, 4), nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.b(torch.special.erfinv(torch.relu(self.a(x))))
+
+
+def test_unknown_op_reached_by_a_probe_is_counted():
+    plan = gaugec.compile(ReluThroughUnknown(), (torch.rand(2, 3) * 0.1,), loss=None)
+    assert plan.unknown_ops.get("special_erfinv", 0) >= 1
+    assert any("no rule for op 'special_erfinv'" in r.reason for r in plan.refusals)
+
+
+def test_meta_device_models_compile_without_weights():
+    from gaugec.zoo import TinyLlama
+
+    with torch.device("meta"):
+        model = TinyLlama(vocab=16, d=8, n_layers=1, n_heads=2, n_kv_heads=2, d_ff=12, eps=0.0)
+    plan = gaugec.compile(model, (torch.randint(0, 16, (2, 6)),))
+    assert plan.dim == 84
+    assert {g.family for g in plan.gauges} == {"norm_gain", "attention_qk_rope", "attention_vo", "glu_rescale",
+                                               "logit_shift"}
+    assert all(g.proof.symbolic_ok for g in plan.gauges)
+
+
+def test_fx_tracer_and_graph_module_inputs_agree():
+    from gaugec import zoo
+
+    model, inputs = zoo.relu_mlp()
+    a = gaugec.compile(model, inputs)
+    b = gaugec.compile(model, inputs, tracer="fx")
+    gm = torch.fx.symbolic_trace(model)
+    c = gaugec.compile(gm, inputs)
+    assert [g.group for g in a.gauges] == [g.group for g in b.gauges] == [g.group for g in c.gauges]
+
+
+def test_exported_program_input():
+    from gaugec import zoo
+    from gaugec.capture import capture
+
+    model, inputs = zoo.relu_mlp()
+    ep = torch.export.export(model, inputs, strict=False)
+    gg = capture(ep)
+    assert set(gg.placeholder_param.values()) == {n for n, _ in model.named_parameters()}

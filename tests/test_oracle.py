@@ -1,0 +1,83 @@
+"""The Jacobian oracle judges completeness: found orbit dimension against the nullity of J (float64)."""
+import pytest
+import torch
+import torch.nn as nn
+
+import gaugec
+from gaugec import zoo
+
+RESIDUAL_STREAM = {"embed_tokens", "layers.0.self_attn.q_proj", "layers.0.self_attn.k_proj",
+                   "layers.0.self_attn.v_proj", "layers.0.self_attn.o_proj", "layers.0.mlp.gate_proj",
+                   "layers.0.mlp.up_proj", "layers.0.mlp.down_proj", "lm_head"}
+
+
+def test_llama_113_is_84_found_plus_29_residual_stream(llama_plan):
+    model, inputs, plan = llama_plan
+    rep = gaugec.verify(model, inputs, plan)
+    assert rep.nullity == 113
+    assert rep.gap > 1e5
+    assert rep.found_rank == 84 == plan.dim
+    assert rep.missed == 29
+    assert rep.sound and max(rep.soundness.values()) < 1e-12
+    # the missed directions live on the residual stream's writers and readers (rotation 28 + scale 1)
+    stream_mass = sum(r.missed for r in rep.modules if r.module in RESIDUAL_STREAM)
+    assert stream_mass > 28.0
+    for r in rep.modules:
+        if r.module not in RESIDUAL_STREAM:
+            assert r.missed < 0.2, r
+
+
+def test_layernorm_example_has_31_dimensions():
+    model, inputs = zoo.ln_mlp()
+    rep = gaugec.verify(model, inputs, loss=None)
+    assert rep.nullity == 31          # design section 4
+    assert rep.found_rank == 17       # gain 6 + input shift 5 + bias translation 6
+    assert rep.missed == 14           # input scale 1 + LayerNorm kernel 3 + rotation of the centred space 10
+
+
+def test_layernorm_eps_breaks_the_input_scale():
+    """With eps > 0 the input scale is no longer a gauge. (The input must span the centred space: with a narrower
+    input the bias component orthogonal to the data trades off against eps, an exact data-dependent symmetry.)"""
+    inputs = (torch.randn(4, 8),)
+    nullity = {}
+    for eps in (0.0, 1e-2):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(8, 6), nn.LayerNorm(6, eps=eps), nn.Linear(6, 3))
+        rep = gaugec.verify(model, inputs, loss=None)
+        assert rep.found_rank == 6 + 9 + 6
+        nullity[eps] = rep.nullity
+    assert nullity[0.0] == nullity[1e-2] + 1
+
+
+@pytest.mark.parametrize("name", ["llama_gqa", "gpt2", "gelu_mlp"])
+def test_every_found_generator_is_sound(name):
+    model, inputs = zoo.load(name)
+    rep = gaugec.verify(model, inputs)
+    assert rep.sound, rep.soundness
+    assert rep.found_rank <= rep.nullity
+
+
+def test_relu_mlp_complete_where_no_unit_is_dead():
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Linear(3, 5), nn.ReLU(), nn.Linear(5, 2))
+    rep = gaugec.verify(model, (torch.randn(4, 3),), loss=None)
+    assert rep.nullity == 5 and rep.found_rank == 5 and rep.missed == 0
+
+
+def test_oracle_catches_an_unsound_generator(llama_plan):
+    """A plan that claims a false gauge must fail the soundness check (the oracle can fail)."""
+    model, inputs, plan = llama_plan
+    from gaugec.plan import Gauge, PlanLeg
+    import numpy as np
+
+    # pretend the gate projection's rows can be rescaled against the down projection: SiLU forbids it
+    n = 12
+    fake = Gauge("fake@gate", "positive_rescale", "mult", [("pos", 1)] * n,
+                 [PlanLeg("layers.0.mlp.gate_proj.weight", "out", 0, np.stack([np.arange(n), np.zeros(n, int),
+                                                                                np.zeros(n, int)], 1)),
+                  PlanLeg("layers.0.mlp.down_proj.weight", "in", 1, np.stack([np.arange(n), np.zeros(n, int),
+                                                                               np.zeros(n, int)], 1))])
+    bad = gaugec.GaugePlan(model, plan.gauges + [fake], loss=plan.loss, graph=plan.graph, example_inputs=inputs)
+    rep = gaugec.verify(model, inputs, bad)
+    assert not rep.sound
+    assert rep.soundness["fake@gate"] > 1e-3

@@ -1,0 +1,136 @@
+"""Plans as data (JSON round trip, mismatch errors), generators, and sympy-checked proofs."""
+import copy
+import json
+
+import pytest
+import torch
+import torch.nn as nn
+
+import gaugec
+from gaugec import zoo
+from gaugec.plan import PlanMismatchError
+from gaugec.prove import Proof
+from gaugec.prove.lemmas import LEMMAS, check_lemma, lemma, run_lemma
+
+
+def test_tangent_basis_shape_rank_and_dim(llama_plan):
+    model, _, plan = llama_plan
+    B = plan.tangent_basis()
+    n = sum(p.numel() for p in model.parameters())
+    assert B.shape == (sum(g.dim for g in plan.gauges), n)
+    assert int(torch.linalg.matrix_rank(B)) == plan.dim == 84
+
+
+def test_generators_are_derivatives_of_the_action(llama_plan):
+    """ξ = d/dt exp(tX)·θ: compare with a finite difference of the action for one generator per gauge."""
+    model, inputs, plan = llama_plan
+    m = copy.deepcopy(model).double()
+    bound = gaugec.GaugePlan(m, plan.gauges, loss=plan.loss, graph=plan.graph, example_inputs=inputs)
+    theta0 = torch.cat([p.detach().reshape(-1) for p in m.parameters()])
+    B = bound.tangent_basis()
+    row = 0
+    for g in bound.gauges:
+        t = 1e-6
+        if g.kind == "mult":
+            b, X = next(iter(g.algebra_basis()))
+            mats = [torch.eye(m_, dtype=torch.float64) for _, m_ in g.blocks]
+            mats[b] = torch.linalg.matrix_exp(t * X)
+            elem = ("mult", mats)
+        else:
+            v = torch.zeros(g.dim, dtype=torch.float64)
+            v[0] = t
+            elem = ("add", v)
+        bound.act([elem], gauges=[g])
+        theta1 = torch.cat([p.detach().reshape(-1) for p in m.parameters()])
+        fd = (theta1 - theta0) / t
+        assert torch.allclose(fd, B[row], atol=1e-4 * max(1.0, float(B[row].abs().max()))), g.name
+        with torch.no_grad():
+            for p, v in zip(m.parameters(), torch.split(theta0, [p.numel() for p in m.parameters()])):
+                p.copy_(v.reshape(p.shape))
+        row += g.dim
+
+
+def test_json_round_trip(llama_plan):
+    model, inputs, plan = llama_plan
+    text = plan.to_json()
+    again = gaugec.GaugePlan.from_json(text, model, example_inputs=inputs)
+    assert [g.name for g in again.gauges] == [g.name for g in plan.gauges]
+    assert [g.group for g in again.gauges] == [g.group for g in plan.gauges]
+    assert torch.allclose(again.tangent_basis(), plan.tangent_basis())
+    assert all(g.proof.check() for g in again.gauges)
+    assert json.loads(again.to_json()) == json.loads(text)
+
+
+def test_plan_mismatch_and_corruption_are_clear_errors(llama_plan):
+    model, _, plan = llama_plan
+    other, _ = zoo.llama(d_ff=16)
+    with pytest.raises(PlanMismatchError, match="mlp"):
+        gaugec.GaugePlan.from_json(plan.to_json(), other)
+    with pytest.raises(PlanMismatchError, match="not in the model"):
+        gaugec.GaugePlan.from_json(plan.to_json(), nn.Linear(2, 2))
+    with pytest.raises(PlanMismatchError, match="corrupted"):
+        gaugec.GaugePlan.from_json(plan.to_json()[:-40], model)
+    data = json.loads(plan.to_json())
+    del data["gauges"][0]["legs"][0]["param"]
+    with pytest.raises(PlanMismatchError, match="corrupted"):
+        gaugec.GaugePlan.from_json(json.dumps(data), model)
+
+
+def test_acting_with_the_wrong_element_is_an_error(llama_plan):
+    model, _, plan = llama_plan
+    with pytest.raises(PlanMismatchError):
+        plan.act(plan.random_element()[:-1])
+
+
+def test_every_registered_lemma_holds_under_sympy():
+    for lid, lem in LEMMAS.items():
+        assert run_lemma(lem), lid
+
+
+def test_a_false_lemma_fails_and_fails_the_proof():
+    import sympy as sp
+
+    @lemma("test_false_relu_negative", "relu(c x) = c relu(x) for c < 0 (false)")
+    def _false():
+        x = sp.Symbol("x", positive=True)
+        c = sp.Symbol("c", negative=True)
+        return [sp.Max(0, c * x) - c * sp.Max(0, x)]
+
+    try:
+        assert check_lemma("test_false_relu_negative", use_cache=False) is False
+        proof = Proof([("relu_pos_homogeneous", "n1"), ("test_false_relu_negative", "n2")])
+        assert proof.check() is False
+        assert "test_false_relu_negative" in proof.status
+    finally:
+        del LEMMAS["test_false_relu_negative"]
+
+
+def test_unknown_lemma_in_a_certificate_fails():
+    proof = Proof([("no_such_lemma", "n1")])
+    assert proof.check() is False
+
+
+def test_lemma_cache_is_keyed_by_content(monkeypatch, tmp_path):
+    from gaugec.prove import lemmas as lemma_mod
+
+    monkeypatch.setenv("GAUGEC_CACHE", str(tmp_path))
+    lemma_mod.clear_cache()
+    before = lemma_mod.STATS["sympy_runs"]
+    assert check_lemma("softmax_shift")
+    assert check_lemma("softmax_shift")
+    assert lemma_mod.STATS["sympy_runs"] == before + 1          # second call: cache hit
+    assert (tmp_path / "lemmas.json").exists()
+    lemma_mod.clear_cache()                                       # memory cleared: the disk cache answers
+    lemma_mod._disk_loaded = False
+    assert check_lemma("softmax_shift")
+    assert lemma_mod.STATS["sympy_runs"] == before + 1
+
+
+def test_certificates_name_lemmas_and_nodes(llama_plan):
+    _, _, plan = llama_plan
+    qk = next(g for g in plan.gauges if g.family == "attention_qk_rope")
+    assert {"rope_commutant", "bilinear_contract", "linear_writer"} <= set(qk.proof.lemmas)
+    nodes = {n for _, n in qk.proof.steps}
+    assert any("scaled_dot_product_attention" in n for n in nodes)
+    gain = next(g for g in plan.gauges if g.family == "norm_gain")
+    assert "norm_gain" in gain.proof.lemmas
