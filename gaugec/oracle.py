@@ -112,6 +112,22 @@ def sample_inputs(model, example_inputs: tuple, gen: torch.Generator, batch_mult
     return tuple(out)
 
 
+def orthonormal_columns(A: torch.Tensor, rtol: float | None = None, atol: float | None = None) -> torch.Tensor:
+    """An orthonormal basis of A's column space, from the eigendecomposition of AᵀA (robust where the SVD of a
+    matrix with many repeated singular values may fail to converge). Singular values below atol, or below
+    rtol x the largest, are dropped."""
+    if A.shape[1] == 0:
+        return A[:, :0]
+    evals, V = torch.linalg.eigh(A.T @ A)
+    s = evals.clamp_min(0).sqrt()
+    cut = (atol if atol is not None else 0.0) + (rtol * float(s.max()) if rtol is not None else 0.0)
+    keep = s > cut
+    U = (A @ V[:, keep]) / s[keep]
+    # one re-orthonormalisation pass removes the squared-condition error of the Gram route
+    Qr, _ = torch.linalg.qr(U)
+    return Qr
+
+
 def verify(model, example_inputs, plan=None, loss: str | None = "cross_entropy", seed: int = 0,
            rel_tol: float = 1e-10, row_factor: float = 4.0, max_batches: int = 64) -> OracleReport:
     """Run the oracle on ``model``; compare with ``plan`` (compiled here when None)."""
@@ -160,6 +176,9 @@ def verify(model, example_inputs, plan=None, loss: str | None = "cross_entropy",
     while rows < row_factor * n and batches < max_batches:
         inputs = sample_inputs(model64, example_inputs, gen, batch_mult)
         J = jacrev(f_of)(theta, inputs)
+        if not bool(torch.isfinite(J).all()):
+            raise FloatingPointError("the Jacobian has non-finite entries at the oracle's point (a norm with "
+                                     "eps = 0 on a zero vector, or an overflow)")
         G += J.T @ J
         JB2 += ((J @ B.T) ** 2).sum(0)
         rows += J.shape[0]
@@ -182,19 +201,13 @@ def verify(model, example_inputs, plan=None, loss: str | None = "cross_entropy",
         ratios = JB2[o:o + g.dim].sqrt() / (jnorm * norms.clamp_min(1e-300))
         soundness[g.name] = float(ratios[norms > 0].max()) if bool((norms > 0).any()) else 0.0
         o += g.dim
-    if B.shape[0]:
-        U, S, _ = torch.linalg.svd(B.T, full_matrices=False)
-        r = int((S > S[0] * 1e-9).sum())
-        Q = U[:, :r]
-    else:
-        r, Q = 0, torch.zeros(n, 0, dtype=torch.float64)
+    if not bool(torch.isfinite(B).all()):
+        raise FloatingPointError("a generator of the plan is not finite at the oracle's point")
+    Q = orthonormal_columns(B.T, rtol=1e-9)
+    r = Q.shape[1]
     M = N - Q @ (Q.T @ N)
-    if M.shape[1]:
-        Um, Sm, _ = torch.linalg.svd(M, full_matrices=False)
-        missed = int((Sm > 1e-6).sum())
-        Umiss = Um[:, :missed]
-    else:
-        missed, Umiss = 0, torch.zeros(n, 0, dtype=torch.float64)
+    Umiss = orthonormal_columns(M, atol=1e-6)
+    missed = Umiss.shape[1]
 
     modules = []
     by_module: dict[str, list[int]] = {}

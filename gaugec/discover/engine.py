@@ -368,11 +368,7 @@ class Engine:
                     heapq.heappush(heap, self.index[macro.add])
                 continue
             ctx = RuleCtx(self, probe, node, state)
-            if macro is not None:
-                from gaugec.discover.rules.rope import rope_rule
-                out = rope_rule(ctx, node, macro)
-            else:
-                out = ctx.dispatch()
+            out = ctx.dispatch(macro)
             if out is not None and not probe.dead:
                 state[node] = out
                 push_users(node)
@@ -437,25 +433,32 @@ class RuleCtx:
     def carried(self) -> list[torch.fx.Node]:
         return [a for a in self.node.all_input_nodes if a in self._state]
 
-    def dispatch(self):
+    def dispatch(self, macro: "RopeMacro | None" = None):
+        """Apply the node's rule (or the recognised rotary op ending here); no rule means a barrier."""
         from gaugec.discover.rules.index import apply_index_op
+        from gaugec.discover.rules.rope import rope_rule
 
-        name = op_name(self.node)
-        if name in INDEX_RULES:
-            self.cite("index_transport")
-            out = apply_index_op(self.engine, self.node, self._state, fill=-1)
-            return out
-        table = MULT_RULES if self.mult else ADD_RULES
-        fn = table.get(name)
+        name = "rotary embedding" if macro is not None else op_name(self.node)
+        fn = None
+        try:
+            if macro is not None:
+                return rope_rule(self, self.node, macro)
+            if name in INDEX_RULES:
+                self.cite("index_transport")
+                return apply_index_op(self.engine, self.node, self._state, fill=-1)
+            table = MULT_RULES if self.mult else ADD_RULES
+            fn = table.get(name)
+            if fn is not None:
+                return fn(self, self.node)
+        except Exception as exc:  # noqa: BLE001 - a rule that cannot handle this node is a barrier, never a crash
+            return self.kill_all(f"the rule for '{name}' could not handle this node ({type(exc).__name__}: "
+                                 f"{str(exc)[:120]})")
         if fn is None:
             reason = BARRIERS.get(name)
             if reason is None:
                 reason = f"no rule for op '{name}' (a barrier: nothing crosses it)"
                 self.engine.unknown_ops[name] = self.engine.unknown_ops.get(name, 0) + 1
-            for a in self.carried():
-                self.kill(self._state[a], reason)
-            return None
-        return fn(self, self.node)
+            return self.kill_all(reason)
 
     # -- recording ---------------------------------------------------------------------------------------------
     def cite(self, lemma_id: str, C: np.ndarray | None = None):
@@ -487,8 +490,12 @@ class RuleCtx:
             self.probe.dead = True
 
     def kill_all(self, reason: str):
-        for a in self.carried():
+        carried = self.carried()
+        for a in carried:
             self.kill(self._state[a], reason)
+        if not carried and not self.mult:
+            self.probe.refusals.append((self.node.name, reason))
+            self.probe.dead = True
         return None
 
     def leg(self, param: str, role: str, **kw):

@@ -168,16 +168,20 @@ class GaugePlan:
             moved[lg.param] = t
         absorbers = [lg for lg in gauge.legs if lg.role == "absorb"]
         if absorbers:
+            # each bias cancels what reaches it once the biases before it (in graph order) have cancelled theirs
             runner = self._runner()
-            sites = {lg.site for lg in absorbers}
-            base = runner.values(params, sites)
-            shifted = {n: p.detach().to(torch.float64) + moved[n] if n in moved else p for n, p in params.items()}
-            after = runner.values(shifted, sites)
+            order = {n.name: i for i, n in enumerate(runner.gg.graph.nodes)}
+            absorbers.sort(key=lambda lg: order[lg.site])
+            base = runner.values(params, {lg.site for lg in absorbers})
+            current = {n: p.detach().to(torch.float64) + moved[n] if n in moved else p.detach().to(torch.float64)
+                       for n, p in params.items()}
             for lg in absorbers:
-                diff = (after[lg.site].to(torch.float64) - base[lg.site].to(torch.float64)).reshape(-1)
+                after = runner.values(current, {lg.site})
+                diff = (after[lg.site] - base[lg.site].to(torch.float64)).reshape(-1)
                 comp = -diff[torch.as_tensor(lg.site_index)]
                 o = offsets[lg.param]
                 delta[o:o + comp.numel()] += comp
+                current[lg.param] = current[lg.param] + comp.reshape(current[lg.param].shape)
         return delta
 
     # -- serialisation ---------------------------------------------------------------------------------------------

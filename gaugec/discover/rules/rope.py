@@ -150,12 +150,18 @@ def find_rope_macros(engine):
 
 
 def rope_rule(ctx, node, macro: RopeMacro):
+    # anything the probe reaches inside the op other than x (cos, sin, or a tensor they are built from) is a barrier
+    outside = {a for i in macro.internal for a in i.all_input_nodes
+               if a not in macro.internal and a is not macro.x}
+    for a in outside:
+        if ctx.state(a) is not None:
+            ctx.kill(ctx.state(a), "the group reaches the rotary angles")
     C = ctx.state(macro.x)
     if C is None:
-        # the probe reached cos/sin, not x
-        return ctx.kill_all("the group reaches the rotary angles")
+        return None
     if not ctx.mult:
-        return ctx.kill_all("a translation rotates with the position under RoPE")
+        ctx.kill(C, "a translation rotates with the position under RoPE")
+        return None
     so = node_shape(node)
     C = np.broadcast_to(C.reshape((1,) * (len(so) - C.ndim) + C.shape), so)
     ctx.fibres(C, [-1])
