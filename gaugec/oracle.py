@@ -112,6 +112,19 @@ def sample_inputs(model, example_inputs: tuple, gen: torch.Generator, batch_mult
     return tuple(out)
 
 
+def _soundness(plan, B, JB2, lam_max) -> dict[str, float]:
+    """max over each gauge's generators of ‖Jξ‖ / (‖J‖ ‖ξ‖), ‖J‖ the spectral norm."""
+    out = {}
+    jnorm = math.sqrt(lam_max)
+    o = 0
+    for g in plan.gauges:
+        norms = B[o:o + g.dim].norm(dim=1)
+        ratios = JB2[o:o + g.dim].sqrt() / (jnorm * norms.clamp_min(1e-300))
+        out[g.name] = float(ratios[norms > 0].max()) if bool((norms > 0).any()) else 0.0
+        o += g.dim
+    return out
+
+
 def orthonormal_columns(A: torch.Tensor, rtol: float | None = None, atol: float | None = None) -> torch.Tensor:
     """An orthonormal basis of A's column space, from the eigendecomposition of AᵀA (robust where the SVD of a
     matrix with many repeated singular values may fail to converge). Singular values below atol, or below
@@ -129,8 +142,13 @@ def orthonormal_columns(A: torch.Tensor, rtol: float | None = None, atol: float 
 
 
 def verify(model, example_inputs, plan=None, loss: str | None = "cross_entropy", seed: int = 0,
-           rel_tol: float = 1e-10, row_factor: float = 4.0, max_batches: int = 64) -> OracleReport:
-    """Run the oracle on ``model``; compare with ``plan`` (compiled here when None)."""
+           rel_tol: float = 1e-10, row_factor: float = 4.0, max_batches: int = 64,
+           soundness_only: bool = False) -> OracleReport:
+    """Run the oracle on ``model``; compare with ``plan`` (compiled here when None).
+
+    ``soundness_only``: check ‖Jξ‖/(‖J‖‖ξ‖) on a few batches and skip the nullity (a true generator is in the
+    null space of any rows of J, so soundness needs no full-rank Jacobian). The report then has nullity -1.
+    """
     from gaugec.plan.plan import GaugePlan
     from gaugec.pipeline import compile as gaugec_compile
 
@@ -173,6 +191,8 @@ def verify(model, example_inputs, plan=None, loss: str | None = "cross_entropy",
     batches = 0
     per_example = f_of(theta, sample_inputs(model64, example_inputs, gen)).numel()
     batch_mult = max(1, math.ceil(row_factor * n / max(per_example, 1) / 8))
+    if soundness_only:
+        batch_mult, max_batches = 1, 2
     while rows < row_factor * n and batches < max_batches:
         inputs = sample_inputs(model64, example_inputs, gen, batch_mult)
         J = jacrev(f_of)(theta, inputs)
@@ -183,6 +203,10 @@ def verify(model, example_inputs, plan=None, loss: str | None = "cross_entropy",
         JB2 += ((J @ B.T) ** 2).sum(0)
         rows += J.shape[0]
         batches += 1
+    if soundness_only:
+        lam_max = float(torch.linalg.eigvalsh(G)[-1].clamp_min(1e-300))
+        return OracleReport(n, rows, -1, int(torch.linalg.matrix_rank(B)) if B.shape[0] else 0, -1, float("nan"),
+                            np.zeros(0), _soundness(bound, B, JB2, lam_max), [], rel_tol)
     evals, evecs = torch.linalg.eigh(G)
     lam_max = float(evals[-1].clamp_min(1e-300))
     thr = rel_tol * lam_max
@@ -193,14 +217,7 @@ def verify(model, example_inputs, plan=None, loss: str | None = "cross_entropy",
     gap = float(above[0] / below[-1].clamp_min(1e-300)) if len(below) and len(above) else float("inf")
     N = evecs[:, null_mask]                         # [n, nullity]
 
-    soundness = {}
-    jnorm = math.sqrt(lam_max)
-    o = 0
-    for g in bound.gauges:
-        norms = B[o:o + g.dim].norm(dim=1)
-        ratios = JB2[o:o + g.dim].sqrt() / (jnorm * norms.clamp_min(1e-300))
-        soundness[g.name] = float(ratios[norms > 0].max()) if bool((norms > 0).any()) else 0.0
-        o += g.dim
+    soundness = _soundness(bound, B, JB2, lam_max)
     if not bool(torch.isfinite(B).all()):
         raise FloatingPointError("a generator of the plan is not finite at the oracle's point")
     Q = orthonormal_columns(B.T, rtol=1e-9)

@@ -65,15 +65,12 @@ def _to_gauge(fg) -> Gauge:
     for lg in fg.legs:
         entries = None
         if lg.coords is not None:
-            entries = np.full((len(lg.coords), 3), -1, dtype=np.int64)
-            for i, c in enumerate(lg.coords):
-                if c >= 0 and int(c) in fg.coord_block:
-                    entries[i] = fg.coord_block[int(c)]
+            entries = fg.entries_of(lg.coords)
             if not (entries[:, 0] >= 0).any():
                 continue
         legs.append(PlanLeg(lg.param, lg.role, lg.axis, entries, lg.offset, tuple(lg.axes), lg.site,
                             lg.site_index, lg.node))
-    return Gauge("", fg.family, fg.kind, [(b.kind, b.size) for b in fg.blocks], legs,
+    return Gauge("", fg.family, fg.kind, list(zip(fg.block_kinds, fg.block_sizes)), legs,
                  proof=Proof(list(fg.citations)), additive_dim=fg.additive_dim, description=list(fg.probes))
 
 

@@ -120,29 +120,22 @@ class Probe:
 
 
 class Constraints:
-    """Everything the rules learn, over global coordinate ids."""
+    """Everything the rules learn, over global coordinate ids (kept as arrays: full-size models have millions)."""
 
     def __init__(self):
         self.n_coords = 0
-        self.coord_probe: list[int] = []          # coordinate id -> probe id
-        self.coord_kind: list[str] = []           # initial kind of the coordinate's block: "gl" | "scalar"
-        self.seed_blocks: list[np.ndarray] = []   # coordinate sets that start as one block
-        self.fibres: list[frozenset] = []
+        self.ranges: list[tuple[int, int, int, str]] = []   # (base, count, probe id, "gl" | "scalar")
+        self.fibres: list[np.ndarray] = []
         self._fibre_keys: set = set()
-        self.kinds: list[tuple[str, tuple]] = []  # ("pos"|"scalar", (c,)) or ("rot2", (c1, c2))
-        self.ties: list[tuple[np.ndarray, np.ndarray, int]] = []
-        self.killed: set[int] = set()
-        self.kill_reasons: dict[int, str] = {}
-        self.half_edges: dict[str, dict[str, list]] = {}   # node -> side -> [(probe id, C)]
-        self.coord_tags: dict[int, set] = {}      # coordinate -> what its rules saw (families are per block)
+        self.kinds: list[tuple[str, np.ndarray]] = []      # ("pos" | "scalar", coords) or ("rot2", [k, 2] pairs)
+        self.kills: list[tuple[np.ndarray, str, str]] = []  # (coords, reason, node)
+        self.half_edges: dict[str, dict[str, list]] = {}    # node -> side -> [(probe id, C)]
+        self.tags: dict[str, list[np.ndarray]] = {}         # tag -> coordinates that met it (families are per block)
 
     def new_coords(self, n: int, probe_id: int, kind: str) -> int:
         base = self.n_coords
         self.n_coords += n
-        self.coord_probe.extend([probe_id] * n)
-        self.coord_kind.extend([kind] * n)
-        if kind == "gl":
-            self.seed_blocks.append(np.arange(base, base + n))
+        self.ranges.append((base, n, probe_id, kind))
         return base
 
     def add_fibres(self, C: np.ndarray, axes: list[int]):
@@ -150,19 +143,55 @@ class Constraints:
         rest = [a for a in range(C.ndim) if a not in axes]
         rows = np.transpose(C, rest + axes).reshape(-1, int(np.prod([C.shape[a] for a in axes], dtype=np.int64)))
         if rows.shape[0] > 1:
-            rows = np.unique(rows, axis=0)
+            rows = unique_rows(rows)
         for row in rows:
-            key = frozenset(int(c) for c in row if c >= 0)
-            if len(key) > 1 and key not in self._fibre_keys:
-                self._fibre_keys.add(key)
-                self.fibres.append(key)
+            row = np.unique(row[row >= 0])
+            if len(row) > 1:
+                key = hash(row.tobytes())
+                if key not in self._fibre_keys:
+                    self._fibre_keys.add(key)
+                    self.fibres.append(row)
 
     def kill(self, coords, reason: str, where: str = ""):
-        for c in np.unique(np.asarray(coords)):
-            c = int(c)
-            if c >= 0 and c not in self.killed:
-                self.killed.add(c)
-                self.kill_reasons[c] = (reason, where)
+        coords = np.asarray(coords).reshape(-1)
+        coords = coords[coords >= 0]
+        if coords.size:
+            self.kills.append((np.unique(coords), reason, where))
+
+    def restrict(self, coords, kind: str):
+        coords = np.unique(np.asarray(coords))
+        self.kinds.append((kind, coords[coords >= 0]))
+
+    def tag(self, coords, tag: str):
+        coords = np.unique(np.asarray(coords))
+        self.tags.setdefault(tag, []).append(coords[coords >= 0])
+
+
+def unique_rows(rows: np.ndarray) -> np.ndarray:
+    """The distinct rows of an integer matrix (as np.unique(rows, axis=0), in first-seen order)."""
+    if rows.shape[0] <= 1 or rows.shape[1] == 0:
+        return rows
+    cls = row_classes(rows)
+    _, first = np.unique(cls, return_index=True)
+    return rows[np.sort(first)]
+
+
+def _row_hash(rows: np.ndarray) -> np.ndarray:
+    rng = np.random.default_rng(0x9A06EC)
+    w = rng.integers(1, 2 ** 62, size=rows.shape[1], dtype=np.int64).astype(np.uint64)
+    return (rows.astype(np.uint64) * w).sum(axis=1) + (rows.astype(np.uint64) ^ (w >> np.uint64(7))).sum(axis=1)
+
+
+def row_classes(rows: np.ndarray) -> np.ndarray:
+    """A class id per row, equal for equal rows (np.unique(rows, axis=0, return_inverse=True)[1], faster)."""
+    if rows.shape[0] == 0:
+        return np.zeros(0, dtype=np.int64)
+    _, first, inv = np.unique(_row_hash(rows), return_index=True, return_inverse=True)
+    inv = inv.reshape(-1)
+    if not np.array_equal(rows[first[inv]], rows):   # a hash collision: never trust it, use the exact route
+        _, inv = np.unique(rows, axis=0, return_inverse=True)
+        inv = inv.reshape(-1)
+    return inv
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -200,9 +229,49 @@ def barrier(reason: str, *names: str):
 
 @dataclasses.dataclass
 class ParamView:
+    """A tensor that is a parameter moved by index ops: ``idx[k]`` gives, per position of the view, the index
+    along parameter axis k. Each is kept broadcastable (zero-copy for transposes and expands), so full-size
+    weights never materialise a per-element array; ``P`` (flat index per position) is built on demand."""
+
     param: str
-    P: np.ndarray          # flat index into the parameter, per position of the view
-    offset: float = 0.0    # the view is P-indexed (offset + w)
+    idx: tuple              # one integer array per parameter axis, broadcastable to the view's shape
+    pshape: tuple           # the parameter's shape
+    offset: float = 0.0     # the view is (offset + w), e.g. Gemma gains
+
+    @classmethod
+    def of(cls, param: str, pshape: tuple) -> "ParamView":
+        nd = len(pshape)
+        idx = tuple(np.arange(s).reshape([s if a == k else 1 for a in range(nd)]) for k, s in enumerate(pshape))
+        shape = tuple(pshape)
+        return cls(param, tuple(np.broadcast_to(i, shape) for i in idx), shape)
+
+    @property
+    def shape(self) -> tuple:
+        return np.broadcast_shapes(*[i.shape for i in self.idx]) if self.idx else ()
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def P(self) -> np.ndarray:
+        flat = np.zeros(self.shape, dtype=np.int64)
+        stride = 1
+        for k in reversed(range(len(self.pshape))):
+            flat = flat + self.idx[k] * stride
+            stride *= self.pshape[k]
+        return flat
+
+    def fibre(self, axis: int) -> np.ndarray:
+        """Flat parameter index along ``axis`` of the view, at index 0 of every other axis."""
+        sl = tuple(slice(None) if a == axis else slice(0, 1) for a in range(self.ndim))
+        shape = self.shape
+        flat = np.zeros(shape[axis], dtype=np.int64)
+        stride = 1
+        for k in reversed(range(len(self.pshape))):
+            flat = flat + np.broadcast_to(self.idx[k], shape)[sl].reshape(-1) * stride
+            stride *= self.pshape[k]
+        return flat
 
 
 @dataclasses.dataclass
@@ -299,7 +368,7 @@ class Engine:
                 pname = self.gg.param_of(n)
                 shape = node_shape(n)
                 if pname is not None and shape is not None:
-                    self.param_views[n] = ParamView(pname, np.arange(int(np.prod(shape, dtype=np.int64))).reshape(shape))
+                    self.param_views[n] = ParamView.of(pname, shape)
                 continue
             if n.op != "call_function":
                 continue
@@ -310,14 +379,18 @@ class Engine:
                 continue
             src = self.param_views[pv_ins[0]]
             if name in INDEX_RULES:
-                out = apply_index_op(self, n, {pv_ins[0]: src.P}, fill=-1)
-                if isinstance(out, np.ndarray):
-                    self.param_views[n] = ParamView(src.param, out, src.offset)
+                try:
+                    outs = [apply_index_op(self, n, {pv_ins[0]: np.broadcast_to(i, src.shape)}, fill=-1)
+                            for i in src.idx]
+                except Exception:  # noqa: BLE001 - not a view we can follow: the tensor is treated as computed
+                    continue
+                if all(isinstance(o, np.ndarray) for o in outs):
+                    self.param_views[n] = ParamView(src.param, tuple(outs), src.pshape, src.offset)
             elif name == "add" and src.offset == 0.0 and isinstance(arg(n, 1, "other"), (int, float)) \
                     and arg(n, 0, "self") is pv_ins[0] and arg(n, 2, "alpha", 1) == 1:
                 shape = node_shape(n)
-                self.param_views[n] = ParamView(src.param, np.broadcast_to(src.P, shape).copy(),
-                                                float(arg(n, 1, "other")))
+                self.param_views[n] = ParamView(src.param, tuple(np.broadcast_to(i, shape) for i in src.idx),
+                                                src.pshape, float(arg(n, 1, "other")))
 
     # -- seeding and running -----------------------------------------------------------------------------------
     def seed_all(self):
@@ -462,22 +535,21 @@ class RuleCtx:
 
     # -- recording ---------------------------------------------------------------------------------------------
     def cite(self, lemma_id: str, C: np.ndarray | None = None):
-        """Record a lemma applied here, against the coordinates (multiplicative) that reach this node (or C)."""
+        """Record a lemma applied here, against the coordinates (multiplicative) that reach this node (or C).
+
+        The coordinate arrays are kept by reference (states are never modified in place) and only searched when a
+        probe's blocks split into several gauges."""
         coords = None
-        if self.mult and C is not None:
-            coords = np.unique(C)
-        elif self.mult:
-            arrs = [np.unique(self._state[a]) for a in self.carried() if isinstance(self._state[a], np.ndarray)]
-            coords = np.unique(np.concatenate(arrs)) if arrs else np.zeros(0, np.int64)
+        if self.mult:
+            coords = [C] if C is not None else [self._state[a] for a in self.carried()
+                                                 if isinstance(self._state[a], np.ndarray)]
         self.probe.citations.append((lemma_id, self.node.name, coords))
 
     def tag(self, t: str, C: np.ndarray | None = None):
         """Record what the action met; with C (multiplicative) on those coordinates only."""
         self.probe.tags.add(t)
         if C is not None and self.mult:
-            for c in np.unique(C):
-                if c >= 0:
-                    self.cons.coord_tags.setdefault(int(c), set()).add(t)
+            self.cons.tag(C, t)
 
     def sink(self, what: str):
         self.probe.sinks.append((self.node.name, what))
@@ -506,9 +578,7 @@ class RuleCtx:
 
     def restrict(self, C: np.ndarray, kind: str):
         """Every coordinate of C gets a one-dimensional block of ``kind`` ("pos" or "scalar")."""
-        for c in np.unique(C):
-            if c >= 0:
-                self.cons.kinds.append((kind, (int(c),)))
+        self.cons.restrict(C, kind)
 
     def half_edge(self, side: str, C: np.ndarray):
         self.cons.half_edges.setdefault(self.node.name, {}).setdefault(side, []).append((self.probe.id, C))
@@ -518,8 +588,7 @@ class RuleCtx:
         shape = np.broadcast_shapes(*[a.shape for a in arrays])
         cols = np.stack([np.broadcast_to(a, shape).reshape(-1) for a in arrays], axis=1)
         zero = np.all(cols < 0, axis=1)
-        _, inv = np.unique(cols, axis=0, return_inverse=True)
-        inv = inv.reshape(-1)
+        inv = row_classes(cols)
         out = self.engine.fresh_labels(int(inv.max()) + 1 if inv.size else 0) + inv
         out[zero] = -1
         return out.reshape(shape)
@@ -536,7 +605,7 @@ class SeedCtx:
     def probe(self, kind, seed, initial, legs=(), coord_kind=None, describe="", tags=(), cites=()) -> Probe:
         """A new probe seeded here; ``cites`` are the lemmas that make the seed's legs a group action."""
         p = self.engine.add_probe(kind, seed, self.node, np.asarray(initial), coord_kind, describe)
-        seed_coords = np.arange(p.coord_base, p.coord_base + p.coord_count) if kind == "mult" else None
+        seed_coords = [np.arange(p.coord_base, p.coord_base + p.coord_count)] if kind == "mult" else None
         for lid in cites:
             p.citations.append((lid, self.node.name, seed_coords))
         for lg in legs:
@@ -560,12 +629,11 @@ def param_axis_coords(P: np.ndarray, C: np.ndarray, shape: tuple[int, ...]):
         return None
     idx = np.unravel_index(flatP, shape)
     for ax in range(len(shape)):
-        pairs = np.unique(np.stack([idx[ax], flatC], axis=1), axis=0)
-        if len(np.unique(pairs[:, 0])) != len(pairs):
+        keys, first, inv = np.unique(idx[ax], return_index=True, return_inverse=True)
+        if not np.array_equal(flatC[first][inv.reshape(-1)], flatC):
             continue  # one parameter index meets two coordinates along this axis
         coords = np.full(shape[ax], -1, dtype=np.int64)
-        coords[pairs[:, 0]] = pairs[:, 1]
+        coords[keys] = flatC[first]
         if (coords >= 0).any():
-            # every other parameter axis must not change the coordinate: checked by the uniqueness above
             return ax, coords
     return None

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from typing import Callable
 
 import numpy as np
 
@@ -22,6 +23,8 @@ from gaugec.discover.engine import Engine, Leg
 
 
 class UnionFind:
+    """Union-find with parity (parity 1 = the dual, A^-T)."""
+
     def __init__(self, n: int):
         self.parent = list(range(n))
         self.parity = [0] * n    # parity relative to parent
@@ -35,13 +38,12 @@ class UnionFind:
             p ^= self.parity[x]
             x = self.parent[x]
         root = x
-        # path compression with parity
         acc = p
-        for node in path:
-            nxt_par = self.parity[node]
+        for node in path:          # path compression, keeping each node's parity to the root
+            nxt = self.parity[node]
             self.parent[node] = root
             self.parity[node] = acc
-            acc ^= nxt_par
+            acc ^= nxt
         return root, p
 
     def union(self, a: int, b: int, parity: int):
@@ -56,38 +58,40 @@ class UnionFind:
         if rb in self.conflict:
             self.conflict.add(ra)
 
+    def roots_and_parities(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every element's root and parity to it, by pointer jumping (vectorised)."""
+        P = np.asarray(self.parent, dtype=np.int64)
+        Q = np.asarray(self.parity, dtype=np.int64)
+        while True:
+            PP = P[P]
+            if np.array_equal(PP, P):
+                return P, Q
+            Q = Q ^ Q[P]
+            P = PP
 
-@dataclasses.dataclass
-class Block:
-    kind: str                 # "gl" | "rot2" | "scalar" | "pos"
-    coords: list[int]         # root coordinate ids, in the block's local order
 
-    @property
-    def size(self) -> int:
-        return len(self.coords)
-
-    @property
-    def dim(self) -> int:
-        return {"gl": self.size * self.size, "rot2": 2, "scalar": 1, "pos": 1}[self.kind]
+KIND_NAMES = ("gl", "rot2", "scalar", "pos")
+BLOCK_DIM = {"gl": lambda m: m * m, "rot2": lambda m: 2, "scalar": lambda m: 1, "pos": lambda m: 1}
 
 
 @dataclasses.dataclass
 class FoundGauge:
     family: str
     kind: str                        # "mult" | "add"
-    blocks: list[Block]
+    block_kinds: list[str]
+    block_sizes: list[int]
     legs: list[Leg]
-    coord_block: dict[int, tuple[int, int, int]]   # coordinate id -> (block, local index, parity)
     citations: list[tuple[str, str]]
     probes: list[str]
     tags: set
     additive_dim: int = 0
+    entries_of: Callable[[np.ndarray], np.ndarray] | None = None   # coords -> [len, 3] (block, local, parity)
 
     @property
     def dim(self) -> int:
         if self.kind == "add":
             return self.additive_dim
-        return sum(b.dim for b in self.blocks)
+        return sum(BLOCK_DIM[k](m) for k, m in zip(self.block_kinds, self.block_sizes))
 
 
 @dataclasses.dataclass
@@ -97,20 +101,30 @@ class Refusal:
     reason: str
 
 
+def _mix(x: np.ndarray, salt: int) -> np.ndarray:
+    """splitmix64 of x + salt: a 64-bit hash, vectorised."""
+    with np.errstate(over="ignore"):
+        z = (x.astype(np.uint64) + np.uint64(salt) * np.uint64(0x9E3779B97F4A7C15))
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return z ^ (z >> np.uint64(31))
+
+
 def solve(engine: Engine) -> tuple[list[FoundGauge], list[Refusal]]:
     cons = engine.cons
     n = cons.n_coords
+    n_probes = len(engine.probes)
+    coord_probe = np.zeros(n, dtype=np.int64)
+    seed_scalar = np.zeros(n, dtype=bool)
+    for base, count, pid, kind in cons.ranges:
+        coord_probe[base:base + count] = pid
+        seed_scalar[base:base + count] = kind == "scalar"
+    reasons: list[tuple[str, str]] = []   # (reason, where), indexed by the kill codes below
+    kills = list(cons.kills)
+
+    # 1. contraction ties: A on one factor, A^-T on the other; the probes involved form one gauge instance
     uf = UnionFind(n)
-    killed: set[int] = set(cons.killed)
-    kill_reason = dict(cons.kill_reasons)
-
-    def kill(c, why, where=""):
-        c = int(c)
-        if c >= 0 and c not in killed:
-            killed.add(c)
-            kill_reason[c] = (why, where)
-
-    # 1. contraction ties
+    probe_uf = UnionFind(n_probes)
     for node_name, sides in cons.half_edges.items():
         merged = {}
         for side in ("a", "b"):
@@ -125,156 +139,163 @@ def solve(engine: Engine) -> tuple[list[FoundGauge], list[Refusal]]:
             merged[side] = m
         if len(merged) < 2:
             for m in merged.values():
-                for c in np.unique(m):
-                    kill(c, "the other factor of a contraction carries no matching group", node_name)
+                kills.append((m, "the other factor of a contraction carries no matching group", node_name))
             continue
         a, b = np.broadcast_arrays(merged["a"], merged["b"])
-        for ca, cb in np.unique(np.stack([a.reshape(-1), b.reshape(-1)], 1), axis=0):
-            if ca >= 0 and cb >= 0:
-                uf.union(int(ca), int(cb), 1)
-            elif ca >= 0 or cb >= 0:
-                kill(max(ca, cb), "one factor of a contraction is fixed", node_name)
-
-    roots = np.array([uf.find(c)[0] for c in range(n)], dtype=np.int64) if n else np.zeros(0, np.int64)
+        pairs = np.unique(np.stack([a.reshape(-1), b.reshape(-1)], 1), axis=0)
+        both = (pairs[:, 0] >= 0) & (pairs[:, 1] >= 0)
+        for ca, cb in pairs[both]:
+            uf.union(int(ca), int(cb), 1)
+        for pa, pb in np.unique(coord_probe[pairs[both]], axis=0):
+            probe_uf.union(int(pa), int(pb), 0)
+        kills.append((pairs[~both].max(axis=1), "one factor of a contraction is fixed", node_name))
+    roots, parity = uf.roots_and_parities()
     for r in uf.conflict:
-        kill(r, "a coordinate contracted with itself (A = A^-T): orthogonal groups are not derived yet")
+        kills.append((np.array([r]), "a coordinate contracted with itself (A = A^-T): orthogonal groups are not "
+                                     "derived yet", ""))
 
-    killed_roots = {int(roots[c]) for c in killed}
+    # kills, first reason wins, per root
+    root_kill = np.full(n, -1, dtype=np.int64)
+    for coords, why, where in kills:
+        coords = np.asarray(coords).reshape(-1)
+        coords = coords[coords >= 0]
+        if not coords.size:
+            continue
+        reasons.append((why, where))
+        rs = roots[coords]
+        rs = rs[root_kill[rs] < 0]
+        root_kill[rs] = len(reasons) - 1
 
-    # 2. blocks: start sets (GL seeds), refined by fibres and kind constraints
-    start = UnionFind(n)
-    for blk in cons.seed_blocks:
-        rs = np.unique(roots[blk])
-        for r in rs[1:]:
-            start.union(int(rs[0]), int(r), 0)
-    signature: dict[int, list] = {}
-    for fid, fib in enumerate(cons.fibres):
-        for r in {int(roots[c]) for c in fib}:
-            signature.setdefault(r, []).append(fid)
-    kind_of: dict[int, set] = {}
-    rot_pairs: dict[int, set] = {}
-    nf = len(cons.fibres)
-    for i, (kind, cs) in enumerate(cons.kinds):
-        rs = tuple(int(roots[c]) for c in cs)
+    # 2. blocks. A root's block is fixed by its start component (the GL seeds it came from, joined by ties), the
+    # set of fibres it lies in (hashed), and whether a kind made it a singleton.
+    probe_comp = np.array([probe_uf.find(p)[0] for p in range(n_probes)], dtype=np.int64)
+    start = np.zeros(n, dtype=np.int64)
+    start[roots] = probe_comp[coord_probe]
+    acc = np.zeros(n, dtype=np.uint64)
+    rng = np.random.default_rng(20261123)
+    with np.errstate(over="ignore"):
+        for fib in cons.fibres:
+            acc[np.unique(roots[fib])] += rng.integers(1, 2 ** 63, dtype=np.int64).astype(np.uint64)
+    single = np.zeros(n, dtype=bool)
+    flag = {k: np.zeros(n, dtype=bool) for k in ("pos", "scalar", "rot2")}
+    rot_order: dict[tuple[int, int], tuple[int, int]] = {}
+    for kind, arr in cons.kinds:
         if kind == "rot2":
-            for r in rs:
-                signature.setdefault(r, []).append(("rot", frozenset(rs)))
-                rot_pairs.setdefault(r, set()).add(rs)
-                kind_of.setdefault(r, set()).add("rot2")
+            if not len(arr):
+                continue
+            rp = roots[arr.reshape(-1, 2)]
+            lo, hi = rp.min(1), rp.max(1)
+            h = _mix(lo * n + hi, 7)
+            with np.errstate(over="ignore"):
+                np.add.at(acc, rp[:, 0], h)
+                np.add.at(acc, rp[:, 1], h)
+            flag["rot2"][rp.reshape(-1)] = True
+            for f, sec in rp.tolist():
+                rot_order.setdefault((min(f, sec), max(f, sec)), (f, sec))
         else:
-            for r in rs:
-                signature.setdefault(r, []).append(("single", r))
-                kind_of.setdefault(r, set()).add(kind)
-    del nf
-    for c in range(n):
-        if cons.coord_kind[c] == "scalar":
-            r = int(roots[c])
-            signature.setdefault(r, []).append(("single", r))
-            kind_of.setdefault(r, set()).add("scalar")
+            rs = roots[arr]
+            single[rs] = True
+            flag[kind][rs] = True
+    rs = roots[seed_scalar]
+    single[rs] = True
+    flag["scalar"][rs] = True
 
-    all_roots = sorted({int(r) for r in roots})
-    groups: dict[tuple, list[int]] = {}
-    for r in all_roots:
-        key = (start.find(r)[0], tuple(sorted(map(str, signature.get(r, [])))))
-        groups.setdefault(key, []).append(r)
+    uroots = np.unique(roots)
+    with np.errstate(over="ignore"):
+        key = acc[uroots] ^ _mix(start[uroots], 1) ^ np.where(single[uroots], _mix(uroots, 2), np.uint64(0))
+    _, first, block_of_u = np.unique(key, return_index=True, return_inverse=True)
+    block_of_u = block_of_u.reshape(-1)
+    exact = np.stack([start[uroots], acc[uroots].view(np.int64), np.where(single[uroots], uroots, -1)], 1)
+    if not np.array_equal(exact[first[block_of_u]], exact):   # a hash collision: use the exact keys
+        _, block_of_u = np.unique(exact, axis=0, return_inverse=True)
+        block_of_u = block_of_u.reshape(-1)
+    nb = int(block_of_u.max()) + 1 if len(block_of_u) else 0
+    block_of_root = np.full(n, -1, dtype=np.int64)
+    block_of_root[uroots] = block_of_u
+    size = np.bincount(block_of_u, minlength=nb)
+    has = {k: np.bincount(block_of_u, weights=flag[k][uroots], minlength=nb) > 0 for k in flag}
 
-    # 3. kinds
-    block_of_root: dict[int, int] = {}
-    blocks: list[Block] = []
-    block_dead: list[str | None] = []
-    for key, rs in groups.items():
-        kinds = set().union(*[kind_of.get(r, set()) for r in rs])
-        dead = None
-        if "rot2" in kinds:
-            pairs = set().union(*[rot_pairs.get(r, set()) for r in rs])
-            if len(rs) != 2 or len({frozenset(p) for p in pairs}) != 1 or kinds != {"rot2"}:
-                dead = ("a rotary pair that other ops split or restrict", "")
-                kind = "rot2"
-            else:
-                kind = "rot2"
-                first = sorted(pairs)[0]
-                rs = [first[0], first[1]]
-        elif len(rs) == 1:
-            kind = "pos" if "pos" in kinds else "scalar"
-        else:
-            kind = "gl"
-            if kinds:
-                dead = ("a block wider than one coordinate with a diagonal restriction", "")
-        for r in rs:
-            if r in killed_roots and dead is None:
-                dead = next((kill_reason[c] for c in killed if int(roots[c]) == r), ("killed", ""))
-        bid = len(blocks)
-        blocks.append(Block(kind, list(rs)))
-        block_dead.append(dead)
-        for r in rs:
-            block_of_root[r] = bid
+    # 3. kinds, and why a block is fixed (-1: alive)
+    kind = np.where(size > 1, 0, np.where(has["pos"], 3, 2))          # gl | pos | scalar
+    kind = np.where(has["rot2"], 1, kind)
+    dead = np.full(nb, -1, dtype=np.int64)
+    bad_rot = has["rot2"] & ((size != 2) | has["pos"] | has["scalar"])
+    reasons.append(("a rotary pair that other ops split or restrict", ""))
+    dead[bad_rot] = len(reasons) - 1
+    bad_diag = (size > 1) & (has["pos"] | has["scalar"]) & ~has["rot2"]
+    reasons.append(("a block wider than one coordinate with a diagonal restriction", ""))
+    dead[bad_diag] = len(reasons) - 1
+    killed_blocks = block_of_root[uroots[root_kill[uroots] >= 0]]
+    kill_codes = root_kill[uroots[root_kill[uroots] >= 0]]
+    fresh = dead[killed_blocks] < 0
+    dead[killed_blocks[fresh]] = kill_codes[fresh]
 
-    # 4./5. components of probes
-    probe_of_root: dict[int, set] = {}
-    for c in range(n):
-        probe_of_root.setdefault(int(roots[c]), set()).add(cons.coord_probe[c])
-    comp = UnionFind(len(engine.probes))
-    for ps in probe_of_root.values():
-        ps = sorted(ps)
-        for p in ps[1:]:
-            comp.union(ps[0], p, 0)
+    # local index of each root inside its block (rotary pairs in their rotation's orientation)
+    order = np.argsort(block_of_u, kind="stable")
+    starts = np.concatenate([[0], np.cumsum(size)[:-1]])
+    local_u = np.empty(len(uroots), dtype=np.int64)
+    local_u[order] = np.arange(len(uroots)) - starts[block_of_u[order]]
+    local_of_root = np.full(n, -1, dtype=np.int64)
+    local_of_root[uroots] = local_u
+    for b in np.nonzero((kind == 1) & (dead < 0))[0]:
+        members = uroots[order[starts[b]:starts[b] + 2]]
+        f, sec = rot_order[(int(members.min()), int(members.max()))]
+        local_of_root[f], local_of_root[sec] = 0, 1
 
+    block_of_coord = block_of_root[roots]
+    local_of_coord = local_of_root[roots]
+    block_tag = {}
+    for t, arrs in cons.tags.items():
+        mask = np.zeros(nb, dtype=bool)
+        if arrs:
+            mask[block_of_coord[np.concatenate(arrs)]] = True
+        block_tag[t] = mask
+
+    # 4. components of probes: one gauge instance each (split by family below)
     uses = engine.param_uses()
     comps: dict[int, list] = {}
     for p in engine.probes:
         if p.kind == "mult":
-            comps.setdefault(comp.find(p.id)[0], []).append(p)
+            comps.setdefault(int(probe_comp[p.id]), []).append(p)
 
     gauges: list[FoundGauge] = []
     refusals: list[Refusal] = []
     for probes in comps.values():
         legs = [lg for p in probes for lg in p.legs]
-        # tied / shared parameters: every use must be a leg of this gauge
-        for param in {lg.param for lg in legs}:
-            leg_nodes = {lg.node for lg in legs if lg.param == param}
-            missing = uses.get(param, set()) - leg_nodes
+        for param in {lg.param for lg in legs}:      # tied / shared parameters: every use must be a leg
+            missing = uses.get(param, set()) - {lg.node for lg in legs if lg.param == param}
             if missing:
+                reasons.append((f"parameter {param} is also used where the group does not act (tied or shared)",
+                                sorted(missing)[0]))
                 for lg in legs:
                     if lg.param == param and lg.coords is not None:
-                        for c in lg.coords[lg.coords >= 0]:
-                            bid = block_of_root[int(roots[c])]
-                            if block_dead[bid] is None:
-                                block_dead[bid] = (f"parameter {param} is also used where the group does not "
-                                                   f"act (tied or shared)", sorted(missing)[0])
-        comp_coords = [c for p in probes for c in range(p.coord_base, p.coord_base + p.coord_count)]
-        bids = sorted({block_of_root[int(roots[c])] for c in comp_coords})
-        live = [b for b in bids if block_dead[b] is None]
-        for b in bids:
-            if block_dead[b] is not None:
-                refusals.append(Refusal(block_dead[b][1] or probes[0].node.name, probes[0].describe,
-                                        block_dead[b][0]))
-        if not live:
+                        bs = block_of_coord[lg.coords[lg.coords >= 0]]
+                        bs = bs[dead[bs] < 0]
+                        dead[bs] = len(reasons) - 1
+        coords = np.concatenate([np.arange(p.coord_base, p.coord_base + p.coord_count) for p in probes])
+        bids = np.unique(block_of_coord[coords])
+        for code in np.unique(dead[bids][dead[bids] >= 0]):
+            why, where = reasons[code]
+            refusals.append(Refusal(where or probes[0].node.name, probes[0].describe, why))
+        live = bids[dead[bids] < 0]
+        if not len(live):
             continue
         # families are per block: a fused QKV probe holds Q/K blocks and V/O blocks
-        seed_tags = set().union(*[p.tags for p in probes]) & {"norm_gain"}
-        coords_of_root: dict[int, list[int]] = {}
-        for c in comp_coords:
-            coords_of_root.setdefault(int(roots[c]), []).append(c)
-        by_family: dict[str, list[int]] = {}
-        for b in live:
-            btags = set(seed_tags)
-            for r in blocks[b].coords:
-                for c in coords_of_root.get(r, []):
-                    btags |= cons.coord_tags.get(c, set())
-            by_family.setdefault(mult_family(btags), []).append(b)
-        for fam, fam_blocks in by_family.items():
-            local_id = {b: i for i, b in enumerate(fam_blocks)}
-            coord_block = {}
-            for c in comp_coords:
-                r, par = uf.find(c)
-                b = block_of_root[r]
-                if b in local_id:
-                    coord_block[c] = (local_id[b], blocks[b].coords.index(r), par)
-            mine = np.array(sorted(coord_block), dtype=np.int64)
-            cites = sorted({(lid, nd) for p in probes for lid, nd, cs in p.citations
-                            if cs is None or np.isin(cs, mine).any()})
-            gauges.append(FoundGauge(fam, "mult", [blocks[b] for b in fam_blocks], legs, coord_block, cites,
-                                     [p.describe for p in probes], set().union(*[p.tags for p in probes])))
+        seed_gain = "norm_gain" in set().union(*[p.tags for p in probes])
+        fam = block_families(live, block_tag, seed_gain)
+        families = list(dict.fromkeys(fam.tolist()))
+        for fam_name in families:
+            fam_blocks = live[fam == fam_name]   # sorted, as live is
+            if len(families) == 1:
+                cites = sorted({(lid, nd) for p in probes for lid, nd, _ in p.citations})
+            else:   # only the lemmas applied where this family's coordinates went
+                mine = coords[np.isin(block_of_coord[coords], fam_blocks)]
+                cites = sorted({(lid, nd) for p in probes for lid, nd, cs in p.citations
+                                if cs is None or any(np.isin(c, mine).any() for c in cs)})
+            gauges.append(FoundGauge(
+                fam_name, "mult", [KIND_NAMES[k] for k in kind[fam_blocks]], size[fam_blocks].tolist(), legs, cites,
+                [p.describe for p in probes], set().union(*[p.tags for p in probes]),
+                entries_of=_entries_fn(fam_blocks, block_of_coord, local_of_coord, parity)))
     for p in engine.probes:
         if p.kind != "add":
             continue
@@ -295,7 +316,7 @@ def solve(engine: Engine) -> tuple[list[FoundGauge], list[Refusal]]:
             refusals.append(Refusal(bad[1], p.describe, bad[0]))
             continue
         dim = sum(_shift_dim(engine, lg) for lg in p.legs if lg.role == "shift")
-        gauges.append(FoundGauge(additive_family(p), "add", [], list(p.legs), {},
+        gauges.append(FoundGauge(additive_family(p), "add", [], [], list(p.legs),
                                  sorted({(lid, nd) for lid, nd, _ in p.citations}),
                                  [p.describe], set(p.tags), additive_dim=dim))
     if os.environ.get("GAUGEC_DEBUG"):
@@ -304,23 +325,44 @@ def solve(engine: Engine) -> tuple[list[FoundGauge], list[Refusal]]:
     return gauges, refusals
 
 
+def block_families(blocks: np.ndarray, block_tag: dict, seed_gain: bool) -> np.ndarray:
+    """The family of each block, from what its coordinates met (Q/K over V/O over gains over GLU over ReLU)."""
+    def has(t):
+        m = block_tag.get(t)
+        return m[blocks] if m is not None else np.zeros(len(blocks), dtype=bool)
+
+    fam = np.full(len(blocks), "linear_linear", dtype=object)
+    for t, name in (("relu", "positive_rescale"), ("glu", "glu_rescale")):
+        fam[has(t)] = name
+    if seed_gain:
+        fam[:] = "norm_gain"
+    fam[has("attn_vo")] = "attention_vo"
+    qk = has("attn_qk")
+    fam[qk] = "attention_qk"
+    fam[qk & has("rope")] = "attention_qk_rope"
+    return fam
+
+
+def _entries_fn(fam_blocks, block_of_coord, local_of_coord, parity):
+    def entries(coords: np.ndarray) -> np.ndarray:
+        coords = np.asarray(coords, dtype=np.int64)
+        out = np.full((len(coords), 3), -1, dtype=np.int64)
+        ok = coords >= 0
+        b = np.full(len(coords), -1, dtype=np.int64)
+        b[ok] = block_of_coord[coords[ok]]
+        pos = np.searchsorted(fam_blocks, b)
+        hit = ok & (pos < len(fam_blocks)) & (fam_blocks[np.minimum(pos, len(fam_blocks) - 1)] == b)
+        out[hit, 0] = pos[hit]
+        out[hit, 1] = local_of_coord[coords[hit]]
+        out[hit, 2] = parity[coords[hit]]
+        return out
+
+    return entries
+
+
 def _shift_dim(engine, lg: Leg) -> int:
     shape = engine.gg.params[lg.param].shape
     return int(np.prod([s for i, s in enumerate(shape) if i not in lg.axes], dtype=np.int64))
-
-
-def mult_family(tags: set) -> str:
-    if "attn_qk" in tags:
-        return "attention_qk_rope" if "rope" in tags else "attention_qk"
-    if "attn_vo" in tags:
-        return "attention_vo"
-    if "norm_gain" in tags:
-        return "norm_gain"
-    if "glu" in tags:
-        return "glu_rescale"
-    if "relu" in tags:
-        return "positive_rescale"
-    return "linear_linear"
 
 
 def additive_family(p) -> str:

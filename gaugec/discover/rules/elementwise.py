@@ -273,7 +273,7 @@ def seed_gain(sc, node):
         if pv is None or sc.param_view(a) is not None or not hasattr(a, "meta") or shape is None:
             continue
         P = _broadcast(pv.P, shape)
-        if P.size == 0 or len(np.unique(pv.P)) < 1:
+        if P.size == 0:
             continue
         pshape = sc.engine.gg.params[pv.param].shape
         _, C = np.unique(P, return_inverse=True)

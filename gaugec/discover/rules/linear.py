@@ -11,7 +11,8 @@ import numpy as np
 import sympy as sp
 
 from gaugec.prove.lemmas import lemma, sym_matrix, sym_vector
-from gaugec.discover.engine import Leg, arg, node_shape, norm_dim, param_axis_coords, rule, varying_axes
+from gaugec.discover.engine import (Leg, arg, node_shape, norm_dim, param_axis_coords, row_classes, rule,
+                                    varying_axes)
 
 
 @lemma("row_shift", "(W + 1 a^T) x + (b + s 1) = W x + b + (a.x + s) 1: a row shift adds a per-sample multiple of "
@@ -39,7 +40,7 @@ def fibre_along(P_or_C: np.ndarray, axis: int) -> np.ndarray:
 
 def view_leg(pv, view_axis: int, coords: np.ndarray, param_shape, role: str, node_name: str = "") -> Leg | None:
     """A leg on the parameter behind view ``pv`` whose ``view_axis`` carries ``coords``."""
-    found = param_axis_coords(fibre_along(pv.P, view_axis), coords, param_shape)
+    found = param_axis_coords(pv.fibre(view_axis), coords, param_shape)
     if found is None:
         return None
     axis, pc = found
@@ -74,7 +75,7 @@ def seed_writer(sc, node, W, b, out_axis: int, what: str, w_out_view_axis: int =
     C = np.broadcast_to(C, shape)
     pshape = sc.engine.gg.params[pvW.param].shape
     legs = []
-    wl = param_axis_coords(fibre_along(pvW.P, w_out_view_axis), np.arange(n), pshape)
+    wl = param_axis_coords(pvW.fibre(w_out_view_axis), np.arange(n), pshape)
     if wl is None:
         return
     legs.append(Leg(pvW.param, "out", axis=wl[0], coords=wl[1]))
@@ -131,7 +132,7 @@ def seed_embedding(sc, node):
     W = arg(node, 0, "weight")
     pv = sc.param_view(W)
     shape = node_shape(node)
-    if pv is None or shape is None or pv.P.ndim != 2:
+    if pv is None or shape is None or pv.ndim != 2:
         return
     d = shape[-1]
     C = np.broadcast_to(np.arange(d), shape)
@@ -153,11 +154,13 @@ def _absorb_bias(ctx, L: np.ndarray, b, out_shape) -> bool:
     pvb = ctx.param_view(b)
     if pvb is None:
         return False
-    P = np.broadcast_to(pvb.P.reshape((1,) * (len(out_shape) - pvb.P.ndim) + pvb.P.shape), out_shape)
-    pairs = np.unique(np.stack([P.reshape(-1), L.reshape(-1)], axis=1), axis=0)
-    if len(np.unique(pairs[:, 0])) != len(pairs):
-        return False
-    first = np.zeros(pvb.P.size, dtype=np.int64)
+    Pb = pvb.P
+    P = np.broadcast_to(Pb.reshape((1,) * (len(out_shape) - Pb.ndim) + Pb.shape), out_shape)
+    flatP, flatL = P.reshape(-1), L.reshape(-1)
+    _, firstP, invP = np.unique(flatP, return_index=True, return_inverse=True)
+    if not np.array_equal(flatL[firstP][invP.reshape(-1)], flatL):
+        return False   # one bias element would need two different corrections
+    first = np.zeros(int(np.prod(pvb.pshape, dtype=np.int64)), dtype=np.int64)
     flatP = P.reshape(-1)
     order = np.arange(flatP.size)[::-1]
     first[flatP[order]] = order   # the first position of each bias element
@@ -222,8 +225,7 @@ def _linear_translation(ctx, node, x, W, b):
         return ctx.kill_all("a linear whose weight carries the translation")
     out_shape = node_shape(node)
     lead = L.reshape(-1, L.shape[-1])
-    _, cls = np.unique(lead, axis=0, return_inverse=True)
-    cls = cls.reshape(L.shape[:-1] + (1,))
+    cls = row_classes(lead).reshape(L.shape[:-1] + (1,))
     nonzero = (lead >= 0).any(axis=1).reshape(L.shape[:-1] + (1,))
     out = ctx.fresh(np.where(nonzero, cls, -1), np.broadcast_to(np.arange(out_shape[-1]), out_shape))
     out = np.where(np.broadcast_to(nonzero, out_shape), out, -1)
@@ -257,7 +259,7 @@ def matmul_mult(ctx, node):
                     ctx.kill(C, "a parameter reader of a batched action")
                     continue
                 ctx.fibres(C, [k_axis])
-                other_axis = pv.P.ndim - 2 if side == "a" else pv.P.ndim - 1
+                other_axis = pv.ndim - 2 if side == "a" else pv.ndim - 1
                 lg = view_leg(pv, other_axis, fibre_along(C, k_axis), _pshape(ctx, pv), "in", node.name)
                 if lg is None:
                     ctx.kill(C, "could not map the contracted axis to a weight axis")
@@ -306,7 +308,7 @@ def matmul_add(ctx, node):
             return np.broadcast_to(res.reshape((1,) * (len(so) - res.ndim) + res.shape), so)
         # generic: delta' = a @ delta varies with a's free axis and with the class of delta's column
         cols = np.moveaxis(Lb, -1, 0).reshape(Lb.shape[-1], -1)
-        _, cls = np.unique(cols, axis=0, return_inverse=True)
+        cls = row_classes(cols)
         m = so[-2]
         out = ctx.fresh(np.broadcast_to(np.arange(m)[:, None], so),
                         np.broadcast_to(cls.reshape(-1)[None, :], so))
@@ -314,8 +316,7 @@ def matmul_add(ctx, node):
         return out
     # translation on the left operand: delta' = delta @ b varies along b's free axis, with the class of delta's row
     rows = La.reshape(-1, La.shape[-1])
-    _, cls = np.unique(rows, axis=0, return_inverse=True)
-    cls = cls.reshape(La.shape[:-1] + (1,))
+    cls = row_classes(rows).reshape(La.shape[:-1] + (1,))
     n = so[-1]
     out = ctx.fresh(np.broadcast_to(cls.reshape((1,) * (len(so) - cls.ndim) + cls.shape), so),
                     np.broadcast_to(np.arange(n), so))

@@ -56,15 +56,15 @@ def _seed_affine(sc, node, axes, w, b, what):
     C = np.arange(n).reshape([shape[a] if a in axes else 1 for a in range(len(shape))])
     C = np.broadcast_to(C, shape)
     legs = []
-    if pvw.P.ndim == 1 and pvw.P.size == n:
+    if pvw.ndim == 1 and pvw.shape[0] == n:
         legs.append(Leg(pvw.param, "gain", axis=0, coords=np.arange(n), offset=pvw.offset))
     else:
         return
-    if pvb is not None and pvb.P.ndim == 1 and pvb.P.size == n:
+    if pvb is not None and pvb.ndim == 1 and pvb.shape[0] == n:
         legs.append(Leg(pvb.param, "out", axis=0, coords=np.arange(n)))
     sc.probe("mult", "diag", C, legs, coord_kind="scalar", describe=f"gain of {what} {node.name}",
              tags=("norm_gain",), cites=("norm_gain", "offset_gain") if pvw.offset else ("norm_gain",))
-    if pvb is not None and pvb.P.ndim == 1 and pvb.P.size == n:
+    if pvb is not None and pvb.ndim == 1 and pvb.shape[0] == n:
         sc.probe("add", "translation", C.copy(), [Leg(pvb.param, "shift", axes=())],
                  describe=f"translation of the bias of {what} {node.name}", cites=("additive_passthrough",))
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import sympy as sp
 
-from gaugec.discover.engine import arg, node_shape, norm_dim, rule, varying_axes
+from gaugec.discover.engine import arg, node_shape, norm_dim, row_classes, rule, varying_axes
 from gaugec.prove.lemmas import lemma
 
 
@@ -59,7 +59,7 @@ def reduce_add(ctx, node):
     moved = np.moveaxis(L, axes, list(range(L.ndim - len(axes), L.ndim)))
     rows = moved.reshape(moved.shape[: L.ndim - len(axes)] + (-1,))
     flat = rows.reshape(-1, rows.shape[-1])
-    _, cls = np.unique(flat, axis=0, return_inverse=True)
+    cls = row_classes(flat)
     out = ctx.fresh(cls.reshape(rows.shape[:-1]))
     return out.reshape(node_shape(node))
 

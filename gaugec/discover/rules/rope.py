@@ -168,11 +168,10 @@ def rope_rule(ctx, node, macro: RopeMacro):
     first = np.stack([C[..., i] for i, _ in macro.pairs], -1).reshape(-1)
     second = np.stack([C[..., j] for _, j in macro.pairs], -1).reshape(-1)
     pairs = np.unique(np.stack([first, second], 1), axis=0)
-    for a, b in pairs:
-        if a >= 0 and b >= 0:
-            ctx.cons.kinds.append(("rot2", (int(a), int(b))))
-        elif a >= 0 or b >= 0:
-            ctx.cons.kill([a, b], "a rotary pair only half acted on", node.name)
+    both = (pairs[:, 0] >= 0) & (pairs[:, 1] >= 0)
+    ctx.cons.kinds.append(("rot2", pairs[both]))
+    half = pairs[~both & ((pairs[:, 0] >= 0) | (pairs[:, 1] >= 0))]
+    ctx.cons.kill(half, "a rotary pair only half acted on", node.name)
     if macro.style == "half":
         ctx.cite("rope_half_split", C)
     ctx.cite("rope_commutant", C)

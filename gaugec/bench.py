@@ -1,0 +1,136 @@
+"""Benchmarks (not timed tests): ``python -m gaugec.bench discover [--write]``.
+
+discover: capture / discover / prove wall time for full-size configs built on the meta device (no weights):
+a Llama-3-8B-shaped decoder, GPT-2 small and BERT base, with the lemma cache cold and warm. ``--write`` records
+the table in docs/benchmarks.md between its markers.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import pathlib
+import platform
+import tempfile
+import time
+
+import torch
+
+from gaugec.capture import capture
+from gaugec.discover import discover
+from gaugec.prove import lemmas as lemma_mod
+from gaugec.pipeline import _to_gauge
+
+
+def _llama8b():
+    from gaugec.zoo import TinyLlama
+
+    with torch.device("meta"):
+        m = TinyLlama(vocab=128256, d=4096, n_layers=32, n_heads=32, n_kv_heads=8, d_ff=14336, eps=1e-5)
+    return m, (torch.randint(0, 128256, (1, 8)),)
+
+
+def _gpt2_small():
+    from gaugec.zoo import TinyGPT2
+
+    with torch.device("meta"):
+        m = TinyGPT2(vocab=50257, d=768, n_layers=12, n_heads=12, n_pos=1024, tie=True)
+    return m, (torch.randint(0, 50257, (1, 8)),)
+
+
+def _bert_base():
+    import transformers
+
+    with torch.device("meta"):
+        m = transformers.BertForMaskedLM(transformers.BertConfig())
+    return m, (torch.randint(0, 30522, (1, 8)),)
+
+
+CONFIGS = {"llama3-8b (meta)": _llama8b, "gpt2-small (meta)": _gpt2_small, "bert-base (meta, HF)": _bert_base}
+
+
+def _prove(gauges, use_cache=True):
+    t0 = time.perf_counter()
+    for g in gauges:
+        g.proof.check(use_cache=use_cache)
+    return time.perf_counter() - t0
+
+
+def bench_discover(names=None) -> list[dict]:
+    rows = []
+    for name, factory in CONFIGS.items():
+        if names and name.split()[0] not in names:
+            continue
+        try:
+            model, inputs = factory()
+        except ImportError as exc:
+            rows.append({"config": name, "note": f"skipped: {exc}"})
+            continue
+        n_params = sum(p.numel() for p in model.parameters())
+        t0 = time.perf_counter()
+        gg = capture(model, inputs)
+        t_capture = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        disc = discover(gg, "cross_entropy")
+        gauges = [_to_gauge(fg) for fg in disc.gauges]
+        t_discover = time.perf_counter() - t0
+        lemma_mod.clear_cache()
+        os.environ["GAUGEC_CACHE"] = tempfile.mkdtemp(prefix="gaugec-bench-")
+        t_cold = _prove(gauges)
+        t_warm = _prove(gauges)
+        rows.append({
+            "config": name, "params": n_params, "gauges": len(gauges), "generators": sum(g.dim for g in gauges),
+            "capture_s": t_capture, "discover_s": t_discover, "prove_cold_s": t_cold, "prove_warm_s": t_warm,
+            "total_cold_s": t_capture + t_discover + t_cold, "discover_prove_warm_s": t_discover + t_warm,
+            "ok": all(g.proof.symbolic_ok for g in gauges),
+        })
+        del model, gg, disc, gauges
+    return rows
+
+
+def format_rows(rows) -> str:
+    head = ("| config | parameters | gauges | generators | capture s | discover s | prove cold s | prove warm s | "
+            "end to end (cold) s | discover + prove (warm) s | proofs |")
+    lines = [head, "|" + "---|" * 11]
+    for r in rows:
+        if "note" in r:
+            lines.append(f"| {r['config']} | {r['note']} |" + " |" * 9)
+            continue
+        lines.append(f"| {r['config']} | {r['params'] / 1e9:.2f} B | {r['gauges']} | {r['generators']:,} | "
+                     f"{r['capture_s']:.1f} | {r['discover_s']:.1f} | {r['prove_cold_s']:.1f} | "
+                     f"{r['prove_warm_s']:.2f} | {r['total_cold_s']:.1f} | {r['discover_prove_warm_s']:.1f} | "
+                     f"{'all hold' if r['ok'] else 'FAILED'} |")
+    return "\n".join(lines)
+
+
+def write_section(marker: str, text: str, path: str = "docs/benchmarks.md"):
+    p = pathlib.Path(path)
+    doc = p.read_text() if p.exists() else "# Benchmarks\n"
+    begin, end = f"<!-- {marker}:begin -->", f"<!-- {marker}:end -->"
+    block = f"{begin}\n{text}\n{end}"
+    if begin in doc and end in doc:
+        doc = doc[:doc.index(begin)] + block + doc[doc.index(end) + len(end):]
+    else:
+        doc = doc.rstrip() + "\n\n" + block + "\n"
+    p.write_text(doc)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="python -m gaugec.bench")
+    sub = ap.add_subparsers(dest="what", required=True)
+    d = sub.add_parser("discover", help="capture / discover / prove time on full-size meta-device configs")
+    d.add_argument("--only", nargs="*", help="config names (llama3-8b, gpt2-small, bert-base)")
+    d.add_argument("--write", action="store_true", help="record the table in docs/benchmarks.md")
+    args = ap.parse_args(argv)
+    if args.what == "discover":
+        torch.set_num_threads(max(1, os.cpu_count() or 1))
+        rows = bench_discover(args.only)
+        table = format_rows(rows)
+        machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"
+        text = f"Measured on: {machine} (CPU only).\nCommand: `python -m gaugec.bench discover --write`\n\n{table}"
+        print(text)
+        if args.write:
+            write_section("bench-discover", text)
+
+
+if __name__ == "__main__":
+    main()

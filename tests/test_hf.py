@@ -1,0 +1,85 @@
+"""Hugging Face models built from tiny configs with random weights (no downloads): compile, every gauge sound."""
+import warnings
+
+import pytest
+import torch
+
+import gaugec
+
+from .conftest import family_dims
+
+transformers = pytest.importorskip("transformers", reason="transformers is part of the dev extra (make test)")
+warnings.filterwarnings("ignore", module="transformers")
+
+
+def _ids(vocab, T=6):
+    return (torch.randint(0, vocab, (2, T), generator=torch.Generator().manual_seed(0)),)
+
+
+def llama():
+    cfg = transformers.LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=24, num_hidden_layers=1,
+                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=16,
+                                   use_cache=False)
+    return transformers.LlamaForCausalLM(cfg), _ids(32)
+
+
+def qwen2():
+    cfg = transformers.Qwen2Config(vocab_size=32, hidden_size=16, intermediate_size=24, num_hidden_layers=1,
+                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=16,
+                                   use_cache=False)
+    return transformers.Qwen2ForCausalLM(cfg), _ids(32)
+
+
+def gpt2():
+    cfg = transformers.GPT2Config(vocab_size=32, n_embd=16, n_layer=1, n_head=2, n_positions=6, use_cache=False,
+                                  bos_token_id=0, eos_token_id=0)
+    return transformers.GPT2LMHeadModel(cfg), _ids(32)
+
+
+def bert():
+    cfg = transformers.BertConfig(vocab_size=32, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                  intermediate_size=24, max_position_embeddings=16)
+    return transformers.BertForMaskedLM(cfg), _ids(32)
+
+
+def vit():
+    cfg = transformers.ViTConfig(image_size=8, patch_size=4, num_channels=3, hidden_size=16, num_hidden_layers=1,
+                                 num_attention_heads=2, intermediate_size=24, num_labels=5)
+    return transformers.ViTForImageClassification(cfg), (torch.randn(2, 3, 8, 8),)
+
+
+DECODER = {"norm_gain": 48, "attention_qk_rope": 8, "attention_vo": 32, "glu_rescale": 24, "logit_shift": 16}
+CASES = {
+    "llama": (llama, DECODER),
+    "qwen2": (qwen2, DECODER),                 # q/k/v biases move with the RoPE commutant and GL maps
+    "gpt2": (gpt2, {"norm_gain": 32, "attention_qk": 128, "attention_vo": 128, "norm_input_shift": 88,
+                    "bias_translation": 32}),
+    "bert": (bert, None),
+    "vit": (vit, None),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_hf_models_compile_and_every_gauge_is_sound(name):
+    factory, expected = CASES[name]
+    torch.manual_seed(0)
+    model, inputs = factory()
+    model.eval()
+    plan = gaugec.compile(model, inputs)
+    assert plan.gauges
+    assert not plan.rejected, [(g.name, g.numeric_residual) for g in plan.rejected]
+    for g in plan.gauges:
+        assert g.numeric_residual <= g.proof.numeric_tol, (g.name, g.numeric_residual)
+    if expected is not None:
+        assert family_dims(plan) == expected
+    rep = gaugec.verify(model, inputs, plan, soundness_only=True)
+    assert rep.sound, {k: v for k, v in rep.soundness.items() if v > 1e-8}
+
+
+def test_hf_llama_misses_only_the_residual_stream():
+    model, inputs = llama()
+    model.eval()
+    plan = gaugec.compile(model, inputs)
+    rep = gaugec.verify(model, inputs, plan)
+    assert rep.found_rank == 128
+    assert rep.missed == 16 * 15 // 2 + 1     # O(16) rotation + scale of the stream, the next family to derive
