@@ -10,12 +10,11 @@ import torch
 
 from gaugec.capture import capture
 from gaugec.discover import discover
-from gaugec.discover.engine import op_name
 from gaugec.plan import Gauge, PlanLeg
 from gaugec.plan.plan import GaugePlan
 from gaugec.prove import Proof
 
-DEFAULT_TOL = 1e-9
+DEFAULT_TOL = 1e-10
 FLOAT32_TOL = 1e-5
 
 
@@ -74,15 +73,18 @@ def _to_gauge(fg) -> Gauge:
                  proof=Proof(list(fg.citations)), additive_dim=fg.additive_dim, description=list(fg.probes))
 
 
-def _has_low_precision_casts(gg) -> bool:
-    for n in gg.graph.nodes:
-        if n.op == "call_function" and op_name(n) in ("_to_copy", "to"):
-            dt = n.kwargs.get("dtype")
-            if dt is None:
-                dt = next((a for a in n.args[1:] if isinstance(a, torch.dtype)), None)
-            if dt in (torch.float32, torch.float16, torch.bfloat16):
-                return True
-    return False
+class _LowPrecisionWatch(torch.overrides.TorchFunctionMode):
+    """Notes whether a float64 forward pass produces any float32/16 tensor (a model that casts internally)."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = False
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if isinstance(out, torch.Tensor) and out.dtype in (torch.float32, torch.float16, torch.bfloat16):
+            self.seen = True
+        return out
 
 
 def compile(model, example_inputs=(), loss: str | None = "cross_entropy", tracer: str = "export",
@@ -129,11 +131,13 @@ def numeric_check(plan: GaugePlan, seed: int = 0, spread: float = 10.0):
     model64 = copy.deepcopy(plan.model).to(torch.float64).eval()
     inputs = tuple(x.to(torch.float64) if isinstance(x, torch.Tensor) and x.is_floating_point() else x
                    for x in plan.example_inputs)
-    low = plan.graph is not None and _has_low_precision_casts(plan.graph)
-    tol = FLOAT32_TOL if low else DEFAULT_TOL
-    note = "the model casts to float32 or lower inside forward: ~1e-7 is the floor" if low else ""
     bound = GaugePlan(model64, plan.gauges, loss=plan.loss, graph=plan.graph, example_inputs=inputs)
-    f0 = model_f(model64, inputs, plan.loss).to(torch.float64)
+    watch = _LowPrecisionWatch()
+    with watch:
+        f0 = model_f(model64, inputs, plan.loss).to(torch.float64)
+    low = watch.seen
+    tol = FLOAT32_TOL if low else DEFAULT_TOL
+    note = "the model computes in float32 or lower inside forward (e.g. its norms): ~1e-7 is the floor" if low else ""
     scale = f0.abs().max().clamp_min(1e-300)
     snapshot = {k: v.clone() for k, v in model64.state_dict().items()}
     gen = torch.Generator().manual_seed(seed)
