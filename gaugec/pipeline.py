@@ -4,6 +4,7 @@ from __future__ import annotations
 import copy
 import os
 import time
+import warnings
 
 import numpy as np
 import torch
@@ -68,7 +69,7 @@ def _to_gauge(fg) -> Gauge:
             if not (entries[:, 0] >= 0).any():
                 continue
         legs.append(PlanLeg(lg.param, lg.role, lg.axis, entries, lg.offset, tuple(lg.axes), lg.site,
-                            lg.site_index, lg.node))
+                            lg.site_index, lg.node, lg.select))
     return Gauge("", fg.family, fg.kind, list(zip(fg.block_kinds, fg.block_sizes)), legs,
                  proof=Proof(list(fg.citations)), additive_dim=fg.additive_dim, description=list(fg.probes))
 
@@ -135,19 +136,27 @@ def numeric_check(plan: GaugePlan, seed: int = 0, spread: float = 10.0):
     watch = _LowPrecisionWatch()
     with watch:
         f0 = model_f(model64, inputs, plan.loss).to(torch.float64)
+    finite = torch.isfinite(f0)
+    if not bool(finite.any()):
+        warnings.warn("gaugec: f(θ) is not finite at the example inputs (NaN/inf everywhere): the numeric check "
+                      "was skipped; fix the inputs or the model (e.g. a norm with eps = 0 on a zero vector)")
+        for g in plan.gauges:
+            g.proof.numeric_note = "f(θ) not finite at the example inputs: numeric check skipped"
+        return
     low = watch.seen
     tol = FLOAT32_TOL if low else DEFAULT_TOL
     note = "the model computes in float32 or lower inside forward (e.g. its norms): ~1e-7 is the floor" if low else ""
-    scale = f0.abs().max().clamp_min(1e-300)
+    scale = f0[finite].abs().max().clamp_min(1e-300)
     snapshot = {k: v.clone() for k, v in model64.state_dict().items()}
     gen = torch.Generator().manual_seed(seed)
     for g in plan.gauges:
         element = g.random_element(gen, spread)
         bound.act([element], gauges=[g])
         f1 = model_f(model64, inputs, plan.loss).to(torch.float64)
-        res = float(((f1 - f0).abs().max() / scale).item())
-        if not np.isfinite(res):
-            res = float("inf")
+        if not torch.equal(torch.isfinite(f1), finite):
+            res = float("inf")      # the action changed which entries are finite
+        else:
+            res = float(((f1 - f0)[finite].abs().max() / scale).item())
         g.numeric_residual = res
         g.proof.numeric_residual = res
         g.proof.numeric_tol = tol

@@ -39,9 +39,11 @@ CASES = [
      {"norm_gain": 48, "attention_qk_rope": 8, "attention_vo": 32, "glu_rescale": 12, "logit_shift": 16}),
     ("gpt2-untied", lambda: zoo.gpt2(tie=False), "cross_entropy",
      {"norm_gain": 24, "attention_qk": 32, "attention_vo": 32, "norm_input_shift": 66, "bias_translation": 16,
-      "logit_shift": 8}),
+      "key_bias": 8, "value_bias": 8, "logit_shift": 8}),
+    # the fused QKV bias is split into query / key / value translations: the key and value parts survive
     ("gpt2-tied", lambda: zoo.gpt2(), "cross_entropy",
-     {"norm_gain": 16, "attention_qk": 32, "attention_vo": 32, "norm_input_shift": 50, "bias_translation": 16}),
+     {"norm_gain": 16, "attention_qk": 32, "attention_vo": 32, "norm_input_shift": 50, "bias_translation": 16,
+      "key_bias": 8, "value_bias": 8}),
     ("relu-mlp", zoo.relu_mlp, "cross_entropy", {"positive_rescale": 11, "logit_shift": 6}),
     ("gelu-mlp", zoo.gelu_mlp, "cross_entropy", {"logit_shift": 7}),
     ("convnet-batchnorm", zoo.convnet, "cross_entropy", {"norm_gain": 4, "positive_rescale": 6, "logit_shift": 7}),

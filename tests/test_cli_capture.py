@@ -174,3 +174,19 @@ def test_exported_program_input():
     ep = torch.export.export(model, inputs, strict=False)
     gg = capture(ep)
     assert set(gg.placeholder_param.values()) == {n for n, _ in model.named_parameters()}
+
+
+class NaNModel(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(3, 4), nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.b(torch.relu(self.a(x))) * float("nan")
+
+
+def test_non_finite_output_is_reported_not_taken_for_false_gauges():
+    with pytest.warns(UserWarning, match="not finite"):
+        plan = gaugec.compile(NaNModel(), (torch.randn(2, 3),), loss=None)
+    assert not plan.rejected
+    assert all(g.numeric_residual is None and "not finite" in g.proof.numeric_note for g in plan.gauges)

@@ -99,6 +99,7 @@ class Leg:
     node: str = ""                       # graph node where the leg was found
     site: str = ""                       # node name of the tensor an absorber reads (role "absorb")
     site_index: np.ndarray | None = None  # flat positions of that tensor giving each bias element (role "absorb")
+    select: np.ndarray | None = None      # role "shift": the entries of t that move (None: all)
 
 
 @dataclasses.dataclass
@@ -442,6 +443,8 @@ class Engine:
                 continue
             ctx = RuleCtx(self, probe, node, state)
             out = ctx.dispatch(macro)
+            if isinstance(out, np.ndarray) and not (out >= 0).any():
+                out = None      # nothing acted on here (e.g. the untouched part of a split): no state
             if out is not None and not probe.dead:
                 state[node] = out
                 push_users(node)

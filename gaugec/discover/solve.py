@@ -361,6 +361,8 @@ def _entries_fn(fam_blocks, block_of_coord, local_of_coord, parity):
 
 
 def _shift_dim(engine, lg: Leg) -> int:
+    if lg.select is not None:
+        return len(lg.select)
     shape = engine.gg.params[lg.param].shape
     return int(np.prod([s for i, s in enumerate(shape) if i not in lg.axes], dtype=np.int64))
 

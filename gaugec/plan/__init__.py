@@ -40,6 +40,12 @@ class PlanLeg:
     site: str = ""
     site_index: np.ndarray | None = None
     node: str = ""
+    select: np.ndarray | None = None    # role "shift": which entries of t move (None: all)
+
+    def shift_dim(self, shape: tuple) -> int:
+        if self.select is not None:
+            return len(self.select)
+        return int(np.prod([s for i, s in enumerate(shape) if i not in self.axes], dtype=np.int64))
 
     def to_dict(self) -> dict:
         d = {"param": self.param, "role": self.role, "axis": self.axis, "node": self.node}
@@ -49,6 +55,8 @@ class PlanLeg:
             d["offset"] = self.offset
         if self.role == "shift":
             d["axes"] = list(self.axes)
+            if self.select is not None:
+                d["select"] = self.select.tolist()
         if self.role == "absorb":
             d["site"] = self.site
             d["site_index"] = self.site_index.tolist()
@@ -56,12 +64,12 @@ class PlanLeg:
 
     @classmethod
     def from_dict(cls, d: dict) -> "PlanLeg":
-        e = d.get("entries")
-        si = d.get("site_index")
+        e, si, sel = d.get("entries"), d.get("site_index"), d.get("select")
         return cls(d["param"], d["role"], int(d.get("axis", 0)),
                    None if e is None else np.asarray(e, dtype=np.int64).reshape(-1, 3),
                    float(d.get("offset", 0.0)), tuple(d.get("axes", ())), d.get("site", ""),
-                   None if si is None else np.asarray(si, dtype=np.int64), d.get("node", ""))
+                   None if si is None else np.asarray(si, dtype=np.int64), d.get("node", ""),
+                   None if sel is None else np.asarray(sel, dtype=np.int64))
 
 
 BLOCK_DIM = {"gl": lambda m: m * m, "rot2": lambda m: 2, "scalar": lambda m: 1, "pos": lambda m: 1}
@@ -208,23 +216,13 @@ def apply_mult_leg(p: torch.Tensor, leg: PlanLeg, mats: list[torch.Tensor], tang
     return out.reshape(x.shape).movedim(0, leg.axis)
 
 
-def shift_basis(shape: tuple, axes: tuple) -> list[torch.Tensor]:
-    """Unit translations 1 (x) e_i: one per index of the non-broadcast axes."""
+def shift_from_vector(shape: tuple, axes: tuple, vec: torch.Tensor, select=None) -> torch.Tensor:
+    """1 (x) t over the broadcast ``axes``; with ``select``, vec fills only those entries of t (the rest stay 0)."""
     free = [i for i in range(len(shape)) if i not in axes]
-    n = int(np.prod([shape[i] for i in free], dtype=np.int64))
-    out = []
-    for k in range(n):
-        t = torch.zeros([shape[i] for i in free], dtype=torch.float64).reshape(-1)
-        t[k] = 1.0
-        t = t.reshape([shape[i] for i in free])
-        for a in sorted(axes):
-            t = t.unsqueeze(a)
-        out.append(t.expand(shape).clone())
-    return out
-
-
-def shift_from_vector(shape: tuple, axes: tuple, vec: torch.Tensor) -> torch.Tensor:
-    free = [i for i in range(len(shape)) if i not in axes]
+    if select is not None:
+        full = torch.zeros(int(np.prod([shape[i] for i in free], dtype=np.int64)), dtype=vec.dtype)
+        full[torch.as_tensor(select)] = vec
+        vec = full
     t = vec.reshape([shape[i] for i in free]) if free else vec.reshape(())
     for a in sorted(axes):
         t = t.unsqueeze(a)

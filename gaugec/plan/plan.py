@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from gaugec.capture import unique_named_parameters
-from gaugec.plan import (Gauge, PlanLeg, PlanMismatchError, apply_mult_leg, shift_basis, shift_from_vector)
+from gaugec.plan import Gauge, PlanLeg, PlanMismatchError, apply_mult_leg, shift_from_vector
 from gaugec.plan.runner import GraphRunner
 
 PLAN_FORMAT = "gaugec-plan/1"
@@ -160,8 +160,8 @@ class GaugePlan:
             if lg.role != "shift":
                 continue
             shape = tuple(params[lg.param].shape)
-            n = int(np.prod([s for i, s in enumerate(shape) if i not in lg.axes], dtype=np.int64))
-            t = shift_from_vector(shape, lg.axes, vec[k:k + n])
+            n = lg.shift_dim(shape)
+            t = shift_from_vector(shape, lg.axes, vec[k:k + n], lg.select)
             k += n
             o = offsets[lg.param]
             delta[o:o + t.numel()] += t.reshape(-1)

@@ -122,6 +122,18 @@ def sdpa_add(ctx, node):
     return out
 
 
+@rule("masked_fill", kind="add")
+def masked_fill_add(ctx, node):
+    """Filling with -inf (attention masks): -inf + d = -inf, so a translation passes unchanged."""
+    x, mask, value = node.args[0], node.args[1], node.args[2]
+    if ctx.state(mask) is not None or ctx.state(x) is None:
+        return ctx.kill_all("a translation reaching a mask")
+    if isinstance(value, float) and value == float("-inf"):
+        ctx.cite("additive_passthrough")
+        return ctx.state(x)
+    return ctx.kill_all("masked_fill with a finite value replaces the translated entries")
+
+
 @rule("softmax", "_softmax", "log_softmax", "_log_softmax", kind="add")
 def softmax_add(ctx, node):
     L = ctx.state(node.args[0])

@@ -80,6 +80,7 @@ def seed_writer(sc, node, W, b, out_axis: int, what: str, w_out_view_axis: int =
         return
     legs.append(Leg(pvW.param, "out", axis=wl[0], coords=wl[1]))
     pvb = sc.param_view(b)
+    bl = None
     if pvb is not None:
         bl = param_axis_coords(pvb.P.reshape(-1), np.arange(n), sc.engine.gg.params[pvb.param].shape)
         if bl is not None:
@@ -93,11 +94,42 @@ def seed_writer(sc, node, W, b, out_axis: int, what: str, w_out_view_axis: int =
             legs.append(Leg(pvb.param, "shift", axes=(0,)))
         sc.probe("add", "row_shift", token_labels(shape), legs, describe=f"row shift of {what} {node.name}",
                  cites=("row_shift",))
-    # ... and the bias translation b += t (a later bias or attention softmax absorbs it)
-    if pvb is not None:
-        L = np.broadcast_to(np.arange(n).reshape([n if a == out_axis else 1 for a in range(len(shape))]), shape)
-        sc.probe("add", "translation", L, [Leg(pvb.param, "shift", axes=())],
-                 describe=f"translation of the bias of {what} {node.name}", cites=("additive_passthrough",))
+    # ... and the bias translation b += t (a later bias or attention softmax absorbs it), one probe per segment
+    # when the output is split along its features (fused QKV: the query part must not take the key part down)
+    if pvb is not None and bl is not None:
+        out_index = np.arange(n).reshape([n if a == out_axis else 1 for a in range(len(shape))])
+        for lo, hi in output_segments(node, out_axis, n):
+            L = np.broadcast_to(np.where((out_index >= lo) & (out_index < hi), out_index, -1), shape)
+            select = None if (lo, hi) == (0, n) else np.nonzero((bl[1] >= lo) & (bl[1] < hi))[0]
+            part = "" if select is None else f" [{lo}:{hi}]"
+            sc.probe("add", "translation", L, [Leg(pvb.param, "shift", axes=(), select=select)],
+                     describe=f"translation of the bias of {what} {node.name}{part}", cites=("additive_passthrough",))
+
+
+def output_segments(node, axis: int, n: int) -> list[tuple[int, int]]:
+    """The segments a later split / chunk / slice cuts the output into along ``axis`` (one segment if none)."""
+    from gaugec.discover.engine import op_name
+
+    cuts = {0, n}
+    todo = [(u, axis) for u in node.users]       # (user, the feature axis in that user's input)
+    while todo:
+        u, ax = todo.pop()
+        name = op_name(u)
+        in_shape = node_shape(u.args[0]) if u.args and hasattr(u.args[0], "meta") else None
+        if in_shape is None:
+            continue
+        if name in ("view", "reshape", "_unsafe_view") and ax == len(in_shape) - 1 and node_shape(u) \
+                and node_shape(u)[-1] == n:
+            todo.extend((w, len(node_shape(u)) - 1) for w in u.users)   # keeps the feature axis (HF Conv1D)
+        elif name in ("split", "split_with_sizes", "chunk") and isinstance(u.meta.get("val"), (tuple, list)):
+            dim = norm_dim(arg(u, 2, "dim", 0), len(in_shape))
+            if dim == ax:
+                cuts.update(np.cumsum([int(v.shape[dim]) for v in u.meta["val"]]).tolist())
+        elif name == "slice" and norm_dim(arg(u, 1, "dim", 0), len(in_shape)) == ax:
+            start, end = arg(u, 2, "start", 0) or 0, arg(u, 3, "end", None)
+            cuts.update({max(0, min(start, n)), n if end is None else max(0, min(end, n))})
+    edges = sorted(cuts)
+    return [(a, b) for a, b in zip(edges, edges[1:]) if b > a]
 
 
 @rule("linear", kind="seed")
@@ -307,6 +339,8 @@ def matmul_add(ctx, node):
             res = np.take(Lb, 0, axis=k_axis)[..., None, :]
             return np.broadcast_to(res.reshape((1,) * (len(so) - res.ndim) + res.shape), so)
         # generic: delta' = a @ delta varies with a's free axis and with the class of delta's column
+        # (q @ (k + t)^T: a per-query constant over keys, which a softmax over keys absorbs)
+        ctx.tag("key_translation")
         cols = np.moveaxis(Lb, -1, 0).reshape(Lb.shape[-1], -1)
         cls = row_classes(cols)
         m = so[-2]
