@@ -60,6 +60,17 @@ def _module_prefix(params: list[str]) -> str:
     return ".".join(prefix)
 
 
+def name_gauges(gauges: list[Gauge]):
+    """family@module: the modules' common prefix, or the seed's own module where that prefix is shared."""
+    common = [f"{g.family}@{_module_prefix(g.params)}" for g in gauges]
+    counts: dict[str, int] = {}
+    for g, base in zip(gauges, common):
+        if common.count(base) > 1 or base.endswith("@"):
+            base = f"{g.family}@{_module_prefix(g.params[:1]) or 'model'}"
+        counts[base] = counts.get(base, 0) + 1
+        g.name = base if counts[base] == 1 else f"{base}#{counts[base]}"
+
+
 def _to_gauge(fg) -> Gauge:
     legs = []
     for lg in fg.legs:
@@ -81,7 +92,7 @@ class _LowPrecisionWatch(torch.overrides.TorchFunctionMode):
         super().__init__()
         self.seen = False
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):
+    def __torch_function__(self, func, _types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         if isinstance(out, torch.Tensor) and out.dtype in (torch.float32, torch.float16, torch.bfloat16):
             self.seen = True
@@ -101,11 +112,7 @@ def compile(model, example_inputs=(), loss: str | None = "cross_entropy", tracer
     disc = discover(gg, loss)
     timings["discover"] = time.perf_counter() - t0
     gauges = [_to_gauge(fg) for fg in disc.gauges]
-    counts: dict[str, int] = {}
-    for g in gauges:
-        base = f"{g.family}@{_module_prefix(g.params) or 'model'}"
-        counts[base] = counts.get(base, 0) + 1
-        g.name = base if counts[base] == 1 else f"{base}#{counts[base]}"
+    name_gauges(gauges)
     t0 = time.perf_counter()
     for g in gauges:
         g.proof.check()

@@ -70,11 +70,6 @@ def varying_axes(a: np.ndarray) -> set[int]:
     return out
 
 
-def broadcast_shape_axes(small: tuple[int, ...], big_ndim: int) -> tuple[int, ...]:
-    """Left-pad a broadcast operand's shape to big_ndim."""
-    return (1,) * (big_ndim - len(small)) + tuple(small)
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # probes and constraints
 
@@ -299,7 +294,6 @@ class Engine:
         self.param_views: dict[torch.fx.Node, ParamView] = {}
         self.rope: dict[torch.fx.Node, RopeMacro] = {}
         self.rope_internal: dict[torch.fx.Node, RopeMacro] = {}
-        self.stochastic: set[torch.fx.Node] = set()   # softmax outputs (rows sum to one along the last axis)
         self.unknown_ops: dict[str, int] = {}
         self.output_node = next(n for n in reversed(self.topo) if n.op == "output")
         self.f_output = self._find_f_output()

@@ -142,11 +142,6 @@ class Gauge:
                 mats.append(torch.exp(u(1, 1)))
         return ("mult", mats)
 
-    def identity_element(self):
-        if self.kind == "add":
-            return ("add", torch.zeros(self.additive_dim, dtype=torch.float64))
-        return ("mult", [torch.eye(m, dtype=torch.float64) for _, m in self.blocks])
-
     def algebra_basis(self):
         """(block index, X) for a basis of the Lie algebra of each block."""
         for b, (k, m) in enumerate(self.blocks):

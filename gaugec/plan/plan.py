@@ -1,7 +1,6 @@
 """GaugePlan: the compiled list of proven gauges, bound to a model."""
 from __future__ import annotations
 
-import hashlib
 import json
 
 import numpy as np
@@ -50,10 +49,6 @@ class GaugePlan:
     def _params(self) -> dict[str, torch.Tensor]:
         named = dict(self.model.named_parameters(remove_duplicate=False))
         return {name: named[name] for name in self._param_info}
-
-    @property
-    def param_names(self) -> list[str]:
-        return list(self._param_info)
 
     @property
     def n_params(self) -> int:
@@ -118,9 +113,6 @@ class GaugePlan:
         """A random group element: one element per gauge (a list, in plan order)."""
         gen = generator if generator is not None else torch.Generator().manual_seed(0)
         return [g.random_element(gen, spread) for g in self.gauges]
-
-    def identity(self):
-        return [g.identity_element() for g in self.gauges]
 
     @torch.no_grad()
     def act(self, g, gauges: list[Gauge] | None = None):
@@ -222,17 +214,6 @@ class GaugePlan:
 
             graph = capture(model, example_inputs)
         return cls(model, gauges, loss=data.get("loss"), graph=graph, example_inputs=example_inputs)
-
-    def fingerprint(self) -> str:
-        return hashlib.sha256(self.to_json().encode()).hexdigest()[:16]
-
-    def summary_rows(self) -> list[dict]:
-        rows = []
-        for g in self.gauges:
-            rows.append({"name": g.name, "family": g.family, "group": g.group, "dim": g.dim,
-                         "params": g.params, "proof": g.proof.status if g.proof else "none",
-                         "residual": g.numeric_residual})
-        return rows
 
     def __repr__(self):
         return f"GaugePlan({len(self.gauges)} gauges, {sum(g.dim for g in self.gauges)} generators)"

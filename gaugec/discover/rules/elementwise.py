@@ -212,8 +212,6 @@ def add_mult(ctx, node):
     x, y = _operands(node)
     shape = node_shape(node)
     Cx, Cy = ctx.state(x), ctx.state(y)
-    if arg(node, 2, "alpha", 1) != 1 and Cy is not None and Cx is None:
-        pass  # alpha only scales y: harmless for the action on y
     if Cx is not None and Cy is not None:
         a, b = _broadcast(Cx, shape), _broadcast(Cy, shape)
         if np.array_equal(a, b):

@@ -31,11 +31,11 @@ def _embedding_lemma():
     return [(E * A.T).T * onehot - A * (E.T * onehot), (E + sp.ones(3, 1) * t.T).T * onehot - (E.T * onehot + t)]
 
 
-def fibre_along(P_or_C: np.ndarray, axis: int) -> np.ndarray:
+def fibre_along(C: np.ndarray, axis: int) -> np.ndarray:
     """The 1-D slice of an array along ``axis`` at index 0 of every other axis."""
-    idx = [0] * P_or_C.ndim
+    idx = [0] * C.ndim
     idx[axis] = slice(None)
-    return P_or_C[tuple(idx)]
+    return C[tuple(idx)]
 
 
 def view_leg(pv, view_axis: int, coords: np.ndarray, param_shape, role: str, node_name: str = "") -> Leg | None:
@@ -193,7 +193,6 @@ def _absorb_bias(ctx, L: np.ndarray, b, out_shape) -> bool:
     if not np.array_equal(flatL[firstP][invP.reshape(-1)], flatL):
         return False   # one bias element would need two different corrections
     first = np.zeros(int(np.prod(pvb.pshape, dtype=np.int64)), dtype=np.int64)
-    flatP = P.reshape(-1)
     order = np.arange(flatP.size)[::-1]
     first[flatP[order]] = order   # the first position of each bias element
     ctx.leg(pvb.param, "absorb", site=ctx.node.name, site_index=first)
@@ -202,42 +201,35 @@ def _absorb_bias(ctx, L: np.ndarray, b, out_shape) -> bool:
     return True
 
 
-@rule("linear", kind="mult")
-def linear_mult(ctx, node):
-    x, W = arg(node, 0, "input"), arg(node, 1, "weight")
-    C = ctx.state(x)
-    pvW = ctx.param_view(W)
-    if C is None or pvW is None:
-        return ctx.kill_all("a linear whose weight is an activation or carries the group")
-    if varying_axes(C) - {C.ndim - 1}:
-        return ctx.kill_all("the group acts on a linear's batch axes, not only its input features")
-    ctx.fibres(C, [-1])
-    lg = view_leg(pvW, 1, fibre_along(C, C.ndim - 1), _pshape(ctx, pvW), "in", node.name)
+def read_with_weight(ctx, C, pvW, act_axis: int, w_axis: int, what: str):
+    """A parameter reader absorbs the action on ``act_axis`` of its input: W <- W A^-1 along the weight view's
+    ``w_axis`` (``linear_reader``). The action may sit on that axis only."""
+    if varying_axes(C) - {act_axis}:
+        return ctx.kill_all(f"the group acts on axes of a {what}'s input other than its features")
+    ctx.fibres(C, [act_axis])
+    lg = view_leg(pvW, w_axis, fibre_along(C, act_axis), _pshape(ctx, pvW), "in", ctx.node.name)
     if lg is None:
-        return ctx.kill_all("could not map the reader's input axis to a weight axis")
+        return ctx.kill_all(f"could not map the {what}'s input axis to a weight axis")
     ctx.probe.legs.append(lg)
     ctx.cite("linear_reader")
     ctx.tag("reader")
     return None
+
+
+@rule("linear", kind="mult")
+def linear_mult(ctx, node):
+    C, pvW = ctx.state(arg(node, 0, "input")), ctx.param_view(arg(node, 1, "weight"))
+    if C is None or pvW is None:
+        return ctx.kill_all("a linear whose weight is an activation or carries the group")
+    return read_with_weight(ctx, C, pvW, C.ndim - 1, 1, "linear")
 
 
 @rule("addmm", kind="mult")
 def addmm_mult(ctx, node):
-    b, x, W = arg(node, 0, "self"), arg(node, 1, "mat1"), arg(node, 2, "mat2")
-    C = ctx.state(x)
-    pvW = ctx.param_view(W)
-    if C is None or pvW is None or ctx.state(b) is not None:
+    C, pvW = ctx.state(arg(node, 1, "mat1")), ctx.param_view(arg(node, 2, "mat2"))
+    if C is None or pvW is None or ctx.state(arg(node, 0, "self")) is not None:
         return ctx.kill_all("an addmm whose weight or bias carries the group")
-    if varying_axes(C) - {C.ndim - 1}:
-        return ctx.kill_all("the group acts on an addmm's batch axis")
-    ctx.fibres(C, [-1])
-    lg = view_leg(pvW, 0, fibre_along(C, C.ndim - 1), _pshape(ctx, pvW), "in", node.name)
-    if lg is None:
-        return ctx.kill_all("could not map the reader's input axis to a weight axis")
-    ctx.probe.legs.append(lg)
-    ctx.cite("linear_reader")
-    ctx.tag("reader")
-    return None
+    return read_with_weight(ctx, C, pvW, C.ndim - 1, 0, "addmm")
 
 
 @rule("addmm", kind="add")
@@ -377,23 +369,12 @@ def _row_stochastic(ctx, a) -> bool:
 
 @rule("convolution", "conv2d", "conv1d", "conv3d", kind="mult")
 def conv_mult(ctx, node):
-    x, W = arg(node, 0, "input"), arg(node, 1, "weight")
-    C = ctx.state(x)
-    pvW = ctx.param_view(W)
+    C, pvW = ctx.state(arg(node, 0, "input")), ctx.param_view(arg(node, 1, "weight"))
     name = node.target._schema.name.split("::")[-1]
     groups = arg(node, 8, "groups", 1) if name == "convolution" else arg(node, 6, "groups", 1)
     if C is None or pvW is None or groups != 1:
         return ctx.kill_all("a grouped convolution, or one whose weight carries the group")
-    if varying_axes(C) - {1}:
-        return ctx.kill_all("the group acts on a convolution's spatial or batch axes")
-    ctx.fibres(C, [1])
-    lg = view_leg(pvW, 1, fibre_along(C, 1), _pshape(ctx, pvW), "in", node.name)
-    if lg is None:
-        return ctx.kill_all("could not map the conv input channels to a weight axis")
-    ctx.probe.legs.append(lg)
-    ctx.cite("linear_reader")
-    ctx.tag("reader")
-    return None
+    return read_with_weight(ctx, C, pvW, 1, 1, "convolution")
 
 
 @rule("convolution", "conv2d", "conv1d", "conv3d", "embedding", kind="add")
