@@ -61,9 +61,13 @@ class Rotary(nn.Module):
 
 
 class LlamaAttention(nn.Module):
-    def __init__(self, d, n_heads, n_kv_heads, bias=False, rope=True, partial_rotary=1.0, interleaved=False):
+    def __init__(self, d, n_heads, n_kv_heads, bias=False, rope=True, partial_rotary=1.0, interleaved=False,
+                 qk_norm=False, eps=1e-6):
         super().__init__()
         self.h, self.hkv, self.dh = n_heads, n_kv_heads, d // n_heads
+        # QK-norm (Qwen3 / Gemma 3 style): an RMSNorm over d_head on every query and key head, before RoPE
+        self.q_norm = RMSNorm(self.dh, eps) if qk_norm else None
+        self.k_norm = RMSNorm(self.dh, eps) if qk_norm else None
         self.q_proj = nn.Linear(d, n_heads * self.dh, bias=bias)
         self.k_proj = nn.Linear(d, n_kv_heads * self.dh, bias=bias)
         self.v_proj = nn.Linear(d, n_kv_heads * self.dh, bias=bias)
@@ -73,8 +77,11 @@ class LlamaAttention(nn.Module):
 
     def forward(self, x):
         B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, self.h, self.dh).transpose(1, 2)
-        k = self.k_proj(x).view(B, T, self.hkv, self.dh).transpose(1, 2)
+        q = self.q_proj(x).view(B, T, self.h, self.dh)
+        k = self.k_proj(x).view(B, T, self.hkv, self.dh)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = q.transpose(1, 2), k.transpose(1, 2)
         v = self.v_proj(x).view(B, T, self.hkv, self.dh).transpose(1, 2)
         if self.rotary is not None:
             pos = torch.arange(T, device=x.device)
@@ -104,7 +111,7 @@ class LlamaBlock(nn.Module):
         super().__init__()
         offset = kw.pop("offset_gain", False)
         self.input_layernorm = RMSNorm(d, eps, offset)
-        self.self_attn = LlamaAttention(d, n_heads, n_kv_heads, **kw)
+        self.self_attn = LlamaAttention(d, n_heads, n_kv_heads, eps=eps, **kw)
         self.post_attention_layernorm = RMSNorm(d, eps, offset)
         self.mlp = SwiGLU(d, d_ff)
 
@@ -117,12 +124,12 @@ class TinyLlama(nn.Module):
     """Llama-style decoder: RMSNorm, RoPE, GQA (repeat_kv), SwiGLU, optional tied head / biases / Gemma gains."""
 
     def __init__(self, vocab=16, d=8, n_layers=1, n_heads=2, n_kv_heads=2, d_ff=12, eps=1e-6, tie=False,
-                 bias=False, rope=True, partial_rotary=1.0, interleaved=False, offset_gain=False):
+                 bias=False, rope=True, partial_rotary=1.0, interleaved=False, offset_gain=False, qk_norm=False):
         super().__init__()
         self.embed_tokens = nn.Embedding(vocab, d)
         self.layers = nn.ModuleList(
             LlamaBlock(d, n_heads, n_kv_heads, d_ff, eps, bias=bias, rope=rope, partial_rotary=partial_rotary,
-                       interleaved=interleaved, offset_gain=offset_gain) for _ in range(n_layers))
+                       interleaved=interleaved, offset_gain=offset_gain, qk_norm=qk_norm) for _ in range(n_layers))
         self.norm = RMSNorm(d, eps, offset_gain)
         self.lm_head = nn.Linear(d, vocab, bias=False)
         if tie:

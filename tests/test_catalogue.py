@@ -31,6 +31,11 @@ CASES = [
     ("llama-bias-no-rope", lambda: zoo.llama(bias=True, rope=False), "cross_entropy",
      {**LLAMA_BASE, "attention_qk_rope": 0, "attention_qk": 32, "key_bias": 8}),
     ("llama-gemma-gains", lambda: zoo.llama(offset_gain=True), "cross_entropy", LLAMA_BASE),
+    # QK-norm (RMSNorm over d_head before RoPE) stops the projection maps; without RoPE the q-norm gain pairs with
+    # the inverse k-norm gain (a diagonal Q/K map, d_head = 4)
+    ("llama-qk-norm", lambda: zoo.llama(qk_norm=True), "cross_entropy", {**LLAMA_BASE, "attention_qk_rope": 0}),
+    ("llama-qk-norm-no-rope", lambda: zoo.llama(qk_norm=True, rope=False), "cross_entropy",
+     {**LLAMA_BASE, "attention_qk_rope": 0, "attention_qk": 4}),
     ("llama-2-layers", lambda: zoo.llama(n_layers=2), "cross_entropy",
      {"norm_gain": 40, "attention_qk_rope": 16, "attention_vo": 64, "glu_rescale": 24, "logit_shift": 8}),
     ("llama-mse", lambda: zoo.llama(), "mse", {**LLAMA_BASE, "logit_shift": 0}),

@@ -81,3 +81,12 @@ def test_oracle_catches_an_unsound_generator(llama_plan):
     rep = gaugec.verify(model, inputs, bad)
     assert not rep.sound
     assert rep.soundness["fake@gate"] > 1e-3
+
+
+def test_qk_norm_claims_nothing_false():
+    """QK-norm with RoPE: the per-pair gain scalars and the per-head projection scales (absorbed by the norm at
+    eps 0) are true gauges the rules do not derive yet; what is claimed must be sound."""
+    model, inputs = zoo.llama(qk_norm=True)
+    rep = gaugec.verify(model, inputs)
+    assert rep.sound
+    assert rep.found_rank == 76 and rep.nullity == 111
