@@ -100,9 +100,9 @@ class GaugePlan:
             o += int(np.prod(info.shape, dtype=np.int64))
         return offsets, o
 
-    def tangent_basis(self) -> torch.Tensor:
-        """[sum of gauge dims, n_params]: every gauge's generators at the model's current θ."""
-        params = self._params()
+    def tangent_basis(self, params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """[sum of gauge dims, n_params]: every gauge's generators at the model's current θ (or at ``params``)."""
+        params = self._params() if params is None else params
         parts = [self.gauge_tangents(g, params) for g in self.gauges]
         if not parts:
             return torch.zeros(0, self._offsets()[1], dtype=torch.float64)

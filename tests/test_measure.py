@@ -1,0 +1,138 @@
+"""Dead-direction readings: toy orders, gauge vs. genuine directions, the LayerNorm kernel, conservation laws."""
+import copy
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+import gaugec
+from gaugec import measure, zoo
+
+
+class Power(nn.Module):
+    """Gaussian location model μ = w^k (a scalar parameter), read at w = 0."""
+
+    def __init__(self, k):
+        super().__init__()
+        self.k = k
+        self.w = nn.Parameter(torch.zeros(1, dtype=torch.float64))
+
+    def forward(self, x):
+        return (self.w ** self.k) * torch.ones_like(x)
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 4])
+def test_gaussian_location_order_is_exact(k):
+    r = measure.directional_order(Power(k), (torch.zeros(5, 1, dtype=torch.float64),), [1.0], likelihood="gaussian")
+    assert r.order == pytest.approx(k, abs=1e-9)
+    assert r.coefficient == pytest.approx(1 / (2 * k), abs=1e-9)
+    assert r.fit_r2 > 1 - 1e-12
+    assert r.kind == ("regular" if k == 1 else "singular")
+
+
+class Product(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w1 = nn.Parameter(torch.zeros(1, dtype=torch.float64))
+        self.w2 = nn.Parameter(torch.zeros(1, dtype=torch.float64))
+
+    def forward(self, x):
+        return self.w1 * self.w2 * x
+
+
+def test_product_separates_the_read_direction_from_the_approach():
+    model, x = Product(), (torch.randn(6, 1, dtype=torch.float64),)
+    along = measure.directional_order(model, x, [1.0, 1.0], approach=[1.0, 1.0], likelihood="gaussian")
+    assert along.order == pytest.approx(2.0, abs=1e-9) and along.kind == "singular"
+    across = measure.directional_order(model, x, [1.0, -1.0], approach=[1.0, 1.0], likelihood="gaussian")
+    assert across.kind == "gauge"
+
+
+def test_every_gauge_of_the_zoo_llama_reads_as_gauge(llama_plan):
+    model, inputs, plan = llama_plan
+    m = copy.deepcopy(model).double()
+    bound = gaugec.GaugePlan(m, plan.gauges, loss=plan.loss, graph=plan.graph, example_inputs=inputs)
+    B = bound.tangent_basis()
+    rows, o = [], 0
+    for g in bound.gauges:            # one generator per gauge, plus a random combination of all of them
+        rows.append(B[o])
+        o += g.dim
+    rows.append(torch.randn(B.shape[0], generator=torch.Generator().manual_seed(0), dtype=torch.float64) @ B)
+    readings = measure.classify(m, inputs, rows, plan=bound, ts=[1e-3, 1e-2, 1e-1])
+    assert all(r["kind"] == "gauge" and r["in_plan"] for r in readings)
+    # and a random direction is not a gauge
+    rnd = torch.randn(B.shape[1], generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    (r,) = measure.classify(m, inputs, [rnd], plan=bound, ts=[1e-3, 1e-2, 1e-1])
+    assert r["kind"] != "gauge" and not r["in_plan"]
+
+
+def test_directional_order_leaves_the_model_alone():
+    model, x = zoo.relu_mlp()
+    before = [p.dtype for p in model.parameters()]
+    n = sum(p.numel() for p in model.parameters())
+    measure.directional_order(model, x, torch.ones(n))
+    assert [p.dtype for p in model.parameters()] == before
+
+
+def _ln_net(norm):
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(5, 6), norm, nn.Linear(6, 3)).double()
+    with torch.no_grad():
+        net[1].weight.copy_(1 + 0.5 * torch.rand(6, dtype=torch.float64))
+        if getattr(net[1], "bias", None) is not None:
+            net[1].bias.zero_()
+    return net
+
+
+def test_layernorm_kernel_is_gamma_inverse_and_rmsnorm_has_none():
+    x = torch.randn(64, 5, dtype=torch.float64)
+    y = torch.randint(0, 3, (64,))
+    ln = _ln_net(nn.LayerNorm(6, bias=True))
+    r = measure.layer_readings(ln, x, y, "1")
+    assert r.sigma_min < 1e-10 * r.activation_spectrum[0]
+    # the kernel direction of X is γ⁻¹ (β = 0 here)
+    with torch.no_grad():
+        X = ln[1](ln[0](x))
+    v = torch.linalg.svd(X).Vh[-1]
+    ginv = 1 / ln[1].weight.detach()
+    assert abs(float(v @ ginv / ginv.norm())) == pytest.approx(1.0, abs=1e-8)
+    rms = measure.layer_readings(_ln_net(nn.RMSNorm(6)), x, y, "1")
+    assert rms.sigma_min > 1e-3 * rms.activation_spectrum[0]
+
+
+def test_fisher_gram_counts_dead_directions_and_the_cutoff_matters():
+    """Readings after Linear(5, 6) -> LayerNorm: the loss gradient w.r.t. the LN input is orthogonal to the
+    ones vector (one dead eigenvalue); a cutoff above it miscounts."""
+    x = torch.randn(64, 5, dtype=torch.float64)
+    y = torch.randint(0, 3, (64,))
+    ln = _ln_net(nn.LayerNorm(6))
+    r = measure.layer_readings(ln, x, y, "0")
+    assert r.n_dead == 1 and r.n_active == 5
+    assert np.isfinite(r.logdet_plus) and r.lambda_min_plus > r.cutoff
+    loose = measure.layer_readings(ln, x, y, "0", rel_cutoff=0.9)
+    assert loose.n_dead > 1
+    true = measure.layer_readings(ln, x, None, "0", fisher="true")
+    assert true.n_dead == 1
+
+
+def test_rescale_charge_drifts_by_half_lr_squared_gSg_per_sgd_step():
+    """For every generator of a rescale, one plain SGD step changes ½θᵀAθ by exactly ½η²gᵀAg (float64)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)).double()
+    x = torch.randn(16, 3, dtype=torch.float64)
+    y = torch.randint(0, 2, (16,))
+    plan = gaugec.compile(model, (x,))
+    (resc,) = [g for g in plan.gauges if g.family == "positive_rescale"]
+    As = measure.generator_matrices(plan, resc)
+    theta = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    loss = nn.functional.cross_entropy(model(x), y)
+    g = torch.cat([t.reshape(-1) for t in torch.autograd.grad(loss, list(model.parameters()))])
+    lr = 0.3
+    new = theta - lr * g
+    for A in As:
+        assert torch.allclose(A, A.T)
+        dq = 0.5 * float(new @ A @ new) - 0.5 * float(theta @ A @ theta)
+        assert dq == pytest.approx(measure.predicted_sgd_drift(A, g, lr), rel=1e-9, abs=1e-14)
+    q = measure.charges(plan)
+    assert q.shape[0] == sum(gg.dim for gg in plan.gauges)
