@@ -136,3 +136,24 @@ def test_rescale_charge_drifts_by_half_lr_squared_gSg_per_sgd_step():
         assert dq == pytest.approx(measure.predicted_sgd_drift(A, g, lr), rel=1e-9, abs=1e-14)
     q = measure.charges(plan)
     assert q.shape[0] == sum(gg.dim for gg in plan.gauges)
+
+
+def test_rrr_learning_coefficient_grid_and_cases():
+    from fractions import Fraction
+
+    from gaugec.measure.rlct import rrr_learning_coefficient as lam
+
+    grid = {(2, 1): 9.0, (2, 2): 13.0, (3, 1): 11.0, (3, 2): 14.5, (3, 3): 18.0, (4, 1): 13.0, (4, 2): 16.0,
+            (4, 3): 19.0, (4, 4): 22.0, (5, 1): 15.0, (5, 2): 17.5, (5, 3): 20.0, (5, 4): 22.5, (5, 5): 25.0}
+    assert len(grid) == 14
+    for (H, r), value in grid.items():                    # input 10, output 5: case 3 in every cell
+        assert lam(10, 5, H, r) == (Fraction(value), 1)
+    for M, N, H in [(3, 4, 2), (6, 2, 3), (4, 4, 4), (7, 3, 5)]:
+        for r in range(H + 1):
+            assert lam(M, N, H, r) == lam(N, M, H, r)     # transposing the problem swaps cases 2 and 3
+        assert lam(M, N, H, H)[0] == Fraction(H * (M + N - H), 2) or M + N < 2 * H   # dim of rank-H maps / 2
+    assert lam(1, 1, 1, 0) == (Fraction(1, 2), 2)          # y = a b x at 0: λ = 1/2, multiplicity 2
+    assert lam(1, 1, 2, 0) == (Fraction(1, 2), 1)          # (a1 b1 + a2 b2) x: λ = 1/2
+    assert lam(2, 2, 5, 1) == (Fraction(2), 1)             # case 4: more hidden units than M + N - r: M N / 2
+    with pytest.raises(ValueError):
+        lam(3, 3, 2, 3)
