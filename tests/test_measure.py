@@ -157,3 +157,51 @@ def test_rrr_learning_coefficient_grid_and_cases():
     assert lam(2, 2, 5, 1) == (Fraction(2), 1)             # case 4: more hidden units than M + N - r: M N / 2
     with pytest.raises(ValueError):
         lam(3, 3, 2, 3)
+
+
+def _bridge(L, d, r, t):
+    """Canonical deep-linear bridge: every layer is diag(1, ..., 1, t, ..., t) with r dead coordinates."""
+    net = nn.Sequential(*[nn.Linear(d, d, bias=False) for _ in range(L)]).double()
+    diag = torch.ones(d, dtype=torch.float64)
+    diag[d - r:] = t
+    with torch.no_grad():
+        for lin in net:
+            lin.weight.copy_(torch.diag(diag))
+    return net
+
+
+def _bridge_slopes(L, ell, r, ts, rel_cutoff=1e-12):
+    gen = torch.Generator().manual_seed(0)
+    d, N = 6, 400
+    x = torch.randn(N, d, generator=gen, dtype=torch.float64)
+    y = x + 0.5 * torch.randn(N, d, generator=gen, dtype=torch.float64)   # noisy labels: teacher = identity
+    rs = [measure.layer_readings(_bridge(L, d, r, t), x, y, str(ell - 1), likelihood="gaussian",
+                                 rel_cutoff=rel_cutoff) for t in ts]
+    return {
+        "sigma2": measure.loglog_slope(ts, [q.sigma_min ** 2 for q in rs]),
+        "lambda": measure.loglog_slope(ts, [q.lambda_min_plus for q in rs]),
+        "logdet": measure.loglog_slope(ts, [q.logdet_plus for q in rs], log_values=True),
+        "n_dead": [q.n_dead for q in rs],
+    }
+
+
+@pytest.mark.parametrize("ell", [1, 2])
+def test_deep_linear_bridge_rates_and_counting_identity(ell):
+    L = 3
+    ts = np.logspace(-2, -0.7, 6)
+    slopes = {r: _bridge_slopes(L, ell, r, ts) for r in (1, 2, 3, 4)}
+    for r, s in slopes.items():
+        assert s["sigma2"][0] == pytest.approx(2 * ell, abs=0.05)             # activation side: 2ℓ
+        assert s["lambda"][0] == pytest.approx(2 * (L - ell), abs=0.1)        # Fisher side: 2(L − ℓ), any r
+        assert s["logdet"][0] / slopes[1]["logdet"][0] == pytest.approx(r, rel=0.05)   # log det⁺ counts r
+        assert s["n_dead"] == [0] * len(ts)      # every dead eigenvalue stays above the cutoff on this grid
+
+
+def test_a_cutoff_above_the_dead_eigenvalues_breaks_the_count():
+    L, ell = 3, 1
+    ts = np.logspace(-2, -0.7, 6)
+    honest = _bridge_slopes(L, ell, 3, ts)
+    loose = _bridge_slopes(L, ell, 3, ts, rel_cutoff=1e-3)   # above the smallest dead eigenvalue for small t
+    assert honest["logdet"][0] == pytest.approx(3 * 2 * (L - ell), rel=0.05)
+    assert loose["logdet"][0] < 0.5 * honest["logdet"][0]
+    assert max(loose["n_dead"]) == 3

@@ -166,6 +166,18 @@ def layer_readings(model, inputs, targets, layer: str, fisher: str = "empirical"
 # directional order
 
 
+def loglog_slope(ts, values, log_values: bool = False) -> tuple[float, float]:
+    """Least-squares slope of log(values) (or of ``values`` when they are logs already, e.g. log det⁺) against
+    log(ts), and the fit's R²."""
+    lt = np.log(np.asarray(ts, dtype=np.float64))
+    v = np.asarray(values, dtype=np.float64)
+    lv = v if log_values else np.log(np.maximum(v, 1e-300))
+    slope, icpt = np.polyfit(lt, lv, 1)
+    resid = lv - (slope * lt + icpt)
+    r2 = 1.0 - float((resid ** 2).sum() / max(((lv - lv.mean()) ** 2).sum(), 1e-300))
+    return float(slope), r2
+
+
 def _directional_fisher(model, info, theta: torch.Tensor, u: torch.Tensor, inputs, likelihood) -> float:
     """uᵀF(θ)u: the Fisher of the model's predictive distribution along u (exact, by a forward-mode derivative)."""
 
@@ -215,10 +227,7 @@ def directional_order(model, inputs, direction, approach=None, likelihood: str =
               1e-300)
     if np.all(np.abs(F) <= gauge_tol * ref):
         return DirectionalReading(math.inf, 0.0, "gauge", math.nan, math.nan, ts, F)
-    lt, lf = np.log(ts), np.log(np.maximum(F, 1e-300))
-    slope, icpt = np.polyfit(lt, lf, 1)
-    resid = lf - (slope * lt + icpt)
-    r2 = 1.0 - float((resid ** 2).sum() / max(((lf - lf.mean()) ** 2).sum(), 1e-300))
+    slope, r2 = loglog_slope(ts, F)
     k = 1.0 + slope / 2.0
     kind = "regular" if k < 1.5 else "singular"
     return DirectionalReading(float(k), float(1.0 / (2.0 * k)), kind, float(slope), r2, ts, F)
