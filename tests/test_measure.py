@@ -49,6 +49,22 @@ def test_product_separates_the_read_direction_from_the_approach():
     assert across.kind == "gauge"
 
 
+@pytest.mark.parametrize("name", ["relu_mlp", "ln_mlp", "convnet", "gpt2", "llama_gqa"])
+def test_every_gauge_of_the_zoo_reads_as_gauge(name):
+    model, inputs = zoo.load(name)
+    plan = gaugec.compile(model, inputs)
+    m = copy.deepcopy(model).double()
+    inputs = tuple(x.double() if x.is_floating_point() else x for x in inputs)
+    bound = gaugec.GaugePlan(m, plan.gauges, loss=plan.loss, graph=plan.graph, example_inputs=inputs)
+    B = bound.tangent_basis()
+    rows, o = [], 0
+    for g in bound.gauges:
+        rows.append(B[o])
+        o += g.dim
+    readings = measure.classify(m, inputs, rows, plan=bound, ts=[1e-3, 1e-1])
+    assert [r["kind"] for r in readings] == ["gauge"] * len(rows), [g.name for g in bound.gauges]
+
+
 def test_every_gauge_of_the_zoo_llama_reads_as_gauge(llama_plan):
     model, inputs, plan = llama_plan
     m = copy.deepcopy(model).double()
