@@ -1,4 +1,4 @@
-"""Command line: ``gaugec inspect | check | verify | demo | zoo``.
+"""Command line: ``gaugec inspect | check | verify | measure | demo | zoo``.
 
 TARGET is ``zoo:NAME`` (or a bare zoo name), ``path/to/file.py:factory`` or ``package.module:factory``; a factory
 returns ``(model, example_inputs)``.
@@ -249,6 +249,100 @@ def cmd_demo(args) -> int:
     return EXIT_OK if rep.sound and not plan.rejected else EXIT_FAIL
 
 
+def cmd_measure(args) -> int:
+    """Classify the plan's gauges and the dead directions of chosen layers at a checkpoint."""
+    import numpy as np
+
+    import gaugec
+    from gaugec import measure
+
+    model, inputs = load_target(args.target)
+    if args.checkpoint:
+        try:
+            state = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - reported as a usage error
+            raise UsageError(f"cannot read checkpoint {args.checkpoint}: {type(exc).__name__}: {exc}") from exc
+        if not isinstance(state, dict):
+            raise UsageError(f"checkpoint {args.checkpoint} is not a state dict")
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as exc:
+            raise UsageError(f"checkpoint {args.checkpoint} does not match the model: {str(exc)[:400]}") from exc
+    model = model.double().eval()
+    inputs = tuple(x.double() if isinstance(x, torch.Tensor) and x.is_floating_point() else x for x in inputs)
+    from gaugec.oracle import sample_inputs
+
+    # the example batch is tiny: read the Fisher on many more inputs drawn like it (tokens over the vocabulary)
+    wide = sample_inputs(model, inputs, torch.Generator().manual_seed(0), batch_mult=args.samples)
+    likelihood = "categorical" if _loss(args.loss) == "cross_entropy" else "gaussian"
+    plan = gaugec.compile(model, inputs, loss=_loss(args.loss))
+    B = plan.tangent_basis()
+    rows, o = [], 0
+    for g in plan.gauges:
+        rows.append(B[o])
+        o += g.dim
+    ts = np.logspace(-3, -1, 5)
+    readings = measure.classify(model, inputs, rows, plan=plan, likelihood=likelihood, ts=ts)
+    print(f"{'gauge':<48} {'family':<18} {'reading':<9} {'max uᵀFu':>10}")
+    for g, r in zip(plan.gauges, readings):
+        print(f"{g.name:<48} {g.family:<18} {r['kind']:<9} {np.abs(r['reading'].fisher).max():>10.1e}")
+    layers = args.layer or [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)][:2]
+    spectra = {}
+    curves = []
+    print(f"\n{'layer':<28} {'eigenvalue':>11} {'reading':<9} {'order k':>8} {'1/(2k)':>7} {'in plan':>8}")
+    for layer in layers:
+        names, evals, evecs, offsets, n = measure.layer_parameter_fisher(model, wide, layer, likelihood)
+        spectra[layer] = evals.clamp_min(1e-300).numpy()
+        sizes = [plan._param_info[k] for k in names]
+        start = offsets[names[0]]
+        width = sum(int(np.prod(i.shape)) for i in sizes)
+        for j in range(min(args.top, evecs.shape[1])):
+            u = torch.zeros(n, dtype=torch.float64)
+            u[start:start + width] = evecs[:, j]
+            (r,) = measure.classify(model, inputs, [u], plan=plan, likelihood=likelihood, ts=ts)
+            rd = r["reading"]
+            curves.append((f"{layer} #{j}", rd))
+            print(f"{layer:<28} {float(evals[j]):>11.2e} {rd.kind:<9} {rd.order:>8.2f} {rd.coefficient:>7.3f} "
+                  f"{'yes' if r['in_plan'] else 'no':>8}")
+    _measure_plots(args.out, spectra, curves)
+    return EXIT_OK
+
+
+def _measure_plots(out_dir, spectra, curves):
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("\n(matplotlib not installed: no plots; pip install 'gaugec[plot]')")
+        return
+    import numpy as np
+
+    os.makedirs(out_dir, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for layer, ev in spectra.items():
+        ax.semilogy(np.arange(1, len(ev) + 1), ev / ev.max(), ".", ms=3, label=layer)
+    ax.set_xlabel("eigenvalue index (ascending)")
+    ax.set_ylabel("Fisher eigenvalue / largest")
+    ax.set_title("parameter Fisher spectra per layer")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out_dir, "spectra.png"), dpi=120)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for label, rd in curves:
+        if rd.kind != "gauge":
+            ax.loglog(rd.ts, np.maximum(rd.fisher, 1e-300), "o-", ms=3, label=f"{label}: k={rd.order:.2f}")
+    ax.set_xlabel("t (distance along the approach)")
+    ax.set_ylabel("uᵀF(θ + t u)u")
+    ax.set_title("directional Fisher of the dead directions (gauges read zero and are omitted)")
+    if ax.lines:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out_dir, "slopes.png"), dpi=120)
+    print(f"\nwrote {out_dir}/spectra.png and {out_dir}/slopes.png")
+
+
 def cmd_zoo(args) -> int:
     from gaugec import zoo
 
@@ -281,6 +375,15 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("verify", help="print the Jacobian oracle report")
     target_args(sp)
     sp.set_defaults(fn=cmd_verify)
+    sp = sub.add_parser("measure", help="classify gauges and dead directions at a checkpoint")
+    target_args(sp)
+    sp.add_argument("--checkpoint", help="a state_dict saved with torch.save (default: the factory's weights)")
+    sp.add_argument("--layer", action="append", help="submodule whose parameters to read (repeatable)")
+    sp.add_argument("--top", type=int, default=3, help="dead directions per layer")
+    sp.add_argument("--samples", type=int, default=64, help="the example batch is repeated this many times, "
+                    "with fresh random inputs, for the layer Fisher")
+    sp.add_argument("--out", default="gaugec-measure", help="folder for the PNG plots")
+    sp.set_defaults(fn=cmd_measure)
     sp = sub.add_parser("demo", help="compile and verify a built-in model (make demo)")
     sp.add_argument("--model", default="llama")
     sp.set_defaults(fn=cmd_demo)

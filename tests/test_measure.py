@@ -221,3 +221,24 @@ def test_a_cutoff_above_the_dead_eigenvalues_breaks_the_count():
     assert honest["logdet"][0] == pytest.approx(3 * 2 * (L - ell), rel=0.05)
     assert loose["logdet"][0] < 0.5 * honest["logdet"][0]
     assert max(loose["n_dead"]) == 3
+
+
+def test_measure_command_and_checkpoint_errors(tmp_path, capsys):
+    from gaugec.cli import main
+
+    model, _ = zoo.relu_mlp()
+    good = tmp_path / "good.pt"
+    torch.save(model.state_dict(), good)
+    out = str(tmp_path / "plots")
+    assert main(["measure", "zoo:relu_mlp", "--checkpoint", str(good), "--samples", "8", "--top", "1",
+                 "--out", out]) == 0
+    text = capsys.readouterr().out
+    assert "positive_rescale@0" in text and "gauge" in text and "in plan" in text
+    wrong = tmp_path / "wrong.pt"
+    torch.save(nn.Linear(2, 2).state_dict(), wrong)
+    assert main(["measure", "zoo:relu_mlp", "--checkpoint", str(wrong), "--out", out]) == 2
+    assert "does not match the model" in capsys.readouterr().err
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes(good.read_bytes()[:100])
+    assert main(["measure", "zoo:relu_mlp", "--checkpoint", str(broken), "--out", out]) == 2
+    assert "cannot read checkpoint" in capsys.readouterr().err

@@ -283,3 +283,38 @@ def generator_matrices(plan, gauge) -> list[torch.Tensor]:
 def predicted_sgd_drift(A: torch.Tensor, g: torch.Tensor, lr: float) -> float:
     """The exact change of ½θᵀAθ under θ <- θ - lr g when g ⊥ Aθ (a gradient of an invariant loss): ½ lr² gᵀAg."""
     return float(0.5 * lr ** 2 * (g @ (A @ g)))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the dead directions of a layer's parameters
+
+
+def layer_parameter_fisher(model, inputs, layer: str, likelihood: str = "categorical", seed: int = 0):
+    """The true Fisher (labels drawn from the model) of the parameters of submodule ``layer``, from per-sample
+    gradients: (names, eigenvalues ascending, eigenvectors as columns, flat offsets of the layer's parameters)."""
+    inputs = inputs if isinstance(inputs, tuple) else (inputs,)
+    info, params = _params(model)
+    prefix = layer + "."
+    names = [k for k in info if k.startswith(prefix) or (layer == "" and "." not in k)]
+    if not names:
+        raise KeyError(f"submodule {layer!r} has no parameters of its own")
+    with torch.no_grad():
+        out = first_tensor(model(*inputs))
+    labels = _sample_labels(out, likelihood, torch.Generator().manual_seed(seed))
+    fixed = {k: v for k, v in params.items() if k not in names}
+
+    def loss_one(sub, *xy):
+        *xs, y = xy
+        o = first_tensor(functional_call(model, {**fixed, **sub}, tuple(x.unsqueeze(0) for x in xs)))
+        return _per_token_loss(o, y.unsqueeze(0), likelihood)
+
+    grads = vmap(grad(loss_one), in_dims=(None,) + (0,) * (len(inputs) + 1))(
+        {k: params[k] for k in names}, *inputs, labels)
+    Gs = torch.cat([grads[k].detach().reshape(grads[k].shape[0], -1) for k in names], 1).to(torch.float64)
+    F = Gs.T @ Gs / Gs.shape[0]
+    evals, evecs = torch.linalg.eigh(F)
+    offsets, o = {}, 0
+    for k in info:
+        offsets[k] = o
+        o += int(np.prod(info[k].shape, dtype=np.int64))
+    return names, evals, evecs, offsets, o
