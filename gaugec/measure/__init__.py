@@ -318,3 +318,35 @@ def layer_parameter_fisher(model, inputs, layer: str, likelihood: str = "categor
         offsets[k] = o
         o += int(np.prod(info[k].shape, dtype=np.int64))
     return names, evals, evecs, offsets, o
+
+
+class ChargeMonitor:
+    """Tracks the conserved charges of a plan during training (call :meth:`record` after each step).
+
+    Gradient flow keeps every charge constant. A plain SGD step θ − ηg changes ½θᵀAθ by exactly ½η²gᵀAg. Under
+    decoupled weight decay λ (dθ/dt = −∇L − λθ), Q̇ = −2λQ, so Q(t) = Q(0) e^{−2λt}, t the integrated learning rate.
+    """
+
+    def __init__(self, plan):
+        self.plan = plan
+        self.history: list[torch.Tensor] = []
+        self.steps: list[int] = []
+
+    def record(self, step: int | None = None) -> torch.Tensor:
+        q = charges(self.plan)
+        self.history.append(q)
+        self.steps.append(len(self.steps) if step is None else step)
+        return q
+
+    def drift(self) -> torch.Tensor:
+        """Change of every charge since the first record, relative to its scale (max |Q| at the start, or 1)."""
+        if not self.history:
+            return torch.zeros(0, dtype=torch.float64)
+        q0 = self.history[0]
+        scale = q0.abs().max().clamp_min(1.0)
+        return (self.history[-1] - q0) / scale
+
+    @staticmethod
+    def predicted_decay(q0: torch.Tensor, weight_decay: float, time: float) -> torch.Tensor:
+        """Q(t) = Q(0) e^{−2λt} under gradient flow with uniform (decoupled) weight decay λ."""
+        return q0 * math.exp(-2.0 * weight_decay * time)
