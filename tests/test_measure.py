@@ -132,13 +132,18 @@ def test_fisher_gram_counts_dead_directions_and_the_cutoff_matters():
     assert true.n_dead == 1
 
 
-def test_rescale_charge_drifts_by_half_lr_squared_gSg_per_sgd_step():
-    """For every generator of a rescale, one plain SGD step changes ½θᵀAθ by exactly ½η²gᵀAg (float64)."""
+def _relu_net_and_plan(n_samples):
+    """A float64 Linear(3, 4) -> ReLU -> Linear(4, 2) classifier, its data and its plan."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)).double()
-    x = torch.randn(16, 3, dtype=torch.float64)
-    y = torch.randint(0, 2, (16,))
-    plan = gaugec.compile(model, (x,))
+    x = torch.randn(n_samples, 3, dtype=torch.float64)
+    y = torch.randint(0, 2, (n_samples,))
+    return model, x, y, gaugec.compile(model, (x,))
+
+
+def test_rescale_charge_drifts_by_half_lr_squared_gSg_per_sgd_step():
+    """For every generator of a rescale, one plain SGD step changes ½θᵀAθ by exactly ½η²gᵀAg (float64)."""
+    model, x, y, plan = _relu_net_and_plan(16)
     (resc,) = [g for g in plan.gauges if g.family == "positive_rescale"]
     As = measure.generator_matrices(plan, resc)
     theta = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
@@ -245,11 +250,7 @@ def test_measure_command_and_checkpoint_errors(tmp_path, capsys):
 
 
 def test_charge_monitor_decays_as_exp_minus_2_lambda_t_under_weight_decay():
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)).double()
-    x = torch.randn(32, 3, dtype=torch.float64)
-    y = torch.randint(0, 2, (32,))
-    plan = gaugec.compile(model, (x,))
+    model, x, y, plan = _relu_net_and_plan(32)
     plan.gauges = [g for g in plan.gauges if g.family == "positive_rescale"]
     mon = measure.ChargeMonitor(plan)
     q0 = mon.record()
