@@ -56,7 +56,8 @@ class GaugePlan:
 
     @property
     def dim(self) -> int:
-        """Total orbit dimension found: the rank of the tangent basis."""
+        """Total orbit dimension found: the rank of the tangent basis (the sum of the gauge dimensions for a model
+        on the meta device, whose generators cannot be evaluated)."""
         if not self.gauges:
             return 0
         if self.model_is_meta():
