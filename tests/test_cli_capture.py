@@ -190,3 +190,32 @@ def test_non_finite_output_is_reported_not_taken_for_false_gauges():
         plan = gaugec.compile(NaNModel(), (torch.randn(2, 3),), loss=None)
     assert not plan.rejected
     assert all(g.numeric_residual is None and "not finite" in g.proof.numeric_note for g in plan.gauges)
+
+
+class FlagModel(nn.Module):
+    """A forward with a Python flag: fx needs it fixed through concrete_args."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(3, 4), nn.Linear(4, 2)
+
+    def forward(self, x, flip=False):
+        h = torch.relu(self.a(x))
+        return self.b(-h if flip else h)
+
+
+def test_fx_route_with_concrete_args_and_error_listing_both_tracers():
+    with pytest.raises(CaptureError, match="symbolic_trace failed"):
+        gaugec.compile(FlagModel(), (torch.randn(2, 3),), loss=None, tracer="fx")
+    plan = gaugec.compile(FlagModel(), (torch.randn(2, 3),), loss=None, tracer="fx",
+                          concrete_args={"flip": False})
+    assert [g.family for g in plan.gauges] == ["positive_rescale"]
+
+    class Branchy(nn.Module):
+        def forward(self, x):
+            return x if x.sum() > 0 else -x
+
+    with pytest.raises(CaptureError) as info:
+        gaugec.compile(Branchy(), (torch.randn(2, 3),))
+    msg = str(info.value)
+    assert "torch.export (non-strict) failed" in msg and "symbolic_trace failed" in msg

@@ -88,31 +88,46 @@ def _hint(exc: BaseException) -> str:
 
 
 def capture(model, example_inputs=(), tracer: str = "export", concrete_args: dict | None = None) -> GaugeGraph:
-    """Trace ``model`` into a :class:`GaugeGraph` (see module docstring)."""
+    """Trace ``model`` into a :class:`GaugeGraph` (see module docstring).
+
+    ``tracer="export"`` tries torch.export first and falls back to torch.fx.symbolic_trace (then exports the traced
+    GraphModule); ``tracer="fx"`` goes through symbolic_trace directly. When every route fails, the error gives
+    each route's reason and what to try."""
     if isinstance(model, torch.export.ExportedProgram):
         return _from_exported(model, None, "export")
     if not isinstance(model, torch.nn.Module):
         raise CaptureError(f"expected an nn.Module, GraphModule or ExportedProgram, got {type(model).__name__}")
+    if tracer not in ("export", "fx"):
+        raise CaptureError(f"unknown tracer {tracer!r}; use 'export' or 'fx'")
     args = _as_tuple(example_inputs)
     params = unique_named_parameters(model)
-    target = model
-    if tracer == "fx":
+    failures = []
+    if tracer == "export":
         try:
-            target = torch.fx.symbolic_trace(model, concrete_args=concrete_args)
-        except Exception as exc:  # noqa: BLE001 - re-raised with a hint
-            raise CaptureError(f"torch.fx.symbolic_trace failed: {_hint(exc)}") from exc
-    elif tracer != "export":
-        raise CaptureError(f"unknown tracer {tracer!r}; use 'export' or 'fx'")
+            return _from_exported(_export(model, model, args), params, "export")
+        except Exception as exc:  # noqa: BLE001 - the fx route is tried next, then both reasons are reported
+            failures.append(f"torch.export (non-strict) failed on {type(model).__name__}: {_hint(exc)}")
+    try:
+        traced = torch.fx.symbolic_trace(model, concrete_args=concrete_args)
+    except Exception as exc:  # noqa: BLE001 - reported with a hint
+        failures.append(f"torch.fx.symbolic_trace failed: {_hint(exc)}")
+        raise CaptureError("\n".join(failures)) from exc
+    try:
+        return _from_exported(_export(model, traced, args), params, "fx")
+    except Exception as exc:  # noqa: BLE001 - reported with a hint
+        failures.append(f"torch.export of the fx-traced graph failed: {_hint(exc)}")
+        raise CaptureError("\n".join(failures)) from exc
+
+
+def _export(model, target, args):
+    """torch.export (non-strict) of ``target`` with the model in eval mode (dropout off, BatchNorm statistics)."""
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            ep = torch.export.export(target, args, strict=False)
-    except Exception as exc:  # noqa: BLE001 - re-raised with a hint
-        raise CaptureError(f"torch.export (non-strict) failed on {type(model).__name__}: {_hint(exc)}") from exc
+            return torch.export.export(target, args, strict=False)
     finally:
         model.train(was_training)
-    return _from_exported(ep, params, tracer)
 
 
 def _from_exported(ep, params: dict[str, ParamInfo] | None, tracer: str) -> GaugeGraph:
