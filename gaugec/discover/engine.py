@@ -108,7 +108,7 @@ class Probe:
     coord_count: int = 0
     legs: list = dataclasses.field(default_factory=list)
     tags: set = dataclasses.field(default_factory=set)
-    citations: list = dataclasses.field(default_factory=list)   # (lemma id, node name)
+    citations: list = dataclasses.field(default_factory=list)   # (lemma id, node name, coordinate arrays or None)
     refusals: list = dataclasses.field(default_factory=list)    # (node name, reason)
     dead: bool = False
     sinks: list = dataclasses.field(default_factory=list)       # (node name, what)
@@ -455,20 +455,13 @@ class Engine:
             ctx = RuleCtx(self, probe, node, state)
             if probe.kind == "mult":
                 ctx.kill(arr, "the group reaches the model output unabsorbed")
-            elif self.loss == "cross_entropy" and arr.ndim >= 1 and (arr.shape[-1] == 1 or
-                                                                       -1 not in varying_axes_l(arr)):
+            elif self.loss == "cross_entropy" and arr.ndim >= 1 and (arr.ndim - 1) not in varying_axes(arr):
                 ctx.cite("softmax_shift")
                 ctx.sink("cross_entropy")
             else:
                 why = ("the translation reaches the output and the loss is not shift-invariant"
                        if self.loss != "cross_entropy" else "the translation is not constant along the classes")
                 ctx.kill(arr, why)
-
-
-def varying_axes_l(a: np.ndarray) -> set[int]:
-    """varying axes, with the last axis reported as -1 too."""
-    v = varying_axes(a)
-    return v | ({-1} if (a.ndim - 1) in v else set())
 
 
 # ---------------------------------------------------------------------------------------------------------------
