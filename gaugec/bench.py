@@ -1,4 +1,4 @@
-"""Benchmarks (not timed tests): ``python -m gaugec.bench discover [--write]``.
+"""Benchmarks and experiments (not timed tests): ``python -m gaugec.bench discover | rrr [--write]``.
 
 discover: capture / discover / prove wall time for full-size configs built on the meta device (no weights):
 a Llama-3-8B-shaped decoder, GPT-2 small and BERT base, with the lemma cache cold and warm. ``--write`` records
@@ -13,6 +13,7 @@ import platform
 import tempfile
 import time
 
+import numpy as np
 import torch
 
 from gaugec.capture import capture
@@ -114,13 +115,84 @@ def write_section(marker: str, text: str, path: str = "docs/benchmarks.md"):
     p.write_text(doc)
 
 
+def bench_rrr(steps: int = 3000, n: int = 2000, seed: int = 0) -> tuple[list[dict], dict]:
+    """Reduced-rank regression grid (M 10, N 5, H 2..5, true rank r0 <= H): train each cell, read the hidden layer.
+
+    Returns the rows and, per reading, the mean over H of the Spearman correlation with the closed-form λ."""
+    import torch.nn as nn
+
+    from gaugec import measure
+    from gaugec.measure.rlct import rrr_learning_coefficient
+
+    M, N = 10, 5
+    rows = []
+    for H in range(2, 6):
+        for r0 in range(1, H + 1):
+            g = torch.Generator().manual_seed(seed + 10 * H + r0)
+            teacher = (torch.randn(N, r0, generator=g, dtype=torch.float64)
+                       @ torch.randn(r0, M, generator=g, dtype=torch.float64)) / M ** 0.5
+            x = torch.randn(n, M, generator=g, dtype=torch.float64)
+            y = x @ teacher.T + 0.1 * torch.randn(n, N, generator=g, dtype=torch.float64)
+            torch.manual_seed(seed + H * 10 + r0)
+            model = nn.Sequential(nn.Linear(M, H, bias=False), nn.Linear(H, N, bias=False)).double()
+            opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+            for _ in range(steps):
+                opt.zero_grad()
+                loss = 0.5 * ((model(x) - y) ** 2).sum(1).mean()
+                loss.backward()
+                opt.step()
+            r = measure.layer_readings(model, x, y, "0", likelihood="gaussian")
+            lam, mult = rrr_learning_coefficient(M, N, H, r0)
+            rows.append({"H": H, "r0": r0, "lambda": float(lam), "loss": loss.item(), "sigma_min": r.sigma_min,
+                         "lambda_min_plus": r.lambda_min_plus, "logdet_plus": r.logdet_plus, "n_dead": r.n_dead})
+    corr = {}
+    for key in ("sigma_min", "lambda_min_plus", "logdet_plus"):
+        per_h = []
+        for H in range(3, 6):      # H = 2 has two cells only
+            cells = [rw for rw in rows if rw["H"] == H]
+            per_h.append(_spearman([c[key] for c in cells], [c["lambda"] for c in cells]))
+        corr[key] = float(np.mean(per_h))
+    return rows, corr
+
+
+def _spearman(a, b) -> float:
+    ra = np.argsort(np.argsort(a)).astype(float)
+    rb = np.argsort(np.argsort(b)).astype(float)
+    ra -= ra.mean()
+    rb -= rb.mean()
+    return float((ra @ rb) / np.sqrt((ra @ ra) * (rb @ rb)))
+
+
+def format_rrr(rows, corr) -> str:
+    lines = ["| H | r0 | λ (closed form) | final loss | σ_min(X_h) | λ⁺_min(G_h) | log det⁺(G_h) | dead |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['H']} | {r['r0']} | {r['lambda']:.1f} | {r['loss']:.4f} | {r['sigma_min']:.3g} | "
+                     f"{r['lambda_min_plus']:.3g} | {r['logdet_plus']:.2f} | {r['n_dead']} |")
+    lines.append("")
+    lines.append("Spearman correlation with λ within each H (mean over H = 3, 4, 5): " +
+                 ", ".join(f"{k} {v:+.2f}" for k, v in corr.items()))
+    return "\n".join(lines)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m gaugec.bench")
     sub = ap.add_subparsers(dest="what", required=True)
     d = sub.add_parser("discover", help="capture / discover / prove time on full-size meta-device configs")
     d.add_argument("--only", nargs="*", help="config names (llama3-8b, gpt2-small, bert-base)")
     d.add_argument("--write", action="store_true", help="record the table in docs/benchmarks.md")
+    r = sub.add_parser("rrr", help="reduced-rank regression grid: readings against the closed-form λ")
+    r.add_argument("--write", action="store_true", help="record the table in docs/benchmarks.md")
     args = ap.parse_args(argv)
+    if args.what == "rrr":
+        t0 = time.perf_counter()
+        rows, corr = bench_rrr()
+        text = (f"Command: `python -m gaugec.bench rrr --write` ({time.perf_counter() - t0:.0f} s on "
+                f"{os.cpu_count()} CPU cores)\n\n{format_rrr(rows, corr)}")
+        print(text)
+        if args.write:
+            write_section("bench-rrr", text)
+        return
     if args.what == "discover":
         torch.set_num_threads(max(1, os.cpu_count() or 1))
         rows = bench_discover(args.only)
