@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch.func import functional_call, jacrev
 
-from gaugec.capture import unique_named_parameters
+from gaugec.capture import unflatten_params, unique_named_parameters
 from gaugec.pipeline import first_tensor
 
 
@@ -163,22 +163,13 @@ def verify(model, example_inputs, plan=None, loss: str | None = "cross_entropy",
 
     info = unique_named_parameters(model64)
     names = list(info)
-    shapes = [info[n].shape for n in names]
-    sizes = [int(np.prod(s, dtype=np.int64)) for s in shapes]
+    sizes = [int(np.prod(info[k].shape, dtype=np.int64)) for k in names]
     n = sum(sizes)
     named = dict(model64.named_parameters(remove_duplicate=False))
     theta = torch.cat([named[k].detach().reshape(-1) for k in names])
-    aliases = {k: info[k].aliases for k in names}
 
     def f_of(flat, inputs):
-        params, o = {}, 0
-        for k, s, sz in zip(names, shapes, sizes):
-            t = flat[o:o + sz].reshape(s)
-            params[k] = t
-            for a in aliases[k]:
-                params[a] = t
-            o += sz
-        out = first_tensor(functional_call(model64, params, inputs))
+        out = first_tensor(functional_call(model64, unflatten_params(info, flat), inputs))
         if loss == "cross_entropy":
             out = torch.log_softmax(out, dim=-1)
         return out.reshape(-1)

@@ -6,7 +6,6 @@ import os
 import time
 import warnings
 
-import numpy as np
 import torch
 
 from gaugec.capture import capture

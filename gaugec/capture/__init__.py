@@ -8,6 +8,7 @@ straight-line ``GraphModule``, so both tracers feed the discovery rules one IR.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 import torch
@@ -58,6 +59,28 @@ def unique_named_parameters(model: torch.nn.Module) -> dict[str, ParamInfo]:
         info = ParamInfo(name, tuple(p.shape), [])
         seen[key] = info
         out[name] = info
+    return out
+
+
+def param_offsets(info: dict[str, ParamInfo]) -> tuple[dict[str, int], int]:
+    """Where each parameter starts in the flat vector θ (named_parameters() order, tied once), and len(θ)."""
+    offsets, o = {}, 0
+    for name, i in info.items():
+        offsets[name] = o
+        o += int(math.prod(i.shape))
+    return offsets, o
+
+
+def unflatten_params(info: dict[str, ParamInfo], vec: torch.Tensor) -> dict[str, torch.Tensor]:
+    """θ as a {name: tensor} dict for functional_call, every alias of a tied parameter pointing at its slice."""
+    out, o = {}, 0
+    for name, i in info.items():
+        n = int(math.prod(i.shape))
+        t = vec[o:o + n].reshape(i.shape)
+        out[name] = t
+        for a in i.aliases:
+            out[a] = t
+        o += n
     return out
 
 

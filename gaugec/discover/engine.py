@@ -18,6 +18,7 @@ legs, kills) in the :class:`Constraints` store; :mod:`gaugec.discover.solve` tur
 from __future__ import annotations
 
 import dataclasses
+import functools
 import heapq
 from typing import Callable
 
@@ -143,7 +144,7 @@ class Constraints:
         for row in rows:
             row = np.unique(row[row >= 0])
             if len(row) > 1:
-                key = hash(row.tobytes())
+                key = row.tobytes()     # the exact coordinate set: a hash collision must never drop a fibre
                 if key not in self._fibre_keys:
                     self._fibre_keys.add(key)
                     self.fibres.append(row)
@@ -172,9 +173,14 @@ def unique_rows(rows: np.ndarray) -> np.ndarray:
     return rows[np.sort(first)]
 
 
-def _row_hash(rows: np.ndarray) -> np.ndarray:
+@functools.lru_cache(maxsize=64)
+def _row_hash_weights(width: int) -> np.ndarray:
     rng = np.random.default_rng(0x9A06EC)
-    w = rng.integers(1, 2 ** 62, size=rows.shape[1], dtype=np.int64).astype(np.uint64)
+    return rng.integers(1, 2 ** 62, size=width, dtype=np.int64).astype(np.uint64)
+
+
+def _row_hash(rows: np.ndarray) -> np.ndarray:
+    w = _row_hash_weights(rows.shape[1])
     return (rows.astype(np.uint64) * w).sum(axis=1) + (rows.astype(np.uint64) ^ (w >> np.uint64(7))).sum(axis=1)
 
 
@@ -249,25 +255,24 @@ class ParamView:
     def ndim(self) -> int:
         return len(self.shape)
 
+    def _flat_index(self, per_axis) -> np.ndarray:
+        """Row-major flat parameter index from one index array per parameter axis."""
+        flat, stride = 0, 1
+        for k in reversed(range(len(self.pshape))):
+            flat = flat + per_axis[k] * stride
+            stride *= self.pshape[k]
+        return np.asarray(flat, dtype=np.int64)
+
     @property
     def P(self) -> np.ndarray:
-        flat = np.zeros(self.shape, dtype=np.int64)
-        stride = 1
-        for k in reversed(range(len(self.pshape))):
-            flat = flat + self.idx[k] * stride
-            stride *= self.pshape[k]
-        return flat
+        shape = self.shape
+        return self._flat_index([np.broadcast_to(i, shape) for i in self.idx])
 
     def fibre(self, axis: int) -> np.ndarray:
         """Flat parameter index along ``axis`` of the view, at index 0 of every other axis."""
-        sl = tuple(slice(None) if a == axis else slice(0, 1) for a in range(self.ndim))
+        sl = tuple(slice(None) if a == axis else 0 for a in range(self.ndim))
         shape = self.shape
-        flat = np.zeros(shape[axis], dtype=np.int64)
-        stride = 1
-        for k in reversed(range(len(self.pshape))):
-            flat = flat + np.broadcast_to(self.idx[k], shape)[sl].reshape(-1) * stride
-            stride *= self.pshape[k]
-        return flat
+        return self._flat_index([np.broadcast_to(i, shape)[sl] for i in self.idx])
 
 
 @dataclasses.dataclass

@@ -25,7 +25,7 @@ import torch
 from torch.func import functional_call, grad, jvp, vmap
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from gaugec.capture import unique_named_parameters
+from gaugec.capture import param_offsets, unflatten_params, unique_named_parameters
 from gaugec.pipeline import first_tensor
 
 
@@ -62,18 +62,6 @@ def _params(model):
     info = unique_named_parameters(model)
     named = dict(model.named_parameters(remove_duplicate=False))
     return info, {k: named[k].detach() for k in info}
-
-
-def _unflatten(info, vec: torch.Tensor) -> dict:
-    out, o = {}, 0
-    for name, i in info.items():
-        n = int(np.prod(i.shape, dtype=np.int64))
-        t = vec[o:o + n].reshape(i.shape)
-        out[name] = t
-        for a in i.aliases:
-            out[a] = t
-        o += n
-    return out
 
 
 def _flat(info, params) -> torch.Tensor:
@@ -182,7 +170,7 @@ def _directional_fisher(model, info, theta: torch.Tensor, u: torch.Tensor, input
     """uᵀF(θ)u: the Fisher of the model's predictive distribution along u (exact, by a forward-mode derivative)."""
 
     def f(vec):
-        return first_tensor(functional_call(model, _unflatten(info, vec), inputs)).to(torch.float64)
+        return first_tensor(functional_call(model, unflatten_params(info, vec), inputs)).to(torch.float64)
 
     # the composite (math) attention kernel has forward-mode derivatives; the fused CPU kernel has none
     with sdpa_kernel([SDPBackend.MATH]):
@@ -248,7 +236,7 @@ def classify(model, inputs, directions, plan=None, **kw) -> list[dict]:
             row["in_plan"] = float((B.T @ c - v).norm()) < 1e-8 * float(v.norm())
             if row["in_plan"]:
                 def transport(point, c=c):
-                    return plan.tangent_basis(_unflatten(info, point)).T @ c
+                    return plan.tangent_basis(unflatten_params(info, point)).T @ c
         r = directional_order(model, inputs, v, direction_at=transport, **kw)
         row.update(reading=r, kind=r.kind)
         out.append(row)
@@ -275,7 +263,7 @@ def generator_matrices(plan, gauge) -> list[torch.Tensor]:
     info, _ = _params(plan.model)
     n = sum(int(np.prod(i.shape, dtype=np.int64)) for i in info.values())
     E = torch.eye(n, dtype=torch.float64)
-    cols = [plan.gauge_tangents(gauge, _unflatten(info, E[j])) for j in range(n)]
+    cols = [plan.gauge_tangents(gauge, unflatten_params(info, E[j])) for j in range(n)]
     T = torch.stack(cols, dim=-1)     # [dim, n, n]: T[b, :, j] = A_b e_j
     return list(T)
 
@@ -313,11 +301,8 @@ def layer_parameter_fisher(model, inputs, layer: str, likelihood: str = "categor
     Gs = torch.cat([grads[k].detach().reshape(grads[k].shape[0], -1) for k in names], 1).to(torch.float64)
     F = Gs.T @ Gs / Gs.shape[0]
     evals, evecs = torch.linalg.eigh(F)
-    offsets, o = {}, 0
-    for k in info:
-        offsets[k] = o
-        o += int(np.prod(info[k].shape, dtype=np.int64))
-    return names, evals, evecs, offsets, o
+    offsets, total = param_offsets(info)
+    return names, evals, evecs, offsets, total
 
 
 class ChargeMonitor:

@@ -17,7 +17,6 @@ algebra (E_ij for gl; I, J for rot2; 1 for scalars) and the unit translations fo
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from typing import Any
 

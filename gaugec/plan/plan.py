@@ -6,7 +6,7 @@ import json
 import numpy as np
 import torch
 
-from gaugec.capture import unique_named_parameters
+from gaugec.capture import param_offsets, unique_named_parameters
 from gaugec.plan import Gauge, PlanLeg, PlanMismatchError, apply_mult_leg, shift_from_vector
 from gaugec.plan.runner import GraphRunner
 
@@ -95,11 +95,7 @@ class GaugePlan:
         return torch.stack(rows) if rows else torch.zeros(0, total, dtype=torch.float64)
 
     def _offsets(self):
-        offsets, o = {}, 0
-        for name, info in self._param_info.items():
-            offsets[name] = o
-            o += int(np.prod(info.shape, dtype=np.int64))
-        return offsets, o
+        return param_offsets(self._param_info)
 
     def tangent_basis(self, params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         """[sum of gauge dims, n_params]: every gauge's generators at the model's current θ (or at ``params``)."""
