@@ -67,6 +67,18 @@ class GaugePlan:
             return 0
         return int(torch.linalg.matrix_rank(B).item())
 
+    def bind(self, model: torch.nn.Module) -> "GaugePlan":
+        """The same gauges on another model of the same architecture (a copy, a float64 twin, a fresh init)."""
+        info = unique_named_parameters(model)
+        mine = self.signature()
+        theirs = {name: list(i.shape) for name, i in info.items()}
+        if mine != theirs:
+            diff = [n for n in dict.fromkeys([*mine, *theirs]) if mine.get(n) != theirs.get(n)][:3]
+            raise PlanMismatchError(f"cannot bind the plan: parameters differ ({', '.join(diff)})")
+        return GaugePlan(model, self.gauges, loss=self.loss, graph=self.graph, example_inputs=self.example_inputs,
+                         refusals=self.refusals, rejected=self.rejected, unknown_ops=self.unknown_ops,
+                         timings=self.timings)
+
     def model_is_meta(self) -> bool:
         return any(p.is_meta for p in self.model.parameters())
 

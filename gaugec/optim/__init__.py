@@ -1,0 +1,9 @@
+"""Gauge-equivariant optimizers (design section 6): the plan's orbits are factored out before the base step.
+
+    opt = gaugec.optim.DDCAdam(model.parameters(), plan, lr=3e-4, weight_decay=0.1)
+
+See docs/ddc.md for the algorithm, its equivariance argument and the policies (orbit motion, weight decay, NaN).
+"""
+from gaugec.optim.adam import DDCAdam
+
+__all__ = ["DDCAdam"]
