@@ -114,12 +114,13 @@ class Gauge:
         return " x ".join(lab if c == 1 else f"{lab}^{c}" for lab, c in counts.items())
 
     # -- group elements ------------------------------------------------------------------------------------------
-    def random_element(self, gen: torch.Generator, spread: float = 10.0):
-        """A large random element: singular values / scales log-uniform in [1/spread, spread]."""
+    def random_element(self, gen: torch.Generator, spread: float = 10.0, gl_spread: float | None = None):
+        """A large random element: scales log-uniform in [1/spread, spread]; GL singular values in
+        [1/gl_spread, gl_spread] (default ``spread``), between two random rotations."""
         ls = math.log(spread)
 
-        def u(*shape):
-            return (torch.rand(*shape, generator=gen, dtype=torch.float64) * 2 - 1) * ls
+        def u(*shape, log_spread=ls):
+            return (torch.rand(*shape, generator=gen, dtype=torch.float64) * 2 - 1) * log_spread
 
         if self.kind == "add":
             return ("add", torch.randn(self.additive_dim, generator=gen, dtype=torch.float64) * spread)
@@ -128,7 +129,7 @@ class Gauge:
             if k == "gl":
                 q1, _ = torch.linalg.qr(torch.randn(m, m, generator=gen, dtype=torch.float64))
                 q2, _ = torch.linalg.qr(torch.randn(m, m, generator=gen, dtype=torch.float64))
-                mats.append(q1 @ torch.diag(torch.exp(u(m))) @ q2)
+                mats.append(q1 @ torch.diag(torch.exp(u(m, log_spread=math.log(gl_spread or spread)))) @ q2)
             elif k == "rot2":
                 s = torch.exp(u(1))[0]
                 phi = float(torch.rand(1, generator=gen, dtype=torch.float64)[0]) * 2 * math.pi
@@ -140,6 +141,11 @@ class Gauge:
             else:
                 mats.append(torch.exp(u(1, 1)))
         return ("mult", mats)
+
+    def identity_element(self):
+        if self.kind == "add":
+            return ("add", torch.zeros(self.additive_dim, dtype=torch.float64))
+        return ("mult", [torch.eye(m, dtype=torch.float64) for _, m in self.blocks])
 
     def algebra_basis(self):
         """(block index, X) for a basis of the Lie algebra of each block."""

@@ -118,10 +118,11 @@ class GaugePlan:
         return torch.cat(parts, 0)
 
     # -- group action ----------------------------------------------------------------------------------------------
-    def random_element(self, generator: torch.Generator | None = None, spread: float = 10.0):
+    def random_element(self, generator: torch.Generator | None = None, spread: float = 10.0,
+                       gl_spread: float | None = None):
         """A random group element: one element per gauge (a list, in plan order)."""
         gen = generator if generator is not None else torch.Generator().manual_seed(0)
-        return [g.random_element(gen, spread) for g in self.gauges]
+        return [g.random_element(gen, spread, gl_spread) for g in self.gauges]
 
     @torch.no_grad()
     def act(self, g, gauges: list[Gauge] | None = None):
