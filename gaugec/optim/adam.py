@@ -141,8 +141,8 @@ class DDCAdam(torch.optim.Optimizer):
                                   lr=group["lr"], weight_decay=group["weight_decay"], eps=group["eps"],
                                   maximize=group["maximize"])
         self._skipped.add_(found_inf)
-        self.executor.project_translations(self._named)
-        self.executor.rebalance(self._named, self.rebalance_sweeps)
+        self.executor.project_translations(self._named, skip=found_inf)
+        self.executor.rebalance(self._named, self.rebalance_sweeps, skip=found_inf)
         return loss
 
     # -- state -----------------------------------------------------------------------------------------------------

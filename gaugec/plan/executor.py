@@ -184,12 +184,14 @@ class OrbitExecutor:
         return mean if sl.mask is None else mean * sl.mask.to(p.dtype)
 
     @torch.no_grad()
-    def project_translations(self, params: dict[str, torch.Tensor]):
-        """Subtract each seed's mean over its broadcast axes: the update's vertical part (V t) never enters."""
+    def project_translations(self, params: dict[str, torch.Tensor], skip: torch.Tensor | None = None):
+        """Subtract each seed's mean over its broadcast axes: the update's vertical part (V t) never enters.
+        ``skip`` (a 0-dim device tensor, 1 = skip) makes it a no-op without a host synchronisation."""
         for legs in self.seeds:
             for sl in legs:
                 p = params[sl.param]
-                p.sub_(self._seed_mean(p, sl))
+                mean = self._seed_mean(p, sl)
+                p.sub_(mean if skip is None else mean * (1 - skip).to(p.dtype))
 
     @torch.no_grad()
     def _canonicalise_translations(self, params) -> float:
@@ -233,8 +235,10 @@ class OrbitExecutor:
         view[rg.rows] = y.reshape((*rg.rows.shape, *view.shape[1:])).to(p.dtype)
 
     @torch.no_grad()
-    def balance_stage(self, st: Stage, params: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Move the stage's blocks to their minimum-norm point; returns max |A - I| (a device tensor)."""
+    def balance_stage(self, st: Stage, params: dict[str, torch.Tensor], skip: torch.Tensor | None = None
+                      ) -> torch.Tensor:
+        """Move the stage's blocks to their minimum-norm point; returns max |A - I| (a device tensor).
+        ``skip`` (0-dim, 1 = skip) writes the rows back unchanged, without a host synchronisation."""
         first = params[st.groups[0].param]
         dtype = torch.float64 if first.dtype == torch.float64 else torch.float32
         m, nb = st.m, st.n_blocks
@@ -252,33 +256,45 @@ class OrbitExecutor:
             moved.append(y)
             third.index_add_(0, rg.blocks, (y ** 3).sum(-1))
         sign = _orientation(st.kind, third)                      # [nb, m] of ±1
-        for rg, y in zip(st.groups, moved):
-            self._write(params[rg.param], rg, y * sign[rg.blocks].unsqueeze(-1))
+        for rg, x, y in zip(st.groups, rows, moved):
+            y = y * sign[rg.blocks].unsqueeze(-1)
+            self._write(params[rg.param], rg, y if skip is None else torch.where(skip.bool(), x, y))
         eye = torch.eye(m, dtype=dtype, device=first.device)
         return (sign.unsqueeze(-1) * A - eye).abs().amax() if nb else torch.zeros((), device=first.device)
 
     @torch.no_grad()
-    def rebalance(self, params: dict[str, torch.Tensor], sweeps: int = 1):
+    def rebalance(self, params: dict[str, torch.Tensor], sweeps: int = 1, skip: torch.Tensor | None = None):
         """``sweeps`` Gauss–Seidel sweeps over the colours (no host synchronisation)."""
         for _ in range(sweeps):
             for st in self.stages:
-                self.balance_stage(st, params)
+                self.balance_stage(st, params, skip)
 
     @torch.no_grad()
     def canonicalise(self, params: dict[str, torch.Tensor], tol: float | None = None, max_sweeps: int = 500) -> dict:
-        """Move to the joint section, iterating to convergence; returns {sweeps, residual}."""
+        """Move to the joint section, iterating to convergence; returns {sweeps, residual}.
+
+        The sweeps run in float64 (on copies of lower-precision parameters, written back once), so the section is
+        exact and then rounded to the parameters' precision."""
+        work = {k: v.detach() if v.dtype == torch.float64 else v.detach().double() for k, v in params.items()}
         if tol is None:
-            tol = 1e-14 if all(p.dtype == torch.float64 for p in params.values()) else 1e-6
+            tol = 1e-14
         residual = float("inf")
+        report = None
         for sweep in range(1, max_sweeps + 1):
-            residual = self._canonicalise_translations(params)
+            residual = self._canonicalise_translations(work)
             for st in self.stages:
-                residual = max(residual, float(self.balance_stage(st, params)))
+                residual = max(residual, float(self.balance_stage(st, work)))
             if residual <= tol:
-                return {"sweeps": sweep, "residual": residual}
-        warnings.warn(f"gaugec: the canonical section did not converge in {max_sweeps} sweeps "
-                      f"(residual {residual:.2e} > {tol:.0e}); equivariance holds only to that level", stacklevel=2)
-        return {"sweeps": max_sweeps, "residual": residual}
+                report = {"sweeps": sweep, "residual": residual}
+                break
+        if report is None:
+            warnings.warn(f"gaugec: the canonical section did not converge in {max_sweeps} sweeps (residual "
+                          f"{residual:.2e} > {tol:.0e}); equivariance holds only to that level", stacklevel=2)
+            report = {"sweeps": max_sweeps, "residual": residual}
+        for k, v in params.items():
+            if work[k] is not v.detach():
+                v.detach().copy_(work[k])
+        return report
 
     def summary(self) -> list[dict]:
         return [{"kind": st.kind, "m": st.m, "blocks": st.n_blocks, "row_groups": len(st.groups)}
