@@ -381,3 +381,19 @@ def test_compiled_step_matches_the_eager_step(backend):
             step()
     for a, b in zip(model.parameters(), twin.parameters()):
         assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)
+
+
+# -- still a good optimizer ----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("task", ["classifier", "char_lm"])
+def test_ddcadam_trains_as_well_as_adamw(task):
+    """Same steps and hyperparameters: the validation loss is within 5% of AdamW's (the longer run is a bench)."""
+    from gaugec.optim import tasks
+
+    train = {"classifier": lambda f: tasks.train_classifier(f, steps=300),
+             "char_lm": lambda f: tasks.train_char_lm(f, steps=200)}[task]
+    hp = dict(lr=3e-3, weight_decay=0.1)
+    adamw = train(tasks.adamw_factory(**hp))
+    ddc = train(tasks.ddcadam_factory(**hp))
+    assert ddc.final_val <= 1.05 * adamw.final_val, (ddc.final_val, adamw.final_val)
+    assert ddc.val[-1] < 0.9 * ddc.val[0] or ddc.train[-1] < 0.9 * ddc.train[0]

@@ -277,7 +277,7 @@ class OrbitExecutor:
         exact and then rounded to the parameters' precision."""
         work = {k: v.detach() if v.dtype == torch.float64 else v.detach().double() for k, v in params.items()}
         if tol is None:
-            tol = 1e-14
+            tol = 1e-12
         residual = float("inf")
         report = None
         for sweep in range(1, max_sweeps + 1):

@@ -1,0 +1,152 @@
+"""Small training tasks on data every machine has, for comparing optimizers (tests, bench, examples).
+
+* a character-level language model on the Python standard library's own source files (or a file you pass);
+* a classification task whose labels come from a random teacher network (inputs drawn from N(0, I)).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from typing import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+STDLIB_FILES = ("textwrap.py", "argparse.py", "functools.py", "dataclasses.py", "inspect.py")
+
+
+def char_corpus(path: str | None = None, max_bytes: int = 400_000) -> torch.Tensor:
+    """Bytes (as int64 tokens < 128) of ``path``, or of a few standard-library modules."""
+    if path is not None:
+        with open(path, "rb") as fh:
+            raw = fh.read(max_bytes)
+    else:
+        libdir = os.path.dirname(os.__file__)
+        raw = b""
+        for name in STDLIB_FILES:
+            full = os.path.join(libdir, name)
+            if os.path.exists(full):
+                with open(full, "rb") as fh:
+                    raw += fh.read()
+            if len(raw) >= max_bytes:
+                break
+        if not raw:
+            raise FileNotFoundError(f"no standard-library sources under {libdir} (python {sys.version.split()[0]})")
+        raw = raw[:max_bytes]
+    data = torch.frombuffer(bytearray(raw), dtype=torch.uint8).to(torch.int64)
+    return data % 128
+
+
+def char_llama(vocab: int = 128, d: int = 48, n_layers: int = 2, n_heads: int = 4, n_kv_heads: int = 2,
+               d_ff: int = 96, seed: int = 0):
+    from gaugec.zoo import TinyLlama
+
+    torch.manual_seed(seed)
+    return TinyLlama(vocab=vocab, d=d, n_layers=n_layers, n_heads=n_heads, n_kv_heads=n_kv_heads, d_ff=d_ff,
+                     eps=1e-6)
+
+
+@dataclasses.dataclass
+class Curve:
+    steps: list[int]
+    train: list[float]
+    val: list[float]
+
+    @property
+    def final_val(self) -> float:
+        return self.val[-1]
+
+
+def train_char_lm(make_optimizer: Callable, steps: int = 200, batch: int = 16, seq: int = 64, seed: int = 0,
+                  eval_every: int = 25, text: torch.Tensor | None = None, model=None, progress=None,
+                  device: str = "cpu") -> Curve:
+    """Train ``char_llama()`` (or ``model``) with ``make_optimizer(model, example_inputs)``; 90/10 split."""
+    data = char_corpus() if text is None else text
+    split = int(0.9 * len(data))
+    train, val = data[:split], data[split:]
+    model = (char_llama() if model is None else model).to(device)
+    gen = torch.Generator().manual_seed(seed)
+
+    def batch_of(src, g):
+        idx = torch.randint(0, len(src) - seq - 1, (batch,), generator=g)
+        x = torch.stack([src[i:i + seq] for i in idx.tolist()])
+        y = torch.stack([src[i + 1:i + seq + 1] for i in idx.tolist()])
+        return x.to(device), y.to(device)
+
+    def loss_of(x, y):
+        logits = model(x)
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1))
+
+    val_batches = [batch_of(val, torch.Generator().manual_seed(10_000 + i)) for i in range(4)]
+    opt = make_optimizer(model, (batch_of(train, torch.Generator().manual_seed(99))[0],))
+    curve = Curve([], [], [])
+    window = []
+    for step in range(1, steps + 1):
+        x, y = batch_of(train, gen)
+        opt.zero_grad(set_to_none=True)
+        loss = loss_of(x, y)
+        loss.backward()
+        opt.step()
+        window.append(float(loss.detach()))
+        if step % eval_every == 0 or step == steps:
+            with torch.no_grad():
+                v = sum(float(loss_of(*b)) for b in val_batches) / len(val_batches)
+            curve.steps.append(step)
+            curve.train.append(sum(window) / len(window))
+            curve.val.append(v)
+            window = []
+            if progress is not None:
+                progress(step, curve.train[-1], v)
+    return curve
+
+
+def teacher_classification(n_train: int = 2048, n_val: int = 1024, dim: int = 20, classes: int = 5, seed: int = 0):
+    """Inputs N(0, I); labels argmax of a random two-layer teacher (learnable, not linearly separable)."""
+    g = torch.Generator().manual_seed(seed)
+    W1, W2 = torch.randn(64, dim, generator=g), torch.randn(classes, 64, generator=g)
+    x = torch.randn(n_train + n_val, dim, generator=g)
+    y = (torch.tanh(x @ W1.T) @ W2.T).argmax(-1)
+    return (x[:n_train], y[:n_train]), (x[n_train:], y[n_train:])
+
+
+def relu_classifier(dim: int = 20, hidden: int = 64, classes: int = 5, seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
+                         nn.Linear(hidden, classes))
+
+
+def train_classifier(make_optimizer: Callable, steps: int = 300, batch: int = 64, seed: int = 0) -> Curve:
+    (xt, yt), (xv, yv) = teacher_classification()
+    model = relu_classifier()
+    opt = make_optimizer(model, (xt[:8],))
+    gen = torch.Generator().manual_seed(seed)
+    curve = Curve([], [], [])
+    for step in range(1, steps + 1):
+        idx = torch.randint(0, len(xt), (batch,), generator=gen)
+        opt.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(model(xt[idx]), yt[idx])
+        loss.backward()
+        opt.step()
+        if step % 50 == 0 or step == steps:
+            with torch.no_grad():
+                curve.steps.append(step)
+                curve.train.append(float(F.cross_entropy(model(xt), yt)))
+                curve.val.append(float(F.cross_entropy(model(xv), yv)))
+    return curve
+
+
+def adamw_factory(**hp) -> Callable:
+    return lambda model, _inputs: torch.optim.AdamW(model.parameters(), **hp)
+
+
+def ddcadam_factory(**hp) -> Callable:
+    def make(model, inputs):
+        import gaugec
+        from gaugec.optim import DDCAdam
+
+        plan = gaugec.compile(model, inputs, loss="cross_entropy")
+        return DDCAdam(model.parameters(), plan, **hp)
+
+    return make
