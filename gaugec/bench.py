@@ -1,4 +1,4 @@
-"""Benchmarks and experiments (not timed tests): ``python -m gaugec.bench discover | rrr [--write]``.
+"""Benchmarks and experiments (not timed tests): ``python -m gaugec.bench discover | rrr | step [--write]``.
 
 discover: capture / discover / prove wall time for full-size configs built on the meta device (no weights):
 a Llama-3-8B-shaped decoder, GPT-2 small and BERT base, with the lemma cache cold and warm. ``--write`` records
@@ -175,6 +175,85 @@ def format_rrr(rows, corr) -> str:
     return "\n".join(lines)
 
 
+def _step_models(device):
+    from gaugec.zoo import TinyGPT2, TinyLlama
+
+    torch.manual_seed(0)
+    return {
+        "gpt2-small (124M)": (lambda: TinyGPT2(vocab=50257, d=768, n_layers=12, n_heads=12, n_pos=1024),
+                              lambda: (torch.randint(0, 50257, (1, 8)),)),
+        "llama-style (d 768, 12 layers, GQA 12/4, 110M)": (
+            lambda: TinyLlama(vocab=32000, d=768, n_layers=12, n_heads=12, n_kv_heads=4, d_ff=2048, eps=1e-5),
+            lambda: (torch.randint(0, 32000, (1, 8)),)),
+    }
+
+
+def _state_bytes(opt) -> int:
+    return sum(t.numel() * t.element_size() for st in opt.state.values() for t in st.values() if torch.is_tensor(t))
+
+
+def _executor_bytes(executor) -> int:
+    return sum(t.numel() * t.element_size() for st in executor.stages for rg in st.groups for t in (rg.rows, rg.blocks))
+
+
+def bench_step(device: str = "cpu", repeats: int = 10, only=None) -> list[dict]:
+    """Optimizer-step time (gradients fixed, no forward/backward) of DDCAdam against torch AdamW, same run."""
+    import gaugec
+    from gaugec.optim import DDCAdam
+
+    rows = []
+    for name, (make, inputs) in _step_models(device).items():
+        if only and not any(o in name for o in only):
+            continue
+        model = make()
+        plan = gaugec.compile(model, inputs(), loss="cross_entropy", check=False)
+        model.to(device)
+        gen = torch.Generator().manual_seed(0)
+        grads = [torch.randn(p.shape, generator=gen).mul_(1e-3).to(device) for p in model.parameters()]
+        n_params = sum(p.numel() for p in model.parameters())
+        t0 = time.perf_counter()
+        ddc = DDCAdam(model.parameters(), plan, lr=1e-4, weight_decay=0.1)
+        canon_s = time.perf_counter() - t0
+        opts = {"AdamW foreach": torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1, foreach=True),
+                "AdamW fused": torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1, fused=True),
+                "DDCAdam": ddc}
+        times = {k: [] for k in opts}
+        sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+        for p, g in zip(model.parameters(), grads):
+            p.grad = g
+        for _ in range(2):                                   # warm-up: state allocation
+            for opt in opts.values():
+                opt.step()
+        for _ in range(repeats):                             # interleaved, so drift hits all three alike
+            for k, opt in opts.items():
+                sync()
+                t = time.perf_counter()
+                opt.step()
+                sync()
+                times[k].append(time.perf_counter() - t)
+        med = {k: float(np.median(v)) for k, v in times.items()}
+        rows.append({"model": name, "device": device, "params": n_params, "gauges": len(plan.gauges),
+                     "stages": len(ddc.executor.stages), "canonicalise_s": canon_s,
+                     "canonical_sweeps": ddc.canonical_report.get("sweeps"), **{f"{k} ms": v * 1e3 for k, v in med.items()},
+                     "vs foreach": med["DDCAdam"] / med["AdamW foreach"], "vs fused": med["DDCAdam"] / med["AdamW fused"],
+                     "state ratio": (_state_bytes(ddc) + _executor_bytes(ddc.executor))
+                     / _state_bytes(opts["AdamW fused"])})
+        print(rows[-1], flush=True)
+    return rows
+
+
+def format_step(rows) -> str:
+    head = ("| model | device | params | gauges | AdamW foreach ms | AdamW fused ms | DDCAdam ms | DDC / foreach | "
+            "DDC / fused | state (DDC / AdamW) | canonicalise s (sweeps) |")
+    lines = [head, "|" + "---|" * 11]
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['device']} | {r['params'] / 1e6:.0f}M | {r['gauges']} | "
+                     f"{r['AdamW foreach ms']:.0f} | {r['AdamW fused ms']:.0f} | {r['DDCAdam ms']:.0f} | "
+                     f"{r['vs foreach']:.2f}x | {r['vs fused']:.2f}x | {r['state ratio']:.4f} | "
+                     f"{r['canonicalise_s']:.1f} ({r['canonical_sweeps']}) |")
+    return "\n".join(lines)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m gaugec.bench")
     sub = ap.add_subparsers(dest="what", required=True)
@@ -183,7 +262,26 @@ def main(argv=None):
     d.add_argument("--write", action="store_true", help="record the table in docs/benchmarks.md")
     r = sub.add_parser("rrr", help="reduced-rank regression grid: readings against the closed-form λ")
     r.add_argument("--write", action="store_true", help="record the table in docs/benchmarks.md")
+    st = sub.add_parser("step", help="optimizer-step time and state memory: DDCAdam against torch AdamW")
+    st.add_argument("--device", default=None, help="cpu or cuda (default: both where CUDA is available)")
+    st.add_argument("--only", nargs="*", help="substrings of model names (gpt2, llama)")
+    st.add_argument("--repeats", type=int, default=10)
+    st.add_argument("--write", action="store_true", help="record the table in docs/benchmarks.md")
     args = ap.parse_args(argv)
+    if args.what == "step":
+        torch.set_num_threads(max(1, os.cpu_count() or 1))
+        devices = [args.device] if args.device else ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+        rows = []
+        for dev in devices:
+            rows += bench_step(dev, args.repeats, args.only)
+        gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "none"
+        text = (f"Measured on: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, GPU: {gpu}, "
+                f"torch {torch.__version__}.\nCommand: `python -m gaugec.bench step --write` (median of "
+                f"{args.repeats} interleaved steps, fixed random gradients)\n\n{format_step(rows)}")
+        print(text)
+        if args.write:
+            write_section("bench-step", text)
+        return
     if args.what == "rrr":
         t0 = time.perf_counter()
         rows, corr = bench_rrr()

@@ -397,3 +397,31 @@ def test_ddcadam_trains_as_well_as_adamw(task):
     ddc = train(tasks.ddcadam_factory(**hp))
     assert ddc.final_val <= 1.05 * adamw.final_val, (ddc.final_val, adamw.final_val)
     assert ddc.val[-1] < 0.9 * ddc.val[0] or ddc.train[-1] < 0.9 * ddc.train[0]
+
+
+class _HostReads(torch.utils._python_dispatch.TorchDispatchMode):
+    """Records the ops that make the host wait for the device (.item(), data-dependent shapes)."""
+
+    SYNCING = {"aten::_local_scalar_dense", "aten::is_nonzero", "aten::nonzero", "aten::masked_select",
+               "aten::equal"}
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func._schema.name in self.SYNCING:
+            self.seen.append(func._schema.name)
+        return func(*args, **(kwargs or {}))
+
+
+def test_the_step_never_reads_a_device_value_on_the_host():
+    model, inputs, plan = _lm()
+    opt = DDCAdam(model.parameters(), plan, lr=1e-2)
+    _lm_loss(model, inputs).backward()
+    with _HostReads() as watch:
+        opt.step()
+        model.lm_head.weight.grad[0, 0] = float("nan")      # the skip path too
+        opt.step()
+    assert watch.seen == []
+    assert opt.skipped_steps == 1

@@ -10,7 +10,9 @@ For a multiplicative block with group GL(m) (or a subgroup) acting on rows by A 
 
 At the minimum, A P Aᵀ = A^-T Q A^-1 (balanced). The minimiser is unique up to the block's compact part (O(m), SO(2),
 ±1), which is fixed by conventions that are themselves equivariant: the balanced Gram is diagonal with decreasing
-entries (gl, rot2), and every row has a positive third moment Σ x³ (gl rows, the rot2 principal row, scalar).
+entries (gl, rot2), and every row has a positive projection ⟨row, r⟩ on a fixed probe vector (gl rows, the rot2
+principal row, scalar), summed over the legs no other gauge moves. m = 1 blocks skip the gather: row norms and
+projections are reductions and the action is one broadcast multiply per leg.
 Coupled gauges (a norm gain acting on the columns of W_up whose rows a SwiGLU rescale moves) are balanced by
 block Gauss–Seidel over a colouring of the gauges: gauges of one colour share no parameter, and all blocks of one
 colour and one (kind, size) are solved in one batched call. The norm ‖g·θ‖² is geodesically convex on the
@@ -25,6 +27,7 @@ zero column mean at zero); tests/test_optim.py checks this on each model family.
 from __future__ import annotations
 
 import dataclasses
+import math
 import warnings
 
 import networkx as nx
@@ -46,6 +49,7 @@ class RowGroup:
     blocks: torch.Tensor      # [n] block index within the stage
     dual: bool                # moved by A^-T (a column leg, or a contraction's dual side)
     offset: float = 0.0       # gains g <- c (g + offset) - offset act linearly on g + offset
+    orient: bool = True       # its row sums fix the block's signs (see _compile_stages)
 
 
 @dataclasses.dataclass
@@ -126,6 +130,11 @@ class OrbitExecutor:
         # stage key -> block counter and row groups keyed by (param, axis, dual, offset)
         stages: dict[tuple, dict] = {}
         for i, g in enumerate(gauges):
+            # Signs are fixed by row projections ⟨row, r⟩ over the legs that no other gauge moves (a gain, W_down's columns,
+            # W_o's columns): those projections are invariant under the other families' sign flips, so the conventions
+            # do not depend on each other. A gauge without such a leg (Q/K) uses all its legs; the gauges that
+            # move its other axis (the norm gains) have exclusive legs, so their signs are settled first.
+            exclusive = {p for p in g.params if len(by_param[p]) == 1}
             first_block = {}
             for b, (kind, m) in enumerate(g.blocks):
                 st = stages.setdefault((colour[i], kind, m), {"n": 0, "groups": {}})
@@ -139,15 +148,16 @@ class OrbitExecutor:
                         if sorted(loc) != list(range(m)):
                             raise PlanMismatchError(f"gauge {g.name}: leg {lg.param} covers part of a block")
                         order = np.argsort(loc)
-                        key = (lg.param, lg.axis, _dual(lg.role, parity), lg.offset)
+                        orient = lg.param in exclusive or not exclusive
+                        key = (lg.param, lg.axis, _dual(lg.role, parity), lg.offset, orient)
                         rows, blocks = st["groups"].setdefault(key, ([], []))
                         rows.append(np.asarray(pos)[order])
                         blocks.append(local_block)
         out = []
         for (c, kind, m), st in sorted(stages.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2])):
             groups = [RowGroup(p, ax, torch.as_tensor(np.stack(r), dtype=torch.long),
-                               torch.as_tensor(bl, dtype=torch.long), dual, off)
-                      for (p, ax, dual, off), (r, bl) in st["groups"].items()]
+                               torch.as_tensor(bl, dtype=torch.long), dual, off, orient)
+                      for (p, ax, dual, off, orient), (r, bl) in st["groups"].items()]
             out.append(Stage(kind, m, st["n"], groups))
         return out
 
@@ -196,14 +206,13 @@ class OrbitExecutor:
     @torch.no_grad()
     def _canonicalise_translations(self, params) -> float:
         """Move every additive gauge to its section with the absorbers compensated; returns the largest seed mean."""
-        offsets, total = self.plan._offsets()
         worst = 0.0
         for g, legs in zip(self.add_gauges, self.seeds):
             means = [self._seed_mean(params[sl.param], sl) for sl in legs]
             size = max(float(m.abs().max()) for m in means) if means else 0.0
             scale = max(float(params[sl.param].abs().max()) for sl in legs) if legs else 1.0
             worst = max(worst, size / max(scale, 1e-300))
-            if size == 0.0:
+            if size <= 1e-16 * scale:          # at rounding level already (an absorber pass runs the whole graph)
                 continue
             vec = []
             for sl, mean in zip(legs, means):
@@ -211,13 +220,9 @@ class OrbitExecutor:
                 if sl.mask is not None:
                     flat = flat[sl.mask.reshape(-1).cpu() > 0]
                 vec.append(-flat)
-            delta = self.plan._additive_delta(g, torch.cat(vec), {k: v.detach() for k, v in params.items()},
-                                              offsets, total)
-            for name, p in params.items():
-                o = offsets[name]
-                d = delta[o:o + p.numel()]
-                if torch.any(d != 0):
-                    p.add_(d.reshape(p.shape).to(device=p.device, dtype=p.dtype))
+            changes = self.plan.additive_changes(g, torch.cat(vec), params)
+            for name, d in changes.items():
+                params[name].add_(d.to(device=params[name].device, dtype=params[name].dtype))
         return worst
 
     # -- multiplicative balance ------------------------------------------------------------------------------------
@@ -239,6 +244,8 @@ class OrbitExecutor:
                       ) -> torch.Tensor:
         """Move the stage's blocks to their minimum-norm point; returns max |A - I| (a device tensor).
         ``skip`` (0-dim, 1 = skip) writes the rows back unchanged, without a host synchronisation."""
+        if st.m == 1:
+            return self._balance_diagonal(st, params, skip)
         first = params[st.groups[0].param]
         dtype = torch.float64 if first.dtype == torch.float64 else torch.float32
         m, nb = st.m, st.n_blocks
@@ -250,17 +257,62 @@ class OrbitExecutor:
             rows.append(x)
             (Q if rg.dual else P).index_add_(0, rg.blocks, x @ x.mT)
         A, A_dual = _solve(st.kind, P, Q)
-        moved, third = [], torch.zeros(nb, m, dtype=dtype, device=first.device)
+        moved, moment = [], torch.zeros(nb, m, dtype=dtype, device=first.device)
         for rg, x in zip(st.groups, rows):
             y = (A_dual if rg.dual else A)[rg.blocks] @ x
             moved.append(y)
-            third.index_add_(0, rg.blocks, (y ** 3).sum(-1))
-        sign = _orientation(st.kind, third)                      # [nb, m] of ±1
+            if rg.orient:
+                moment.index_add_(0, rg.blocks, y @ _probe(y.shape[-1], y))
+        sign = _orientation(st.kind, moment)                     # [nb, m] of ±1
         for rg, x, y in zip(st.groups, rows, moved):
             y = y * sign[rg.blocks].unsqueeze(-1)
             self._write(params[rg.param], rg, y if skip is None else torch.where(skip.bool(), x, y))
         eye = torch.eye(m, dtype=dtype, device=first.device)
         return (sign.unsqueeze(-1) * A - eye).abs().amax() if nb else torch.zeros((), device=first.device)
+
+    def _balance_diagonal(self, st: Stage, params, skip) -> torch.Tensor:
+        """m = 1 blocks (rescales, gains, SwiGLU units): row norms by reduction, the action by one broadcast
+        multiply per leg; nothing is gathered or scattered."""
+        first = params[st.groups[0].param]
+        dtype = torch.float64 if first.dtype == torch.float64 else torch.float32
+        dev, nb = first.device, st.n_blocks
+        P = torch.zeros(nb, dtype=dtype, device=dev)
+        Q = torch.zeros_like(P)
+        sums = []
+        for rg in st.groups:
+            p = params[rg.param]
+            dims = [d for d in range(p.dim()) if d != rg.axis]
+            x = p.to(dtype) + rg.offset if rg.offset else p
+            sq = torch.linalg.vector_norm(x, dim=dims, dtype=dtype).square() if dims else x.to(dtype).square()
+            if dims:
+                k = int(np.prod([p.shape[d] for d in dims]))
+                total = torch.tensordot(x.to(dtype), _probe(k, P).view([p.shape[d] for d in dims]),
+                                        dims=(dims, list(range(len(dims)))))
+            else:
+                total = x.to(dtype) * _probe(1, P)
+            idx = rg.rows[:, 0]
+            (Q if rg.dual else P).index_add_(0, rg.blocks, sq[idx])
+            sums.append(total[idx])
+        A, A_dual = _solve(st.kind, P.view(nb, 1, 1), Q.view(nb, 1, 1))
+        c, c_dual = A.view(nb), A_dual.view(nb)
+        moment = torch.zeros_like(P)
+        for rg, total in zip(st.groups, sums):
+            if rg.orient:
+                moment.index_add_(0, rg.blocks, (c_dual if rg.dual else c)[rg.blocks] * total)
+        sign = _orientation(st.kind, moment.view(nb, 1)).view(nb)
+        for rg in st.groups:
+            p = params[rg.param]
+            factor = torch.ones(p.shape[rg.axis], dtype=dtype, device=dev)
+            factor[rg.rows[:, 0]] = ((c_dual if rg.dual else c) * sign)[rg.blocks]
+            shape = [1] * p.dim()
+            shape[rg.axis] = -1
+            factor = factor.view(shape)
+            if rg.offset or skip is not None:
+                new = (factor * (p.to(dtype) + rg.offset) - rg.offset).to(p.dtype)
+                p.copy_(new if skip is None else torch.where(skip.bool(), p, new))
+            else:
+                p.mul_(factor.to(p.dtype))
+        return (sign * c - 1).abs().amax() if nb else torch.zeros((), device=dev)
 
     @torch.no_grad()
     def rebalance(self, params: dict[str, torch.Tensor], sweeps: int = 1, skip: torch.Tensor | None = None):
@@ -280,11 +332,15 @@ class OrbitExecutor:
             tol = 1e-12
         residual = float("inf")
         report = None
+        history: list[float] = []
         for sweep in range(1, max_sweeps + 1):
             residual = self._canonicalise_translations(work)
             for st in self.stages:
                 residual = max(residual, float(self.balance_stage(st, work)))
-            if residual <= tol:
+            history.append(residual)
+            # converged, or at the rounding floor (larger blocks' eigensolvers stall a little above tol)
+            stalled = len(history) > 3 and residual < 1e3 * tol and residual > 0.5 * history[-4]
+            if residual <= tol or stalled:
                 report = {"sweeps": sweep, "residual": residual}
                 break
         if report is None:
@@ -336,9 +392,16 @@ def _solve(kind: str, P: torch.Tensor, Q: torch.Tensor):
     return A, U.flip(-1).mT @ _sym_pow(S, -0.5)               # A^-T = U^T S^-1/2 (A0 symmetric)
 
 
-def _orientation(kind: str, third: torch.Tensor) -> torch.Tensor:
-    """±1 per row fixing the compact part: positive third moments (rot2: of the principal row, both rows)."""
-    sign = torch.where(third < 0, -1.0, 1.0).to(third.dtype)
+def _probe(k: int, like: torch.Tensor) -> torch.Tensor:
+    """A fixed non-constant vector r (r_j = cos(πφ j + ½)): ⟨row, r⟩ is odd in the row and, unlike Σ x, does not
+    vanish on the zero-mean sections of the translations."""
+    j = torch.arange(k, dtype=like.dtype, device=like.device)
+    return torch.cos(j * (math.pi * 1.618033988749895) + 0.5)
+
+
+def _orientation(kind: str, moment: torch.Tensor) -> torch.Tensor:
+    """±1 per row fixing the compact part: positive ⟨row, r⟩ (rot2: of the principal row, for both rows)."""
+    sign = torch.where(moment < 0, -1.0, 1.0).to(moment.dtype)
     if kind == "rot2":
         return sign[:, :1].expand_as(sign)
     if kind == "pos":

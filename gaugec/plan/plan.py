@@ -145,29 +145,30 @@ class GaugePlan:
             for name, t in new.items():
                 params[name].copy_(t.to(params[name].dtype))
         else:
-            offsets, total = self._offsets()
-            delta = self._additive_delta(gauge, val, params, offsets, total)
-            for name, p in params.items():
-                o = offsets[name]
-                d = delta[o:o + p.numel()].reshape(p.shape)
-                if torch.any(d != 0):
-                    p.add_(d.to(p.dtype))
+            for name, d in self.additive_changes(gauge, val, params).items():
+                params[name].add_(d.to(device=params[name].device, dtype=params[name].dtype))
 
     def _additive_delta(self, gauge: Gauge, vec: torch.Tensor, params, offsets, total) -> torch.Tensor:
-        """Parameter change of translation ``vec``: the seed shift plus minus what reaches each absorbing bias."""
+        """The flat parameter change of translation ``vec`` (see :meth:`additive_changes`)."""
         delta = torch.zeros(total, dtype=torch.float64)
+        for name, d in self.additive_changes(gauge, vec, params).items():
+            o = offsets[name]
+            delta[o:o + d.numel()] += d.reshape(-1)
+        return delta
+
+    def additive_changes(self, gauge: Gauge, vec: torch.Tensor, params) -> dict[str, torch.Tensor]:
+        """Per moved parameter, the change of translation ``vec`` (float64): the seed shift plus minus what
+        reaches each absorbing bias."""
+        changes: dict[str, torch.Tensor] = {}
         k = 0
-        moved = {}
         for lg in gauge.legs:
             if lg.role != "shift":
                 continue
             shape = tuple(params[lg.param].shape)
             n = lg.shift_dim(shape)
-            t = shift_from_vector(shape, lg.axes, vec[k:k + n], lg.select)
+            t = shift_from_vector(shape, lg.axes, vec[k:k + n].cpu(), lg.select)
             k += n
-            o = offsets[lg.param]
-            delta[o:o + t.numel()] += t.reshape(-1)
-            moved[lg.param] = t
+            changes[lg.param] = changes[lg.param] + t if lg.param in changes else t
         absorbers = [lg for lg in gauge.legs if lg.role == "absorb"]
         if absorbers:
             # each bias cancels what reaches it once the biases before it (in graph order) have cancelled theirs
@@ -175,16 +176,16 @@ class GaugePlan:
             order = {n.name: i for i, n in enumerate(runner.gg.graph.nodes)}
             absorbers.sort(key=lambda lg: order[lg.site])
             base = runner.values(params, {lg.site for lg in absorbers})
-            current = {n: p.detach().to(torch.float64) + moved[n] if n in moved else p.detach().to(torch.float64)
-                       for n, p in params.items()}
+            current = {n: p.detach().to(torch.float64) + changes[n].to(p.device) if n in changes
+                       else p.detach().to(torch.float64) for n, p in params.items()}
             for lg in absorbers:
                 after = runner.values(current, {lg.site})
                 diff = (after[lg.site] - base[lg.site].to(torch.float64)).reshape(-1)
-                comp = -diff[torch.as_tensor(lg.site_index)]
-                o = offsets[lg.param]
-                delta[o:o + comp.numel()] += comp
-                current[lg.param] = current[lg.param] + comp.reshape(current[lg.param].shape)
-        return delta
+                comp = -diff[torch.as_tensor(lg.site_index, device=diff.device)].cpu()
+                comp = comp.reshape(params[lg.param].shape)
+                changes[lg.param] = changes[lg.param] + comp if lg.param in changes else comp
+                current[lg.param] = current[lg.param] + comp.to(current[lg.param].device)
+        return changes
 
     # -- serialisation ---------------------------------------------------------------------------------------------
     def signature(self) -> dict:
