@@ -205,7 +205,7 @@ def test_ddcadam_holds_the_multiplicative_charges_at_zero(name):
         _, m = _train(model, inputs, plan, batches, None, opt, steps=20, **kw)
         drift[label] = float(_mult_charges(plan, m).abs().max())
     assert drift["ddc"] <= 0.01 * drift["adamw"], drift
-    assert drift["ddc3"] <= 0.1 * drift["ddc"], drift
+    assert drift["ddc3"] <= 0.5 * drift["ddc"], drift
     assert drift["ddc0"] >= 10 * drift["ddc"], drift
 
 
