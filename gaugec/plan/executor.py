@@ -261,6 +261,9 @@ class OrbitExecutor:
             rows.append(x)
             (Q if rg.dual else P).index_add_(0, rg.blocks, x @ x.mT)
         A, A_dual = _solve(st.kind, P, Q) if exact else _first_order(st.kind, P, Q)
+        if skip is not None:            # the identity maps rows to themselves bit for bit
+            eye = torch.eye(A.shape[-1], dtype=dtype, device=first.device).expand_as(A)
+            A, A_dual = torch.where(skip.bool(), eye, A), torch.where(skip.bool(), eye, A_dual)
         moved, moment = [], torch.zeros(nb, m, dtype=dtype, device=first.device)
         for rg, x in zip(st.groups, rows):
             y = (A_dual if rg.dual else A)[rg.blocks] @ x
@@ -271,7 +274,7 @@ class OrbitExecutor:
         for rg, x, y in zip(st.groups, rows, moved):
             if exact:
                 y = y * sign[rg.blocks].unsqueeze(-1)
-            self._write(params[rg.param], rg, y if skip is None else torch.where(skip.bool(), x, y))
+            self._write(params[rg.param], rg, y)
         eye = torch.eye(m, dtype=dtype, device=first.device)
         return (sign.unsqueeze(-1) * A - eye).abs().amax() if nb else torch.zeros((), device=first.device)
 
@@ -319,7 +322,9 @@ class OrbitExecutor:
             shape = [1] * p.dim()
             shape[rg.axis] = -1
             factor = factor.view(shape)
-            if rg.offset or skip is not None:
+            if skip is not None:        # a factor of exactly 1 leaves the rows bit for bit
+                factor = torch.where(skip.bool(), torch.ones_like(factor), factor)
+            if rg.offset:
                 new = (factor * (p.to(dtype) + rg.offset) - rg.offset).to(p.dtype)
                 p.copy_(new if skip is None else torch.where(skip.bool(), p, new))
             else:
