@@ -421,10 +421,10 @@ def _probe(k: int, like: torch.Tensor) -> torch.Tensor:
 
 def _first_order(kind: str, P: torch.Tensor, Q: torch.Tensor):
     """The per-step balancing element, for a block near balance. Scalars: the closed form. rot2: its scale only
-    (the rotation is compact: nothing to balance). GL: a Newton step on log‖g·θ‖² from the identity,
-    X = (Q - P) / (2 (p + q)) with p, q the mean eigenvalues (the scalar case to first order), applied as the Cayley
-    transform A = (I - X/2)^-1 (I + X/2): symmetric, with A^-T = (I + X/2)^-1 (I - X/2) exact — no eigensolver.
-    X is scaled to Frobenius norm ≤ 1 (a damped step when far from balance; I ± X/2 stays well conditioned)."""
+    (the rotation is compact: nothing to balance). GL: a damped Newton step on log‖g·θ‖² from the identity,
+    X = (Q - P) / (2 ‖P + Q‖_F) (the scalar case to first order; ‖X‖ < ½ keeps I ± X/2 well conditioned), applied
+    as the Cayley transform A = (I - X/2)^-1 (I + X/2): symmetric, with A^-T = (I + X/2)^-1 (I - X/2) exact — no
+    eigensolver."""
     if kind in ("pos", "scalar"):
         return _solve("pos", P, Q)
     m = P.shape[-1]
@@ -434,9 +434,10 @@ def _first_order(kind: str, P: torch.Tensor, Q: torch.Tensor):
     if kind == "rot2":
         s = (trQ / trP).pow(0.25)[:, None, None]
         return s * eye, eye / s
-    X = 0.5 * (Q - P) / ((trP + trQ) / m)[:, None, None]
+    # Newton would solve X (P + Q) + (P + Q) X = Q - P; dividing by ‖P + Q‖_F ≥ λ_max instead never overshoots
+    # (a contraction in every eigendirection) and needs no eigensolver.
+    X = 0.5 * (Q - P) / torch.linalg.matrix_norm(P + Q).clamp_min(torch.finfo(P.dtype).tiny)[:, None, None]
     X = 0.5 * (X + X.mT)
-    X = X / torch.linalg.matrix_norm(X).clamp_min(1.0)[:, None, None]   # a damped step far from balance
     return torch.linalg.solve(eye - 0.5 * X, eye + 0.5 * X), torch.linalg.solve(eye + 0.5 * X, eye - 0.5 * X)
 
 
