@@ -175,7 +175,7 @@ def format_rrr(rows, corr) -> str:
     return "\n".join(lines)
 
 
-def _step_models(device):
+def _step_models():
     from gaugec.zoo import TinyGPT2, TinyLlama
 
     torch.manual_seed(0)
@@ -202,7 +202,7 @@ def bench_step(device: str = "cpu", repeats: int = 10, only=None) -> list[dict]:
     from gaugec.optim import DDCAdam
 
     rows = []
-    for name, (make, inputs) in _step_models(device).items():
+    for name, (make, inputs) in _step_models().items():
         if only and not any(o in name for o in only):
             continue
         model = make()
