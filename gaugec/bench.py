@@ -115,17 +115,11 @@ def write_section(marker: str, text: str, path: str = "docs/benchmarks.md"):
     p.write_text(doc)
 
 
-def bench_rrr(steps: int = 3000, n: int = 2000, seed: int = 0) -> tuple[list[dict], dict]:
-    """Reduced-rank regression grid (M 10, N 5, H 2..5, true rank r0 <= H): train each cell, read the hidden layer.
-
-    Returns the rows and, per reading, the mean over H of the Spearman correlation with the closed-form λ."""
+def _rrr_cells(steps: int = 3000, n: int = 2000, seed: int = 0):
+    """Reduced-rank regression grid (M 10, N 5, H 2..5, true rank r0 <= H): yields (H, r0, trained model, x, y)."""
     import torch.nn as nn
 
-    from gaugec import measure
-    from gaugec.measure.rlct import rrr_learning_coefficient
-
     M, N = 10, 5
-    rows = []
     for H in range(2, 6):
         for r0 in range(1, H + 1):
             g = torch.Generator().manual_seed(seed + 10 * H + r0)
@@ -138,21 +132,118 @@ def bench_rrr(steps: int = 3000, n: int = 2000, seed: int = 0) -> tuple[list[dic
             opt = torch.optim.Adam(model.parameters(), lr=1e-2)
             for _ in range(steps):
                 opt.zero_grad()
-                loss = 0.5 * ((model(x) - y) ** 2).sum(1).mean()
-                loss.backward()
+                _rrr_loss(model, x, y).backward()
                 opt.step()
-            r = measure.layer_readings(model, x, y, "0", likelihood="gaussian")
-            lam, mult = rrr_learning_coefficient(M, N, H, r0)
-            rows.append({"H": H, "r0": r0, "lambda": float(lam), "loss": loss.item(), "sigma_min": r.sigma_min,
-                         "lambda_min_plus": r.lambda_min_plus, "logdet_plus": r.logdet_plus, "n_dead": r.n_dead})
+            yield H, r0, model, x, y
+
+
+def _rrr_loss(model, x, y):
+    return 0.5 * ((model(x) - y) ** 2).sum(1).mean()
+
+
+def bench_rrr(steps: int = 3000, n: int = 2000, seed: int = 0) -> tuple[list[dict], dict]:
+    """Train each reduced-rank-regression cell and read its hidden layer.
+
+    Returns the rows and, per reading, the mean over H of the Spearman correlation with the closed-form λ."""
+    from gaugec import measure
+    from gaugec.measure.rlct import rrr_learning_coefficient
+
+    rows = []
+    for H, r0, model, x, y in _rrr_cells(steps, n, seed):
+        r = measure.layer_readings(model, x, y, "0", likelihood="gaussian")
+        lam, _ = rrr_learning_coefficient(10, 5, H, r0)
+        rows.append({"H": H, "r0": r0, "lambda": float(lam), "loss": float(_rrr_loss(model, x, y)),
+                     "sigma_min": r.sigma_min, "lambda_min_plus": r.lambda_min_plus, "logdet_plus": r.logdet_plus,
+                     "n_dead": r.n_dead})
+    return rows, _per_h_spearman(rows, ("sigma_min", "lambda_min_plus", "logdet_plus"))
+
+
+def _per_h_spearman(rows, keys) -> dict:
     corr = {}
-    for key in ("sigma_min", "lambda_min_plus", "logdet_plus"):
+    for key in keys:
         per_h = []
         for H in range(3, 6):      # H = 2 has two cells only
             cells = [rw for rw in rows if rw["H"] == H]
             per_h.append(_spearman([c[key] for c in cells], [c["lambda"] for c in cells]))
         corr[key] = float(np.mean(per_h))
+    return corr
+
+
+LLC_CALIBRATION = dict(chains=4, burnin=200, draws=300, batch=100, lr=1e-3, localization=100.0)
+
+
+def sgld_llc(model, x, y, chains=4, burnin=200, draws=300, batch=100, lr=1e-3, localization=100.0, seed=0):
+    """devinterp's SGLD sampler (``SGMCMC.sgld``) driving devinterp's estimator λ̂ = nβ (E_draws L − L(w*)),
+    nβ = m / log m for minibatch size m (devinterp's default). Returns (λ̂, samples through forward+backward)."""
+    import copy
+    import math
+
+    from devinterp.optim import SGMCMC
+
+    nbeta = batch / math.log(batch)
+    with torch.no_grad():
+        init = float(_rrr_loss(model, x, y))
+    gen = torch.Generator().manual_seed(seed)
+    losses = []
+    for _ in range(chains):
+        chain = copy.deepcopy(model)
+        opt = SGMCMC.sgld(chain.parameters(), lr=lr, localization=localization, nbeta=nbeta)
+        for t in range(burnin + draws):
+            idx = torch.randint(0, len(x), (batch,), generator=gen)
+            opt.zero_grad()
+            loss = _rrr_loss(chain, x[idx], y[idx])
+            loss.backward()
+            opt.step()
+            if t >= burnin:
+                losses.append(float(loss.detach()))
+    return nbeta * (float(np.mean(losses)) - init), chains * (burnin + draws) * batch
+
+
+def bench_llc(steps: int = 3000, n: int = 2000, seed: int = 0) -> tuple[list[dict], dict]:
+    """The reduced-rank-regression grid read two ways: gaugec's one-pass readings and devinterp's SGLD LLC."""
+    from gaugec import measure
+    from gaugec.measure.rlct import rrr_learning_coefficient
+
+    rows = []
+    for H, r0, model, x, y in _rrr_cells(steps, n, seed):
+        t0 = time.perf_counter()
+        r = measure.layer_readings(model, x, y, "0", likelihood="gaussian")
+        t_read = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        llc, samples = sgld_llc(model, x, y, seed=seed, **LLC_CALIBRATION)
+        t_llc = time.perf_counter() - t0
+        lam, _ = rrr_learning_coefficient(10, 5, H, r0)
+        rows.append({"H": H, "r0": r0, "lambda": float(lam), "llc": llc, "sigma_min": r.sigma_min,
+                     "logdet_plus": r.logdet_plus, "read_s": t_read, "llc_s": t_llc,
+                     "read_samples": len(x), "llc_samples": samples})
+        print(rows[-1], flush=True)
+    keys = ("llc", "sigma_min", "logdet_plus")
+    corr = {"per_h": _per_h_spearman(rows, keys),
+            "all": {k: _spearman([r[k] for r in rows], [r["lambda"] for r in rows]) for k in keys}}
     return rows, corr
+
+
+def format_llc(rows, corr) -> str:
+    lines = ["| H | r0 | λ (closed form) | devinterp λ̂ | gaugec σ_min(X_h) | gaugec log det⁺ G |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['H']} | {r['r0']} | {r['lambda']:.2f} | {r['llc']:.2f} | {r['sigma_min']:.3g} | "
+                     f"{r['logdet_plus']:.2f} |")
+    read_s = sum(r["read_s"] for r in rows)
+    llc_s = sum(r["llc_s"] for r in rows)
+    read_n = sum(r["read_samples"] for r in rows)
+    llc_n = sum(r["llc_samples"] for r in rows)
+    lines += ["", "| method | samples through forward+backward (grid) | wall s (grid) | Spearman with λ, all 14 cells | "
+              "mean Spearman within H |", "|---|---|---|---|---|",
+              f"| devinterp SGLD LLC | {llc_n:,} | {llc_s:.1f} | {corr['all']['llc']:+.2f} | "
+              f"{corr['per_h']['llc']:+.2f} |",
+              f"| gaugec σ_min(X_h) | {read_n:,} | {read_s:.2f} | {corr['all']['sigma_min']:+.2f} | "
+              f"{corr['per_h']['sigma_min']:+.2f} |",
+              f"| gaugec log det⁺ G | (same pass) | | {corr['all']['logdet_plus']:+.2f} | "
+              f"{corr['per_h']['logdet_plus']:+.2f} |",
+              "", f"Passes ratio: {llc_n / read_n:.0f}x fewer samples for gaugec's readings; wall-time ratio "
+              f"{llc_s / max(read_s, 1e-9):.0f}x."]
+    return "\n".join(lines)
 
 
 def _spearman(a, b) -> float:
@@ -261,6 +352,8 @@ def main(argv=None):
     d.add_argument("--only", nargs="*", help="config names (llama3-8b, gpt2-small, bert-base)")
     d.add_argument("--write", action="store_true", help="record the table in docs/benchmarks.md")
     r = sub.add_parser("rrr", help="reduced-rank regression grid: readings against the closed-form λ")
+    lc = sub.add_parser("llc", help="the grid read by gaugec and by devinterp's SGLD LLC (needs devinterp)")
+    lc.add_argument("--write", action="store_true", help="record the table in docs/benchmarks.md")
     r.add_argument("--write", action="store_true", help="record the table in docs/benchmarks.md")
     st = sub.add_parser("step", help="optimizer-step time and state memory: DDCAdam against torch AdamW")
     st.add_argument("--device", default=None, help="cpu or cuda (default: both where CUDA is available)")
@@ -281,6 +374,20 @@ def main(argv=None):
         print(text)
         if args.write:
             write_section("bench-step", text)
+        return
+    if args.what == "llc":
+        try:
+            import devinterp.optim  # noqa: F401
+        except ImportError:
+            raise SystemExit("python -m gaugec.bench llc needs devinterp: pip install 'gaugec[llc]'")
+        rows, corr = bench_llc()
+        cal = ", ".join(f"{k} {v}" for k, v in LLC_CALIBRATION.items())
+        text = (f"Command: `python -m gaugec.bench llc --write` ({os.cpu_count()} CPU cores). devinterp calibration: "
+                f"{cal}, nβ = m / log m (m = batch); the estimator and nβ are devinterp's, driven directly because "
+                f"devinterp 2.0's `llc()` takes token datasets only.\n\n{format_llc(rows, corr)}")
+        print(text)
+        if args.write:
+            write_section("bench-llc", text)
         return
     if args.what == "rrr":
         t0 = time.perf_counter()
