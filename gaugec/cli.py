@@ -257,6 +257,8 @@ def cmd_measure(args) -> int:
     from gaugec import measure
 
     model, inputs = load_target(args.target)
+    if args.along:
+        return _measure_along(args, model, inputs)
     if args.checkpoint:
         try:
             state = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
@@ -306,6 +308,36 @@ def cmd_measure(args) -> int:
                   f"{'yes' if r['in_plan'] else 'no':>8}")
     _measure_plots(args.out, spectra, curves)
     return EXIT_OK
+
+
+def _measure_along(args, model, inputs) -> int:
+    """Readings of chosen layers at each checkpoint of a run, with their log–log slopes against t."""
+    from gaugec import measure
+    from gaugec.oracle import sample_inputs
+
+    model = model.double().eval()
+    inputs = tuple(x.double() if isinstance(x, torch.Tensor) and x.is_floating_point() else x for x in inputs)
+    wide = sample_inputs(model, inputs, torch.Generator().manual_seed(0), batch_mult=args.samples)
+    likelihood = "categorical" if _loss(args.loss) == "cross_entropy" else "gaussian"
+    layers = args.layer or [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)][:2]
+    try:
+        states = [torch.load(ck, map_location="cpu", weights_only=True) for ck in args.along]
+    except Exception as exc:  # noqa: BLE001 - reported as a usage error
+        raise UsageError(f"cannot read a checkpoint: {type(exc).__name__}: {exc}") from exc
+    states = [{k: v.double() if v.is_floating_point() else v for k, v in st.items()} for st in states]
+    for layer in layers:
+        try:
+            out = measure.readings_along(model, states, wide, None, layer, ts=args.ts, fisher="true",
+                                         likelihood=likelihood)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from exc
+        print(f"layer {layer} (true Fisher, {out.readings[0].n_rows} rows)")
+        print(f"  {'t':>10} {'σ_min':>10} {'λ⁺_min':>10} {'log det⁺':>10} {'dead':>5}")
+        for t, r in zip(out.ts, out.readings):
+            print(f"  {t:>10.4g} {r.sigma_min:>10.3e} {r.lambda_min_plus:>10.3e} {r.logdet_plus:>10.2f} {r.n_dead:>5}")
+        for name, (slope, r2) in out.slopes.items():
+            print(f"  slope of {name:<16} {slope:+.3f} (R² {r2:.3f})")
+    return 0
 
 
 def _measure_plots(out_dir, spectra, curves):
@@ -378,6 +410,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("measure", help="classify gauges and dead directions at a checkpoint")
     target_args(sp)
     sp.add_argument("--checkpoint", help="a state_dict saved with torch.save (default: the factory's weights)")
+    sp.add_argument("--along", nargs="+", metavar="CKPT",
+                    help="read the layers at each of these checkpoints and fit slopes against --ts")
+    sp.add_argument("--ts", nargs="+", type=float, help="approach parameter of each --along checkpoint "
+                    "(default 1, 2, ...)")
     sp.add_argument("--layer", action="append", help="submodule whose parameters to read (repeatable)")
     sp.add_argument("--top", type=int, default=3, help="dead directions per layer")
     sp.add_argument("--samples", type=int, default=64, help="the example batch is repeated this many times, "

@@ -278,3 +278,46 @@ def test_charge_monitor_decays_as_exp_minus_2_lambda_t_under_weight_decay():
         opt.step()
     mon2.record()
     assert float(mon2.drift().abs().max()) < 1e-6
+
+
+def test_readings_along_saved_checkpoints_recover_the_bridge_rates(tmp_path):
+    """Checkpoints saved along the bridge's approach read the same rates as the constructed curve."""
+    L, ell, r = 3, 2, 2
+    ts = np.logspace(-2, -0.7, 5)
+    paths = []
+    for i, t in enumerate(ts):
+        path = tmp_path / f"step{i}.pt"
+        torch.save(_bridge(L, 6, r, t).state_dict(), path)
+        paths.append(str(path))
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(400, 6, generator=gen, dtype=torch.float64)
+    y = x + 0.5 * torch.randn(400, 6, generator=gen, dtype=torch.float64)
+    model = _bridge(L, 6, r, 1.0)
+    out = measure.readings_along(model, paths, x, y, str(ell - 1), ts=ts, likelihood="gaussian", rel_cutoff=1e-12)
+    assert out.slopes["sigma2_min"][0] == pytest.approx(2 * ell, abs=0.05)
+    assert out.slopes["lambda_min_plus"][0] == pytest.approx(2 * (L - ell), abs=0.1)
+    assert out.slopes["logdet_plus"][0] == pytest.approx(r * 2 * (L - ell), rel=0.05)
+    assert all(float(lin.weight[0, 0]) == 1.0 for lin in model)          # the architecture model is untouched
+    with pytest.raises(ValueError, match="does not fit"):
+        measure.readings_along(nn.Sequential(nn.Linear(6, 5)).double(), paths, x, y, "0")
+    with pytest.raises(ValueError, match="one positive"):
+        measure.readings_along(model, paths, x, y, "0", ts=ts[:2])
+
+
+def test_measure_command_reads_along_checkpoints(tmp_path, capsys):
+    from gaugec import zoo
+    from gaugec.cli import main
+
+    model, _ = zoo.relu_mlp()
+    paths = []
+    for i, scale in enumerate((0.1, 0.3, 1.0)):
+        state = {k: v * scale for k, v in model.state_dict().items()}
+        paths.append(str(tmp_path / f"c{i}.pt"))
+        torch.save(state, paths[-1])
+    assert main(["measure", "zoo:relu_mlp", "--along", *paths, "--ts", "0.1", "0.3", "1", "--layer", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "layer 2" in out and "slope of sigma2_min" in out and out.count("\n") >= 7
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    assert main(["measure", "zoo:relu_mlp", "--along", paths[0], str(bad)]) == 2
+    assert main(["measure", "zoo:relu_mlp", "--along", paths[0], paths[1], "--ts", "1"]) == 2

@@ -150,6 +150,45 @@ def layer_readings(model, inputs, targets, layer: str, fisher: str = "empirical"
                          float(torch.log(ev[active]).sum()), int(active.sum()), int((~active).sum()), cutoff, N)
 
 
+@dataclasses.dataclass
+class TrajectoryReadings:
+    """Layer readings at a sequence of checkpoints and their log–log slopes against the approach parameter t."""
+
+    ts: list[float]
+    readings: list[LayerReadings]
+    slopes: dict[str, tuple[float, float]]      # name -> (slope, R²): sigma2_min, lambda_min_plus, logdet_plus
+
+
+def readings_along(model, checkpoints, inputs, targets, layer: str, ts=None, **kw) -> TrajectoryReadings:
+    """:func:`layer_readings` at each checkpoint (a state dict or a path to one saved with ``torch.save``), and
+    the slopes of σ²_min, λ⁺_min and log det⁺ against ``ts`` (the approach parameter of each checkpoint: a distance
+    to the singular point, or steps to go; default 1, 2, ...). ``model`` supplies the architecture and is not
+    changed."""
+
+    checkpoints = list(checkpoints)
+    if len(checkpoints) < 2:
+        raise ValueError("readings along checkpoints need at least two checkpoints")
+    ts = [float(i + 1) for i in range(len(checkpoints))] if ts is None else [float(t) for t in ts]
+    if len(ts) != len(checkpoints) or min(ts) <= 0:
+        raise ValueError("ts must hold one positive approach parameter per checkpoint")
+    work = copy.deepcopy(model)
+    readings = []
+    for ck in checkpoints:
+        state = torch.load(ck, map_location="cpu", weights_only=True) if not isinstance(ck, dict) else ck
+        try:
+            work.load_state_dict(state)
+        except (RuntimeError, KeyError) as exc:
+            raise ValueError(f"checkpoint {ck if not isinstance(ck, dict) else '(state dict)'} does not fit the "
+                             f"model: {exc}") from exc
+        readings.append(layer_readings(work, inputs, targets, layer, **kw))
+    slopes = {
+        "sigma2_min": loglog_slope(ts, [max(r.sigma_min, 1e-300) ** 2 for r in readings]),
+        "lambda_min_plus": loglog_slope(ts, [max(r.lambda_min_plus, 1e-300) for r in readings]),
+        "logdet_plus": loglog_slope(ts, [r.logdet_plus for r in readings], log_values=True),
+    }
+    return TrajectoryReadings(ts, readings, slopes)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # directional order
 
