@@ -1,8 +1,11 @@
-"""Benchmarks and experiments (not timed tests): ``python -m gaugec.bench discover | rrr | step [--write]``.
+"""Benchmarks and experiments (not timed tests): ``python -m gaugec.bench discover | rrr | llc | step [--write]``.
 
 discover: capture / discover / prove wall time for full-size configs built on the meta device (no weights):
-a Llama-3-8B-shaped decoder, GPT-2 small and BERT base, with the lemma cache cold and warm. ``--write`` records
-the table in docs/benchmarks.md between its markers.
+a Llama-3-8B-shaped decoder, GPT-2 small and BERT base, with the lemma cache cold and warm.
+rrr: the reduced-rank-regression grid's readings against the closed-form learning coefficient.
+llc: the same grid and a modular-addition transformer read by devinterp's SGLD LLC and by gaugec (extra ``llc``).
+step: DDCAdam's optimizer step and state against torch AdamW (foreach and fused), CPU and CUDA when present.
+``--write`` records each table in docs/benchmarks.md between its markers.
 """
 from __future__ import annotations
 
