@@ -13,19 +13,9 @@ import os
 
 import numpy as np
 import torch
-import torch.nn as nn
 
 from gaugec import measure
-
-
-def bridge(L, d, r, t):
-    net = nn.Sequential(*[nn.Linear(d, d, bias=False) for _ in range(L)]).double()
-    diag = torch.ones(d, dtype=torch.float64)
-    diag[d - r:] = t
-    with torch.no_grad():
-        for lin in net:
-            lin.weight.copy_(torch.diag(diag))
-    return net
+from gaugec.zoo import deep_linear_bridge as bridge
 
 
 def main(argv=None):

@@ -215,6 +215,17 @@ def _floats(*shape, seed=0):
     return (torch.randn(*shape, generator=torch.Generator().manual_seed(seed)),)
 
 
+def deep_linear_bridge(L: int = 3, d: int = 6, r: int = 1, t: float = 0.1):
+    """The deep-linear bridge of docs/measure.md: every layer diag(1, ..., 1, t, ..., t), r dead coordinates."""
+    net = nn.Sequential(*[nn.Linear(d, d, bias=False) for _ in range(L)]).double()
+    diag = torch.ones(d, dtype=torch.float64)
+    diag[d - r:] = t
+    with torch.no_grad():
+        for lin in net:
+            lin.weight.copy_(torch.diag(diag))
+    return net
+
+
 def relu_mlp():
     """Linear(4,6) → ReLU → Linear(6,5) → LeakyReLU → Linear(5,3)."""
     torch.manual_seed(0)

@@ -181,14 +181,7 @@ def test_rrr_learning_coefficient_grid_and_cases():
 
 
 def _bridge(L, d, r, t):
-    """Canonical deep-linear bridge: every layer is diag(1, ..., 1, t, ..., t) with r dead coordinates."""
-    net = nn.Sequential(*[nn.Linear(d, d, bias=False) for _ in range(L)]).double()
-    diag = torch.ones(d, dtype=torch.float64)
-    diag[d - r:] = t
-    with torch.no_grad():
-        for lin in net:
-            lin.weight.copy_(torch.diag(diag))
-    return net
+    return zoo.deep_linear_bridge(L, d, r, t)
 
 
 def _bridge_slopes(L, ell, r, ts, rel_cutoff=1e-12):
