@@ -91,19 +91,25 @@ def bench_discover(names=None) -> list[dict]:
     return rows
 
 
+def _md_table(header: list[str], rows: list[list]) -> list[str]:
+    """Lines of a Markdown table."""
+    return (["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+            + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows])
+
+
 def format_rows(rows) -> str:
-    head = ("| config | parameters | gauges | generators | capture s | discover s | prove cold s | prove warm s | "
-            "end to end (cold) s | discover + prove (warm) s | proofs |")
-    lines = [head, "|" + "---|" * 11]
+    header = ["config", "parameters", "gauges", "generators", "capture s", "discover s", "prove cold s",
+              "prove warm s", "end to end (cold) s", "discover + prove (warm) s", "proofs"]
+    cells = []
     for r in rows:
         if "note" in r:
-            lines.append(f"| {r['config']} | {r['note']} |" + " |" * 9)
+            cells.append([r["config"], r["note"]] + [""] * 9)
             continue
-        lines.append(f"| {r['config']} | {r['params'] / 1e9:.2f} B | {r['gauges']} | {r['generators']:,} | "
-                     f"{r['capture_s']:.1f} | {r['discover_s']:.1f} | {r['prove_cold_s']:.1f} | "
-                     f"{r['prove_warm_s']:.2f} | {r['total_cold_s']:.1f} | {r['discover_prove_warm_s']:.1f} | "
-                     f"{'all hold' if r['ok'] else 'FAILED'} |")
-    return "\n".join(lines)
+        cells.append([r["config"], f"{r['params'] / 1e9:.2f} B", r["gauges"], f"{r['generators']:,}",
+                      f"{r['capture_s']:.1f}", f"{r['discover_s']:.1f}", f"{r['prove_cold_s']:.1f}",
+                      f"{r['prove_warm_s']:.2f}", f"{r['total_cold_s']:.1f}", f"{r['discover_prove_warm_s']:.1f}",
+                      "all hold" if r["ok"] else "FAILED"])
+    return "\n".join(_md_table(header, cells))
 
 
 def write_section(marker: str, text: str, path: str = "docs/benchmarks.md"):
@@ -204,23 +210,34 @@ def sgld_llc(model, x, y, chains=4, burnin=200, draws=300, batch=100, lr=1e-3, l
     return nbeta * (float(np.mean(losses)) - init), chains * (burnin + draws) * batch
 
 
+def _read_both(model, x, y, layer: str, likelihood: str, loss_fn, seed: int) -> dict:
+    """gaugec's layer readings (one per-sample pass over x) and devinterp's SGLD LLC, each timed."""
+    from gaugec import measure
+
+    t0 = time.perf_counter()
+    r = measure.layer_readings(model, x, y, layer, likelihood=likelihood)
+    t_read = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    llc, samples = sgld_llc(model, x, y, seed=seed, loss_fn=loss_fn, **LLC_CALIBRATION)
+    return {"llc": llc, "sigma_min": r.sigma_min, "logdet_plus": r.logdet_plus, "read_s": t_read,
+            "llc_s": time.perf_counter() - t0, "read_samples": len(x), "llc_samples": samples}
+
+
+def _cost_totals(rows) -> tuple[int, float, int, float]:
+    """Samples and seconds summed over rows: (gaugec samples, gaugec s, devinterp samples, devinterp s)."""
+    return (sum(r["read_samples"] for r in rows), sum(r["read_s"] for r in rows),
+            sum(r["llc_samples"] for r in rows), sum(r["llc_s"] for r in rows))
+
+
 def bench_llc(steps: int = 3000, n: int = 2000, seed: int = 0) -> tuple[list[dict], dict]:
     """The reduced-rank-regression grid read two ways: gaugec's one-pass readings and devinterp's SGLD LLC."""
-    from gaugec import measure
     from gaugec.measure.rlct import rrr_learning_coefficient
 
     rows = []
     for H, r0, model, x, y in _rrr_cells(steps, n, seed):
-        t0 = time.perf_counter()
-        r = measure.layer_readings(model, x, y, "0", likelihood="gaussian")
-        t_read = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        llc, samples = sgld_llc(model, x, y, seed=seed, **LLC_CALIBRATION)
-        t_llc = time.perf_counter() - t0
         lam, _ = rrr_learning_coefficient(10, 5, H, r0)
-        rows.append({"H": H, "r0": r0, "lambda": float(lam), "llc": llc, "sigma_min": r.sigma_min,
-                     "logdet_plus": r.logdet_plus, "read_s": t_read, "llc_s": t_llc,
-                     "read_samples": len(x), "llc_samples": samples})
+        rows.append({"H": H, "r0": r0, "lambda": float(lam),
+                     **_read_both(model, x, y, "0", "gaussian", _rrr_loss, seed)})
         print(rows[-1], flush=True)
     keys = ("llc", "sigma_min", "logdet_plus")
     corr = {"per_h": _per_h_spearman(rows, keys),
@@ -250,8 +267,6 @@ def _ce_loss(model, x, y):
 def bench_llc_modular(p: int = 23, steps: int = 1500, n_checkpoints: int = 6, seed: int = 0) -> tuple[list, dict]:
     """Checkpoints along the training of a modular-addition transformer (half the pairs, AdamW, weight decay 1),
     read by devinterp's SGLD LLC and by gaugec's layer readings (no closed form: the rank agreement is reported)."""
-    from gaugec import measure
-
     g = torch.Generator().manual_seed(seed)
     a, b = torch.meshgrid(torch.arange(p), torch.arange(p), indexing="ij")
     x = torch.stack([a.reshape(-1), b.reshape(-1), torch.full((p * p,), p)], 1)
@@ -270,28 +285,20 @@ def bench_llc_modular(p: int = 23, steps: int = 1500, n_checkpoints: int = 6, se
             with torch.no_grad():
                 train_loss = float(_ce_loss(model, x[train], y[train]))
                 test_acc = float((model(x).argmax(-1) == y).double().mean())
-            t0 = time.perf_counter()
-            r = measure.layer_readings(model, x[train], y[train], "net.layers.0.mlp.up_proj")
-            t_read = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            llc, samples = sgld_llc(model, x[train], y[train], seed=seed, loss_fn=_ce_loss, **LLC_CALIBRATION)
-            t_llc = time.perf_counter() - t0
-            rows.append({"step": step, "train_loss": train_loss, "accuracy": test_acc, "llc": llc,
-                         "sigma_min": r.sigma_min, "logdet_plus": r.logdet_plus, "read_s": t_read,
-                         "llc_s": t_llc, "read_samples": len(train), "llc_samples": samples})
+            rows.append({"step": step, "train_loss": train_loss, "accuracy": test_acc,
+                         **_read_both(model, x[train], y[train], "net.layers.0.mlp.up_proj", "categorical",
+                                      _ce_loss, seed)})
             print(rows[-1], flush=True)
     corr = {k: _spearman([r[k] for r in rows], [r["llc"] for r in rows]) for k in ("sigma_min", "logdet_plus")}
     return rows, corr
 
 
 def format_llc_modular(rows, corr) -> str:
-    lines = ["| step | train loss | accuracy (all pairs) | devinterp λ̂ | gaugec σ_min | gaugec log det⁺ G |",
-             "|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['step']} | {r['train_loss']:.3f} | {r['accuracy']:.2f} | {r['llc']:.2f} | "
-                     f"{r['sigma_min']:.3g} | {r['logdet_plus']:.1f} |")
-    read_s, llc_s = sum(r["read_s"] for r in rows), sum(r["llc_s"] for r in rows)
-    read_n, llc_n = sum(r["read_samples"] for r in rows), sum(r["llc_samples"] for r in rows)
+    lines = _md_table(["step", "train loss", "accuracy (all pairs)", "devinterp λ̂", "gaugec σ_min",
+                       "gaugec log det⁺ G"],
+                      [[r["step"], f"{r['train_loss']:.3f}", f"{r['accuracy']:.2f}", f"{r['llc']:.2f}",
+                        f"{r['sigma_min']:.3g}", f"{r['logdet_plus']:.1f}"] for r in rows])
+    read_n, read_s, llc_n, llc_s = _cost_totals(rows)
     lines += ["", f"Samples through forward+backward: devinterp {llc_n:,}, gaugec {read_n:,} ({llc_n / read_n:.0f}x "
               f"fewer); wall time {llc_s:.1f} s against {read_s:.2f} s. Spearman with λ̂ across the checkpoints: "
               f"σ_min {corr['sigma_min']:+.2f}, log det⁺ {corr['logdet_plus']:+.2f}."]
@@ -299,24 +306,18 @@ def format_llc_modular(rows, corr) -> str:
 
 
 def format_llc(rows, corr) -> str:
-    lines = ["| H | r0 | λ (closed form) | devinterp λ̂ | gaugec σ_min(X_h) | gaugec log det⁺ G |",
-             "|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['H']} | {r['r0']} | {r['lambda']:.2f} | {r['llc']:.2f} | {r['sigma_min']:.3g} | "
-                     f"{r['logdet_plus']:.2f} |")
-    read_s = sum(r["read_s"] for r in rows)
-    llc_s = sum(r["llc_s"] for r in rows)
-    read_n = sum(r["read_samples"] for r in rows)
-    llc_n = sum(r["llc_samples"] for r in rows)
-    lines += ["", "| method | samples through forward+backward (grid) | wall s (grid) | Spearman with λ, all 14 cells | "
-              "mean Spearman within H |", "|---|---|---|---|---|",
-              f"| devinterp SGLD LLC | {llc_n:,} | {llc_s:.1f} | {corr['all']['llc']:+.2f} | "
-              f"{corr['per_h']['llc']:+.2f} |",
-              f"| gaugec σ_min(X_h) | {read_n:,} | {read_s:.2f} | {corr['all']['sigma_min']:+.2f} | "
-              f"{corr['per_h']['sigma_min']:+.2f} |",
-              f"| gaugec log det⁺ G | (same pass) | | {corr['all']['logdet_plus']:+.2f} | "
-              f"{corr['per_h']['logdet_plus']:+.2f} |",
-              "", f"Passes ratio: {llc_n / read_n:.0f}x fewer samples for gaugec's readings; wall-time ratio "
+    lines = _md_table(["H", "r0", "λ (closed form)", "devinterp λ̂", "gaugec σ_min(X_h)", "gaugec log det⁺ G"],
+                      [[r["H"], r["r0"], f"{r['lambda']:.2f}", f"{r['llc']:.2f}", f"{r['sigma_min']:.3g}",
+                        f"{r['logdet_plus']:.2f}"] for r in rows])
+    read_n, read_s, llc_n, llc_s = _cost_totals(rows)
+    a, h = corr["all"], corr["per_h"]
+    lines += [""] + _md_table(
+        ["method", "samples through forward+backward (grid)", "wall s (grid)", "Spearman with λ, all 14 cells",
+         "mean Spearman within H"],
+        [["devinterp SGLD LLC", f"{llc_n:,}", f"{llc_s:.1f}", f"{a['llc']:+.2f}", f"{h['llc']:+.2f}"],
+         ["gaugec σ_min(X_h)", f"{read_n:,}", f"{read_s:.2f}", f"{a['sigma_min']:+.2f}", f"{h['sigma_min']:+.2f}"],
+         ["gaugec log det⁺ G", "(same pass)", "", f"{a['logdet_plus']:+.2f}", f"{h['logdet_plus']:+.2f}"]])
+    lines += ["", f"Passes ratio: {llc_n / read_n:.0f}x fewer samples for gaugec's readings; wall-time ratio "
               f"{llc_s / max(read_s, 1e-9):.0f}x."]
     return "\n".join(lines)
 
@@ -330,11 +331,10 @@ def _spearman(a, b) -> float:
 
 
 def format_rrr(rows, corr) -> str:
-    lines = ["| H | r0 | λ (closed form) | final loss | σ_min(X_h) | λ⁺_min(G_h) | log det⁺(G_h) | dead |",
-             "|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['H']} | {r['r0']} | {r['lambda']:.1f} | {r['loss']:.4f} | {r['sigma_min']:.3g} | "
-                     f"{r['lambda_min_plus']:.3g} | {r['logdet_plus']:.2f} | {r['n_dead']} |")
+    lines = _md_table(["H", "r0", "λ (closed form)", "final loss", "σ_min(X_h)", "λ⁺_min(G_h)", "log det⁺(G_h)",
+                       "dead"],
+                      [[r["H"], r["r0"], f"{r['lambda']:.1f}", f"{r['loss']:.4f}", f"{r['sigma_min']:.3g}",
+                        f"{r['lambda_min_plus']:.3g}", f"{r['logdet_plus']:.2f}", r["n_dead"]] for r in rows])
     lines.append("")
     lines.append("Spearman correlation with λ within each H (mean over H = 3, 4, 5): " +
                  ", ".join(f"{k} {v:+.2f}" for k, v in corr.items()))
@@ -409,15 +409,12 @@ def bench_step(device: str = "cpu", repeats: int = 10, only=None) -> list[dict]:
 
 
 def format_step(rows) -> str:
-    head = ("| model | device | params | gauges | AdamW foreach ms | AdamW fused ms | DDCAdam ms | DDC / foreach | "
-            "DDC / fused | state (DDC / AdamW) | canonicalise s (sweeps) |")
-    lines = [head, "|" + "---|" * 11]
-    for r in rows:
-        lines.append(f"| {r['model']} | {r['device']} | {r['params'] / 1e6:.0f}M | {r['gauges']} | "
-                     f"{r['AdamW foreach ms']:.0f} | {r['AdamW fused ms']:.0f} | {r['DDCAdam ms']:.0f} | "
-                     f"{r['vs foreach']:.2f}x | {r['vs fused']:.2f}x | {r['state ratio']:.4f} | "
-                     f"{r['canonicalise_s']:.1f} ({r['canonical_sweeps']}) |")
-    return "\n".join(lines)
+    header = ["model", "device", "params", "gauges", "AdamW foreach ms", "AdamW fused ms", "DDCAdam ms",
+              "DDC / foreach", "DDC / fused", "state (DDC / AdamW)", "canonicalise s (sweeps)"]
+    return "\n".join(_md_table(header, [
+        [r["model"], r["device"], f"{r['params'] / 1e6:.0f}M", r["gauges"], f"{r['AdamW foreach ms']:.0f}",
+         f"{r['AdamW fused ms']:.0f}", f"{r['DDCAdam ms']:.0f}", f"{r['vs foreach']:.2f}x", f"{r['vs fused']:.2f}x",
+         f"{r['state ratio']:.4f}", f"{r['canonicalise_s']:.1f} ({r['canonical_sweeps']})"] for r in rows]))
 
 
 def main(argv=None):
