@@ -422,16 +422,14 @@ def main(argv=None):
     sub = ap.add_subparsers(dest="what", required=True)
     d = sub.add_parser("discover", help="capture / discover / prove time on full-size meta-device configs")
     d.add_argument("--only", nargs="*", help="config names (llama3-8b, gpt2-small, bert-base)")
-    d.add_argument("--write", action="store_true", help="record the table in docs/benchmarks.md")
     r = sub.add_parser("rrr", help="reduced-rank regression grid: readings against the closed-form λ")
     lc = sub.add_parser("llc", help="the grid read by gaugec and by devinterp's SGLD LLC (needs devinterp)")
-    lc.add_argument("--write", action="store_true", help="record the table in docs/benchmarks.md")
-    r.add_argument("--write", action="store_true", help="record the table in docs/benchmarks.md")
     st = sub.add_parser("step", help="optimizer-step time and state memory: DDCAdam against torch AdamW")
     st.add_argument("--device", default=None, help="cpu or cuda (default: both where CUDA is available)")
     st.add_argument("--only", nargs="*", help="substrings of model names (gpt2, llama)")
     st.add_argument("--repeats", type=int, default=10)
-    st.add_argument("--write", action="store_true", help="record the table in docs/benchmarks.md")
+    for parser in (d, r, lc, st):
+        parser.add_argument("--write", action="store_true", help="record the table in docs/benchmarks.md")
     args = ap.parse_args(argv)
     if args.what == "step":
         torch.set_num_threads(max(1, os.cpu_count() or 1))
@@ -443,11 +441,7 @@ def main(argv=None):
         text = (f"Measured on: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, GPU: {gpu}, "
                 f"torch {torch.__version__}.\nCommand: `python -m gaugec.bench step --write` (median of "
                 f"{args.repeats} interleaved steps, fixed random gradients)\n\n{format_step(rows)}")
-        print(text)
-        if args.write:
-            write_section("bench-step", text)
-        return
-    if args.what == "llc":
+    elif args.what == "llc":
         try:
             import devinterp.optim  # noqa: F401
         except ImportError:
@@ -460,28 +454,19 @@ def main(argv=None):
                 f"devinterp 2.0's `llc()` takes token datasets only.\n\n{format_llc(rows, corr)}\n\n"
                 f"Modular addition (p = 23, one-layer Llama-style transformer, half the pairs, AdamW lr 3e-3, "
                 f"weight decay 1, full batch; gaugec reads `mlp.up_proj`):\n\n{format_llc_modular(mrows, mcorr)}")
-        print(text)
-        if args.write:
-            write_section("bench-llc", text)
-        return
-    if args.what == "rrr":
+    elif args.what == "rrr":
         t0 = time.perf_counter()
         rows, corr = bench_rrr()
         text = (f"Command: `python -m gaugec.bench rrr --write` ({time.perf_counter() - t0:.0f} s on "
                 f"{os.cpu_count()} CPU cores)\n\n{format_rrr(rows, corr)}")
-        print(text)
-        if args.write:
-            write_section("bench-rrr", text)
-        return
-    if args.what == "discover":
+    else:
         torch.set_num_threads(max(1, os.cpu_count() or 1))
-        rows = bench_discover(args.only)
-        table = format_rows(rows)
+        table = format_rows(bench_discover(args.only))
         machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"
         text = f"Measured on: {machine} (CPU only).\nCommand: `python -m gaugec.bench discover --write`\n\n{table}"
-        print(text)
-        if args.write:
-            write_section("bench-discover", text)
+    print(text)
+    if args.write:
+        write_section(f"bench-{args.what}", text)
 
 
 if __name__ == "__main__":
