@@ -271,7 +271,7 @@ class OrbitExecutor:
             if rg.orient and exact:
                 moment.index_add_(0, rg.blocks, y @ _probe(y.shape[-1], y))
         sign = _orientation(st.kind if exact else "pos", moment)   # [nb, m] of ±1
-        for rg, x, y in zip(st.groups, rows, moved):
+        for rg, y in zip(st.groups, moved):
             if exact:
                 y = y * sign[rg.blocks].unsqueeze(-1)
             self._write(params[rg.param], rg, y)
@@ -345,8 +345,7 @@ class OrbitExecutor:
         The sweeps run in float64 (on copies of lower-precision parameters, written back once), so the section is
         exact and then rounded to the parameters' precision."""
         work = {k: v.detach() if v.dtype == torch.float64 else v.detach().double() for k, v in params.items()}
-        if tol is None:
-            tol = 1e-12
+        tol = 1e-12 if tol is None else tol
         residual = float("inf")
         report = None
         history: list[float] = []
@@ -368,11 +367,6 @@ class OrbitExecutor:
             if work[k] is not v.detach():
                 v.detach().copy_(work[k])
         return report
-
-    def summary(self) -> list[dict]:
-        return [{"kind": st.kind, "m": st.m, "blocks": st.n_blocks, "row_groups": len(st.groups)}
-                for st in self.stages]
-
 
 def _sym_pows(M: torch.Tensor, *powers: float) -> list[torch.Tensor]:
     """M^p for a batch of symmetric positive definite M, one eigendecomposition for all powers."""
