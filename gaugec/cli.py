@@ -270,13 +270,7 @@ def cmd_measure(args) -> int:
             model.load_state_dict(state)
         except RuntimeError as exc:
             raise UsageError(f"checkpoint {args.checkpoint} does not match the model: {str(exc)[:400]}") from exc
-    model = model.double().eval()
-    inputs = tuple(x.double() if isinstance(x, torch.Tensor) and x.is_floating_point() else x for x in inputs)
-    from gaugec.oracle import sample_inputs
-
-    # the example batch is tiny: read the Fisher on many more inputs drawn like it (tokens over the vocabulary)
-    wide = sample_inputs(model, inputs, torch.Generator().manual_seed(0), batch_mult=args.samples)
-    likelihood = "categorical" if _loss(args.loss) == "cross_entropy" else "gaussian"
+    model, inputs, wide, likelihood, layers = _measure_setup(args, model, inputs)
     plan = gaugec.compile(model, inputs, loss=_loss(args.loss))
     B = plan.tangent_basis()
     rows, o = [], 0
@@ -288,7 +282,6 @@ def cmd_measure(args) -> int:
     print(f"{'gauge':<48} {'family':<18} {'reading':<9} {'max uᵀFu':>10}")
     for g, r in zip(plan.gauges, readings):
         print(f"{g.name:<48} {g.family:<18} {r['kind']:<9} {np.abs(r['reading'].fisher).max():>10.1e}")
-    layers = args.layer or [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)][:2]
     spectra = {}
     curves = []
     print(f"\n{'layer':<28} {'eigenvalue':>11} {'reading':<9} {'order k':>8} {'1/(2k)':>7} {'in plan':>8}")
@@ -310,16 +303,24 @@ def cmd_measure(args) -> int:
     return EXIT_OK
 
 
-def _measure_along(args, model, inputs) -> int:
-    """Readings of chosen layers at each checkpoint of a run, with their log–log slopes against t."""
-    from gaugec import measure
+def _measure_setup(args, model, inputs):
+    """float64 model and inputs, a wide batch for the Fisher, the likelihood, and the layers to read."""
     from gaugec.oracle import sample_inputs
 
     model = model.double().eval()
     inputs = tuple(x.double() if isinstance(x, torch.Tensor) and x.is_floating_point() else x for x in inputs)
+    # the example batch is tiny: read the Fisher on many more inputs drawn like it (tokens over the vocabulary)
     wide = sample_inputs(model, inputs, torch.Generator().manual_seed(0), batch_mult=args.samples)
     likelihood = "categorical" if _loss(args.loss) == "cross_entropy" else "gaussian"
     layers = args.layer or [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)][:2]
+    return model, inputs, wide, likelihood, layers
+
+
+def _measure_along(args, model, inputs) -> int:
+    """Readings of chosen layers at each checkpoint of a run, with their log–log slopes against t."""
+    from gaugec import measure
+
+    model, inputs, wide, likelihood, layers = _measure_setup(args, model, inputs)
     try:
         states = [torch.load(ck, map_location="cpu", weights_only=True) for ck in args.along]
     except Exception as exc:  # noqa: BLE001 - reported as a usage error
