@@ -27,7 +27,7 @@ def main(argv=None):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from gaugec.bench import _rrr_cells
+    from gaugec.bench.readings import _rrr_cells
     from gaugec.measure.rlct import rrr_learning_coefficient
 
     L, d, N = 3, 6, 400

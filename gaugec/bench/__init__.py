@@ -1,0 +1,79 @@
+"""Benchmarks and experiments (not timed tests): ``python -m gaugec.bench discover | rrr | llc | step [--write]``.
+
+discover: capture / discover / prove wall time for full-size configs built on the meta device (no weights):
+a Llama-3-8B-shaped decoder, GPT-2 small and BERT base, with the lemma cache cold and warm.
+rrr: the reduced-rank-regression grid's readings against the closed-form learning coefficient.
+llc: the same grid and a modular-addition transformer read by devinterp's SGLD LLC and by gaugec (extra ``llc``).
+step: DDCAdam's optimizer step and state against torch AdamW (foreach and fused), CPU and CUDA when present.
+``--write`` records each table in docs/benchmarks.md between its markers.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import time
+
+import torch
+
+from gaugec.bench.discovery import bench_discover, format_rows
+from gaugec.bench.readings import LLC_CALIBRATION, bench_llc, bench_llc_modular, bench_rrr, format_llc, \
+    format_llc_modular, format_rrr
+from gaugec.bench.step import bench_step, format_step
+from gaugec.bench.tables import write_section
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="python -m gaugec.bench")
+    sub = ap.add_subparsers(dest="what", required=True)
+    d = sub.add_parser("discover", help="capture / discover / prove time on full-size meta-device configs")
+    d.add_argument("--only", nargs="*", help="config names (llama3-8b, gpt2-small, bert-base)")
+    r = sub.add_parser("rrr", help="reduced-rank regression grid: readings against the closed-form λ")
+    lc = sub.add_parser("llc", help="the grid read by gaugec and by devinterp's SGLD LLC (needs devinterp)")
+    st = sub.add_parser("step", help="optimizer-step time and state memory: DDCAdam against torch AdamW")
+    st.add_argument("--device", default=None, help="cpu or cuda (default: both where CUDA is available)")
+    st.add_argument("--only", nargs="*", help="substrings of model names (gpt2, llama)")
+    st.add_argument("--repeats", type=int, default=10)
+    for parser in (d, r, lc, st):
+        parser.add_argument("--write", action="store_true", help="record the table in docs/benchmarks.md")
+    args = ap.parse_args(argv)
+    if args.what == "step":
+        torch.set_num_threads(max(1, os.cpu_count() or 1))
+        devices = [args.device] if args.device else ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+        rows = []
+        for dev in devices:
+            rows += bench_step(dev, args.repeats, args.only)
+        gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "none"
+        text = (f"Measured on: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, GPU: {gpu}, "
+                f"torch {torch.__version__}.\nCommand: `python -m gaugec.bench step --write` (median of "
+                f"{args.repeats} interleaved steps, fixed random gradients)\n\n{format_step(rows)}")
+    elif args.what == "llc":
+        try:
+            import devinterp.optim  # noqa: F401
+        except ImportError:
+            raise SystemExit("python -m gaugec.bench llc needs devinterp: pip install 'gaugec[llc]'")
+        rows, corr = bench_llc()
+        mrows, mcorr = bench_llc_modular()
+        cal = ", ".join(f"{k} {v}" for k, v in LLC_CALIBRATION.items())
+        text = (f"Command: `python -m gaugec.bench llc --write` ({os.cpu_count()} CPU cores). devinterp calibration: "
+                f"{cal}, nβ = m / log m (m = batch); the estimator and nβ are devinterp's, driven directly because "
+                f"devinterp 2.0's `llc()` takes token datasets only.\n\n{format_llc(rows, corr)}\n\n"
+                f"Modular addition (p = 23, one-layer Llama-style transformer, half the pairs, AdamW lr 3e-3, "
+                f"weight decay 1, full batch; gaugec reads `mlp.up_proj`):\n\n{format_llc_modular(mrows, mcorr)}")
+    elif args.what == "rrr":
+        t0 = time.perf_counter()
+        rows, corr = bench_rrr()
+        text = (f"Command: `python -m gaugec.bench rrr --write` ({time.perf_counter() - t0:.0f} s on "
+                f"{os.cpu_count()} CPU cores)\n\n{format_rrr(rows, corr)}")
+    else:
+        torch.set_num_threads(max(1, os.cpu_count() or 1))
+        table = format_rows(bench_discover(args.only))
+        machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"
+        text = f"Measured on: {machine} (CPU only).\nCommand: `python -m gaugec.bench discover --write`\n\n{table}"
+    print(text)
+    if args.write:
+        write_section(f"bench-{args.what}", text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,3 @@
+from gaugec.bench import main
+
+main()
