@@ -17,10 +17,10 @@ import time
 import torch
 
 from gaugec.bench.discovery import bench_discover, format_rows
-from gaugec.bench.readings import LLC_CALIBRATION, bench_llc, bench_llc_modular, bench_rrr, format_llc, \
+from gaugec.bench.readings import LLC_CALIBRATION, LLC_ROWS, bench_llc, bench_llc_modular, bench_rrr, format_llc, \
     format_llc_modular, format_rrr
 from gaugec.bench.step import bench_step, format_step
-from gaugec.bench.tables import write_section
+from gaugec.bench.tables import dump_rows, write_section
 
 
 def main(argv=None):
@@ -52,19 +52,20 @@ def main(argv=None):
             import devinterp.optim  # noqa: F401
         except ImportError:
             raise SystemExit("python -m gaugec.bench llc needs devinterp: pip install 'gaugec[llc]'")
-        rows, corr = bench_llc()
+        rows, agreement = bench_llc()
         mrows, mcorr = bench_llc_modular()
+        if args.write:
+            dump_rows(LLC_ROWS, {"grid": rows, "modular": mrows})
         cal = ", ".join(f"{k} {v}" for k, v in LLC_CALIBRATION.items())
-        text = (f"Command: `python -m gaugec.bench llc --write` ({os.cpu_count()} CPU cores). devinterp calibration: "
-                f"{cal}, nβ = m / log m (m = batch); the estimator and nβ are devinterp's, driven directly because "
-                f"devinterp 2.0's `llc()` takes token datasets only.\n\n{format_llc(rows, corr)}\n\n"
-                f"Modular addition (p = 23, one-layer Llama-style transformer, half the pairs, AdamW lr 3e-3, "
-                f"weight decay 1, full batch; gaugec reads `mlp.up_proj`):\n\n{format_llc_modular(mrows, mcorr)}")
+        text = (f"Command: `python -m gaugec.bench llc --write` ({os.cpu_count()} CPU cores; rows saved to "
+                f"`{LLC_ROWS}` for `examples/plot_llc_comparison.py`). devinterp calibration: {cal}, nβ = m / log m "
+                f"(m = batch); the estimator and nβ are devinterp's, driven directly because devinterp 2.0's `llc()` "
+                f"takes token datasets only.\n\n{format_llc(rows, agreement)}\n\n{format_llc_modular(mrows, mcorr)}")
     elif args.what == "rrr":
         t0 = time.perf_counter()
-        rows, corr = bench_rrr()
+        rows, agreement = bench_rrr()
         text = (f"Command: `python -m gaugec.bench rrr --write` ({time.perf_counter() - t0:.0f} s on "
-                f"{os.cpu_count()} CPU cores)\n\n{format_rrr(rows, corr)}")
+                f"{os.cpu_count()} CPU cores)\n\n{format_rrr(rows, agreement)}")
     else:
         torch.set_num_threads(max(1, os.cpu_count() or 1))
         table = format_rows(bench_discover(args.only))

@@ -1,6 +1,7 @@
 """Markdown tables, the docs/benchmarks.md section writer and a rank correlation, shared by every benchmark."""
 from __future__ import annotations
 
+import json
 import pathlib
 
 import numpy as np
@@ -30,3 +31,10 @@ def spearman(a, b) -> float:
     ra -= ra.mean()
     rb -= rb.mean()
     return float((ra @ rb) / np.sqrt((ra @ ra) * (rb @ rb)))
+
+
+def dump_rows(path: str, rows) -> None:
+    """A benchmark's raw rows as JSON, for the plotting examples (which never rerun the benchmark)."""
+    p = pathlib.Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(json.dumps(rows, indent=1, default=float) + "\n")
