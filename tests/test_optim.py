@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 import gaugec
-from gaugec import zoo
+from gaugec import measure, zoo
 from gaugec.capture import unflatten_params, unique_named_parameters
 from gaugec.optim import DDCAdam
 from gaugec.pipeline import model_f
@@ -160,10 +160,8 @@ def test_canonical_invariants_agree_between_the_two_runs(setup):
 
 def _mult_charges(plan, model) -> torch.Tensor:
     """½θᵀA_bθ for every multiplicative generator, relative to ‖θ‖²: zero exactly on the balanced section."""
-    bound = plan.bind(model)
     theta = torch.cat([p.detach().reshape(-1) for p in model.parameters()]).to(torch.float64)
-    q = [0.5 * bound.gauge_tangents(g) @ theta for g in plan.gauges if g.kind == "mult"]
-    return torch.cat(q) / float(theta @ theta)
+    return measure.charges(plan.bind(model), kinds=("mult",)) / float(theta @ theta)
 
 
 @pytest.mark.parametrize("name", ["relu_mlp", "llama"])

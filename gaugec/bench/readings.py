@@ -211,7 +211,10 @@ def modular_readings(model, x, y) -> dict:
     return {**out, "read_s": time.perf_counter() - t0, "read_samples": len(x) * len(by_layer)}
 
 
-def bench_llc_modular(seed: int = 0, checkpoints=(250, *range(500, 6001, 500)), **recipe) -> tuple[list, dict]:
+MODULAR_CHECKPOINTS = (250, 500, 1000, 2000, 3000, 4000, 5000, 5500, 6000)
+
+
+def bench_llc_modular(seed: int = 0, checkpoints=MODULAR_CHECKPOINTS, **recipe) -> tuple[list, dict]:
     """A modular-addition transformer trained until it groks (:data:`MODULAR_RECIPE`: full-batch AdamW with
     weight decay 1 on 80% of the pairs; it memorises within ~500 steps and generalises near step 5,500), read at
     each checkpoint by devinterp's SGLD LLC and by gaugec's layer readings, both on the training pairs. There is no

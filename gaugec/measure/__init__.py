@@ -286,12 +286,13 @@ def classify(model, inputs, directions, plan=None, **kw) -> list[dict]:
 # conservation laws
 
 
-def charges(plan, params: dict | None = None) -> torch.Tensor:
-    """Q_b(θ) = ½ θ·ξ_b(θ) for multiplicative generators, ⟨ξ_b, θ⟩ for translations (one per tangent row)."""
+def charges(plan, params: dict | None = None, kinds=("mult", "add")) -> torch.Tensor:
+    """Q_b(θ) = ½ θ·ξ_b(θ) for multiplicative generators, ⟨ξ_b, θ⟩ for translations (one per tangent row), for the
+    gauges whose kind is in ``kinds``."""
     info, cur = _params(plan.model)
     theta = _flat(info, cur if params is None else params).to(torch.float64)
     rows = []
-    for g in plan.gauges:
+    for g in (g for g in plan.gauges if g.kind in kinds):
         T = plan.gauge_tangents(g)
         rows.append(0.5 * T @ theta if g.kind == "mult" else T @ theta)
     return torch.cat(rows) if rows else torch.zeros(0, dtype=torch.float64)
