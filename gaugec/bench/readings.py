@@ -62,15 +62,14 @@ def _rrr_loss(model, x, y):
     return 0.5 * ((model(x) - y) ** 2).sum(1).mean()
 
 
-def rrr_readings(model, x, y) -> dict:
-    """Every reading of :data:`RRR_READINGS` (empirical Fisher, Gaussian likelihood; one per-sample pass per layer),
-    with the time and the samples they took."""
+def layer_readings_timed(model, x, y, specs: dict, **kw) -> dict:
+    """Readings named by ``specs`` (name -> (layer, attribute of LayerReadings, ...)), one
+    :func:`gaugec.measure.layer_readings` pass per layer, with the time and the samples they took."""
     from gaugec import measure
 
     t0 = time.perf_counter()
-    by_layer = {layer: measure.layer_readings(model, x, y, layer, likelihood="gaussian")
-                for layer in {spec[0] for spec in RRR_READINGS.values()}}
-    out = {name: float(getattr(by_layer[layer], attr)) for name, (layer, attr, _) in RRR_READINGS.items()}
+    by_layer = {layer: measure.layer_readings(model, x, y, layer, **kw) for layer in {s[0] for s in specs.values()}}
+    out = {name: float(getattr(by_layer[spec[0]], spec[1])) for name, spec in specs.items()}
     return {**out, "read_s": time.perf_counter() - t0, "read_samples": len(x) * len(by_layer)}
 
 
@@ -82,7 +81,8 @@ def _grid_rows(seeds, steps: int, n: int, with_llc: bool) -> list[dict]:
         for H, r0, model, x, y in _rrr_cells(steps, n, seed):
             lam, _ = rrr_learning_coefficient(RRR_M, RRR_N, H, r0)
             row = {"seed": seed, "H": H, "r0": r0, "lambda": float(lam), "capacity": H * r0,
-                   "loss": float(_rrr_loss(model, x, y).detach()), **rrr_readings(model, x, y)}
+                   "loss": float(_rrr_loss(model, x, y).detach()),
+                   **layer_readings_timed(model, x, y, RRR_READINGS, likelihood="gaussian")}
             if with_llc:
                 t0 = time.perf_counter()
                 row["llc"], row["llc_samples"] = sgld_llc(model, x, y, seed=seed, **LLC_CALIBRATION)
@@ -177,15 +177,15 @@ def _ce_loss(model, x, y):
     return torch.nn.functional.cross_entropy(model(x), y)
 
 
-# name -> (layer of ModularAddition, Fisher, attribute of LayerReadings, label). All are reported; none was picked
-# by its agreement with λ̂. The MLP hidden layer, the MLP's write into the residual stream, and the final norm's
+# name -> (layer of ModularAddition, attribute of LayerReadings, label), read with the true Fisher (labels drawn
+# from the model). All are reported; none was picked by its agreement with λ̂. The MLP hidden layer, the MLP's write into the residual stream, and the final norm's
 # output (the input of the unembedding, a boundary layer).
 MODULAR_READINGS = {
-    "logdet_plus_up": ("net.layers.0.mlp.up_proj", "true", "logdet_plus", "log det⁺ G at mlp.up_proj"),
-    "logdet_plus_down": ("net.layers.0.mlp.down_proj", "true", "logdet_plus", "log det⁺ G at mlp.down_proj"),
-    "logdet_plus_norm": ("net.norm", "true", "logdet_plus", "log det⁺ G at the final norm"),
-    "lambda_min_plus_norm": ("net.norm", "true", "lambda_min_plus", "λ⁺_min(G) at the final norm"),
-    "sigma_min_down": ("net.layers.0.mlp.down_proj", "true", "sigma_min", "σ_min(X) at mlp.down_proj"),
+    "logdet_plus_up": ("net.layers.0.mlp.up_proj", "logdet_plus", "log det⁺ G at mlp.up_proj"),
+    "logdet_plus_down": ("net.layers.0.mlp.down_proj", "logdet_plus", "log det⁺ G at mlp.down_proj"),
+    "logdet_plus_norm": ("net.norm", "logdet_plus", "log det⁺ G at the final norm"),
+    "lambda_min_plus_norm": ("net.norm", "lambda_min_plus", "λ⁺_min(G) at the final norm"),
+    "sigma_min_down": ("net.layers.0.mlp.down_proj", "sigma_min", "σ_min(X) at mlp.down_proj"),
 }
 MODULAR_RECIPE = dict(p=23, train_fraction=0.8, d=32, lr=1e-3, weight_decay=1.0, betas=(0.9, 0.98), steps=6000)
 
@@ -198,17 +198,6 @@ def _modular_data(p: int, train_fraction: float, seed: int):
     perm = torch.randperm(p * p, generator=torch.Generator().manual_seed(seed))
     cut = int(train_fraction * p * p)
     return x, y, perm[:cut], perm[cut:]
-
-
-def modular_readings(model, x, y) -> dict:
-    """Every reading of :data:`MODULAR_READINGS` (true Fisher: labels drawn from the model), timed."""
-    from gaugec import measure
-
-    t0 = time.perf_counter()
-    by_layer = {layer: measure.layer_readings(model, x, y, layer, fisher="true", likelihood="categorical")
-                for layer in {spec[0] for spec in MODULAR_READINGS.values()}}
-    out = {name: float(getattr(by_layer[layer], attr)) for name, (layer, _, attr, _) in MODULAR_READINGS.items()}
-    return {**out, "read_s": time.perf_counter() - t0, "read_samples": len(x) * len(by_layer)}
 
 
 MODULAR_CHECKPOINTS = (250, 500, 1000, 2000, 3000, 4000, 5000, 5500, 6000)
@@ -233,7 +222,8 @@ def bench_llc_modular(seed: int = 0, checkpoints=MODULAR_CHECKPOINTS, **recipe) 
         with torch.no_grad():
             row = {"step": step, "train_loss": float(_ce_loss(model, x[train], y[train])),
                    "test_accuracy": float((model(x[test]).argmax(-1) == y[test]).double().mean())}
-        row.update(modular_readings(model, x[train], y[train]))
+        row.update(layer_readings_timed(model, x[train], y[train], MODULAR_READINGS, fisher="true",
+                                        likelihood="categorical"))
         t0 = time.perf_counter()
         row["llc"], row["llc_samples"] = sgld_llc(model, x[train], y[train], seed=seed, loss_fn=_ce_loss,
                                                   **LLC_CALIBRATION)
