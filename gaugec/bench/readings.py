@@ -73,6 +73,10 @@ def layer_readings_timed(model, x, y, specs: dict, **kw) -> dict:
     return {**out, "read_s": time.perf_counter() - t0, "read_samples": len(x) * len(by_layer)}
 
 
+def _progress(row: dict) -> None:
+    print({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}, flush=True)
+
+
 def _grid_rows(seeds, steps: int, n: int, with_llc: bool) -> list[dict]:
     from gaugec.measure.rlct import rrr_learning_coefficient
 
@@ -88,7 +92,7 @@ def _grid_rows(seeds, steps: int, n: int, with_llc: bool) -> list[dict]:
                 row["llc"], row["llc_samples"] = sgld_llc(model, x, y, seed=seed, **LLC_CALIBRATION)
                 row["llc_s"] = time.perf_counter() - t0
             rows.append(row)
-            print({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}, flush=True)
+            _progress(row)
     return rows
 
 
@@ -178,8 +182,8 @@ def _ce_loss(model, x, y):
 
 
 # name -> (layer of ModularAddition, attribute of LayerReadings, label), read with the true Fisher (labels drawn
-# from the model). All are reported; none was picked by its agreement with λ̂. The MLP hidden layer, the MLP's write into the residual stream, and the final norm's
-# output (the input of the unembedding, a boundary layer).
+# from the model). All are reported; none was picked by its agreement with λ̂. The layers: the MLP hidden layer,
+# the MLP's write into the residual stream, and the final norm's output (the unembedding's input, a boundary layer).
 MODULAR_READINGS = {
     "logdet_plus_up": ("net.layers.0.mlp.up_proj", "logdet_plus", "log det⁺ G at mlp.up_proj"),
     "logdet_plus_down": ("net.layers.0.mlp.down_proj", "logdet_plus", "log det⁺ G at mlp.down_proj"),
@@ -187,7 +191,8 @@ MODULAR_READINGS = {
     "lambda_min_plus_norm": ("net.norm", "lambda_min_plus", "λ⁺_min(G) at the final norm"),
     "sigma_min_down": ("net.layers.0.mlp.down_proj", "sigma_min", "σ_min(X) at mlp.down_proj"),
 }
-MODULAR_RECIPE = dict(p=23, train_fraction=0.8, d=32, lr=1e-3, weight_decay=1.0, betas=(0.9, 0.98), steps=6000)
+MODULAR_RECIPE = dict(p=23, train_fraction=0.8, d=32, lr=1e-3, weight_decay=1.0, betas=(0.9, 0.98))
+MODULAR_CHECKPOINTS = (250, 500, 1000, 2000, 3000, 4000, 5000, 5500, 6000)
 
 
 def _modular_data(p: int, train_fraction: float, seed: int):
@@ -198,9 +203,6 @@ def _modular_data(p: int, train_fraction: float, seed: int):
     perm = torch.randperm(p * p, generator=torch.Generator().manual_seed(seed))
     cut = int(train_fraction * p * p)
     return x, y, perm[:cut], perm[cut:]
-
-
-MODULAR_CHECKPOINTS = (250, 500, 1000, 2000, 3000, 4000, 5000, 5500, 6000)
 
 
 def bench_llc_modular(seed: int = 0, checkpoints=MODULAR_CHECKPOINTS, **recipe) -> tuple[list, dict]:
@@ -229,7 +231,7 @@ def bench_llc_modular(seed: int = 0, checkpoints=MODULAR_CHECKPOINTS, **recipe) 
                                                   **LLC_CALIBRATION)
         row["llc_s"] = time.perf_counter() - t0
         rows.append(row)
-        print({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}, flush=True)
+        _progress(row)
     corr = {k: spearman([r[k] for r in rows], [r["llc"] for r in rows]) for k in MODULAR_READINGS}
     return rows, corr
 
@@ -248,7 +250,7 @@ def format_llc_modular(rows, corr) -> str:
     lines += ["", "Spearman with devinterp's λ̂ across the checkpoints: " +
               ", ".join(f"{spec[-1]} {corr[k]:+.2f}" for k, spec in MODULAR_READINGS.items()) + ".", "",
               f"Cost over {len(rows)} checkpoints: devinterp {llc_n:,} samples through forward+backward in "
-              f"{llc_s:.0f} s; gaugec (three layers) {read_n:,} samples in {read_s:.1f} s ({llc_n / read_n:.0f}x "
+              f"{llc_s:.0f} s; gaugec ({len({spec[0] for spec in MODULAR_READINGS.values()})} layers) {read_n:,} samples in {read_s:.1f} s ({llc_n / read_n:.0f}x "
               f"fewer samples)."]
     return "\n".join(lines)
 
