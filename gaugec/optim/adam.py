@@ -22,6 +22,8 @@ unchanged, ``skipped_steps`` counts it), with no host synchronisation.
 """
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch.optim.adam import adam as adam_functional
 
@@ -49,8 +51,9 @@ class DDCAdam(torch.optim.Optimizer):
         self.rebalance_sweeps = int(rebalance_sweeps)
         self.canonical_tol = canonical_tol
         self.max_canonical_sweeps = max_canonical_sweeps
-        self._named = self._bind(plan)
-        self.executor = OrbitExecutor(plan, owned=set(self._named))
+        self._named, excluded = self._bind(plan)
+        self._context = {n: p for n, p in plan._params().items() if n not in self._named}
+        self.executor = OrbitExecutor(plan, excluded=excluded)
         devices = {p.device for p in self._named.values()}
         if len(devices) > 1:
             raise ValueError(f"DDCAdam: the gauged parameters live on several devices {sorted(map(str, devices))}")
@@ -62,24 +65,29 @@ class DDCAdam(torch.optim.Optimizer):
         if canonicalise:
             self.canonicalise()
 
-    def _bind(self, plan) -> dict[str, torch.Tensor]:
+    def _bind(self, plan) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+        """The plan's parameters this optimizer may write (owned and trainable), and why each other one may not."""
         owned = {id(p) for group in self.param_groups for p in group["params"]}
         named = dict(plan.model.named_parameters(remove_duplicate=False))
-        out = {}
+        out, excluded = {}, {}
         for name, info in plan._param_info.items():
             p = named.get(name)
             if p is None:
                 raise PlanMismatchError(f"the plan's parameter {name!r} is not in its model any more")
             if tuple(p.shape) != tuple(info.shape):
                 raise PlanMismatchError(f"parameter {name}: model shape {tuple(p.shape)}, plan {tuple(info.shape)}")
-            if id(p) in owned:
+            if id(p) not in owned:
+                excluded[name] = "not among this optimizer's parameters"
+            elif not p.requires_grad:
+                excluded[name] = "frozen (requires_grad=False)"
+            else:
                 out[name] = p
         gauged = {lg.param for g in plan.gauges for lg in g.legs}
         if gauged and not gauged & set(out):
             raise PlanMismatchError(
                 "none of the plan's gauged parameters is among the optimizer's parameters: the plan belongs to "
                 "another model; bind it to this one with plan.bind(model)")
-        return out
+        return out, excluded
 
     # -- the canonical frame ---------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -87,7 +95,14 @@ class DDCAdam(torch.optim.Optimizer):
         """Move the parameters to the canonical section (done at construction; call it again after loading
         parameters from elsewhere into the model; the gradients of the next step must be taken afterwards)."""
         self.canonical_report = self.executor.canonicalise(self._named, tol=self.canonical_tol,
-                                                           max_sweeps=self.max_canonical_sweeps)
+                                                           max_sweeps=self.max_canonical_sweeps,
+                                                           context=self._context)
+        held = self.canonical_report["held"]
+        if held:
+            listing = ", ".join(f"{name} ({n})" for name, n in held.items())
+            warnings.warn(f"gaugec: {sum(held.values())} block(s) lie on unstable orbits (a zero or rank-deficient "
+                          f"leg) and are held where they are until training makes them stable: {listing}",
+                          stacklevel=3)
         self.canonical = True
         return self.canonical_report
 

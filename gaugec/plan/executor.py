@@ -36,7 +36,16 @@ import torch
 
 from gaugec.plan import Gauge, PlanMismatchError, _groups
 
-REGULARISER = 1e-13       # relative ridge on P and Q: keeps a zero-initialised block finite
+# A GL block counts as stable when both Grams are positive definite with λ_min > STABLE_RTOL · (mean eigenvalue):
+# far above the rounding of an exactly rank-deficient Gram (~1e-16 in float64, ~1e-7 in float32) and far below the
+# conditioning of a generic block.
+STABLE_RTOL = {torch.float64: 1e-11, torch.float32: 1e-4}
+MAX_NORM_RATIO = 1e8      # canonicalisation never rescales a non-zero parameter's norm by more than this
+
+
+class CanonicalisationError(ValueError):
+    """The canonical section cannot be taken safely (a NaN/inf or meta parameter, or a result that would move a
+    parameter towards zero or infinity); nothing was written."""
 
 
 @dataclasses.dataclass
@@ -60,6 +69,7 @@ class Stage:
     m: int
     n_blocks: int
     groups: list[RowGroup]
+    owners: list[str] = dataclasses.field(default_factory=list)   # the gauge of each block (for reports)
 
 
 @dataclasses.dataclass
@@ -84,29 +94,32 @@ class OrbitExecutor:
     ``project_translations(params)`` and ``rebalance(params, sweeps)`` keep them there after an update.
     """
 
-    def __init__(self, plan, owned: set[str] | None = None):
+    def __init__(self, plan, excluded: dict[str, str] | None = None):
+        """``excluded``: parameters that must never be written (frozen, or owned by no optimizer), each with the
+        reason; a gauge with a leg on one of them is left out, with one warning for all."""
         self.plan = plan
         self.skipped: list[tuple[str, str]] = []
         mult, add = [], []
         for g in plan.gauges:
-            reason = self._unsupported(g, owned)
+            reason = self._unsupported(g, excluded or {})
             if reason:
                 self.skipped.append((g.name, reason))
                 continue
             (mult if g.kind == "mult" else add).append(g)
-        for name, reason in self.skipped:
-            warnings.warn(f"gaugec: gauge {name} is left out of the canonical frame: {reason}", stacklevel=3)
+        if self.skipped:
+            listing = "; ".join(f"{name}: {reason}" for name, reason in self.skipped)
+            warnings.warn(f"gaugec: {len(self.skipped)} gauge(s) left out of the canonical frame (trained by the "
+                          f"base step, not equivariant for them): {listing}", stacklevel=3)
         self.mult_gauges, self.add_gauges = mult, add
         self.stages = self._compile_stages(mult)
         self.seeds = [self._seed_legs(g) for g in add]
 
     # -- compilation -----------------------------------------------------------------------------------------------
     @staticmethod
-    def _unsupported(g: Gauge, owned) -> str:
-        if owned is not None:
-            missing = [p for p in g.params if p not in owned]
-            if missing:
-                return f"it moves {missing[0]!r}, which this optimizer does not own"
+    def _unsupported(g: Gauge, excluded: dict[str, str]) -> str:
+        for p in g.params:
+            if p in excluded:
+                return f"it moves {p}, which is {excluded[p]}"
         if g.kind == "mult":
             axes: dict[str, set] = {}
             for lg in g.legs:
@@ -137,9 +150,10 @@ class OrbitExecutor:
             exclusive = {p for p in g.params if len(by_param[p]) == 1}
             first_block = {}
             for b, (kind, m) in enumerate(g.blocks):
-                st = stages.setdefault((colour[i], kind, m), {"n": 0, "groups": {}})
+                st = stages.setdefault((colour[i], kind, m), {"n": 0, "groups": {}, "owners": []})
                 first_block[b] = (st, st["n"])
                 st["n"] += 1
+                st["owners"].append(g.name)
             for lg in g.legs:
                 for b, copies in _groups(lg.entries).items():
                     st, local_block = first_block[b]
@@ -158,7 +172,7 @@ class OrbitExecutor:
             groups = [RowGroup(p, ax, torch.as_tensor(np.stack(r), dtype=torch.long),
                                torch.as_tensor(bl, dtype=torch.long), dual, off, orient)
                       for (p, ax, dual, off, orient), (r, bl) in st["groups"].items()]
-            out.append(Stage(kind, m, st["n"], groups))
+            out.append(Stage(kind, m, st["n"], groups, st["owners"]))
         return out
 
     def _seed_legs(self, g: Gauge) -> list[SeedLeg]:
@@ -204,8 +218,9 @@ class OrbitExecutor:
                 p.sub_(mean if skip is None else mean * (1 - skip).to(p.dtype))
 
     @torch.no_grad()
-    def _canonicalise_translations(self, params) -> float:
-        """Move every additive gauge to its section with the absorbers compensated; returns the largest seed mean."""
+    def _canonicalise_translations(self, params, context=None) -> float:
+        """Move every additive gauge to its section with the absorbers compensated; returns the largest seed mean.
+        ``context``: the model's other parameters, read (never written) by the absorber pass."""
         worst = 0.0
         for g, legs in zip(self.add_gauges, self.seeds):
             means = [self._seed_mean(params[sl.param], sl) for sl in legs]
@@ -220,7 +235,7 @@ class OrbitExecutor:
                 if sl.mask is not None:
                     flat = flat[sl.mask.reshape(-1).cpu() > 0]
                 vec.append(-flat)
-            changes = self.plan.additive_changes(g, torch.cat(vec), params)
+            changes = self.plan.additive_changes(g, torch.cat(vec), {**(context or {}), **params})
             for name, d in changes.items():
                 params[name].add_(d.to(device=params[name].device, dtype=params[name].dtype))
         return worst
@@ -241,8 +256,9 @@ class OrbitExecutor:
 
     @torch.no_grad()
     def balance_stage(self, st: Stage, params: dict[str, torch.Tensor], skip: torch.Tensor | None = None,
-                      exact: bool = True) -> torch.Tensor:
-        """Move the stage's blocks to their minimum-norm point; returns max |A - I| (a device tensor).
+                      exact: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """Move the stage's stable blocks to their minimum-norm point and hold the others; returns
+        (max |A - I|, the [n_blocks] stability mask), both device tensors.
 
         ``exact=False`` is the per-step sweep: it only reduces the non-compact part (no orientation conventions,
         and a first-order step instead of the eigensolver for GL blocks); being a deterministic function of the
@@ -260,10 +276,14 @@ class OrbitExecutor:
             x = self._rows(params[rg.param], rg, dtype)
             rows.append(x)
             (Q if rg.dual else P).index_add_(0, rg.blocks, x @ x.mT)
+        stable = stable_blocks(st.kind, P, Q)
+        eye = torch.eye(m, dtype=dtype, device=first.device)
+        held = ~stable if skip is None else ~stable | skip.bool()
+        # a held block is solved on the identity (finite, and discarded): its own Grams may be singular
+        P, Q = torch.where(stable[:, None, None], P, eye), torch.where(stable[:, None, None], Q, eye)
         A, A_dual = _solve(st.kind, P, Q) if exact else _first_order(st.kind, P, Q)
-        if skip is not None:            # the identity maps rows to themselves bit for bit
-            eye = torch.eye(A.shape[-1], dtype=dtype, device=first.device).expand_as(A)
-            A, A_dual = torch.where(skip.bool(), eye, A), torch.where(skip.bool(), eye, A_dual)
+        A = torch.where(held[:, None, None], eye, A)            # the identity maps rows to themselves bit for bit
+        A_dual = torch.where(held[:, None, None], eye, A_dual)
         moved, moment = [], torch.zeros(nb, m, dtype=dtype, device=first.device)
         for rg, x in zip(st.groups, rows):
             y = (A_dual if rg.dual else A)[rg.blocks] @ x
@@ -271,14 +291,15 @@ class OrbitExecutor:
             if rg.orient and exact:
                 moment.index_add_(0, rg.blocks, y @ _probe(y.shape[-1], y))
         sign = _orientation(st.kind if exact else "pos", moment)   # [nb, m] of ±1
+        sign = torch.where(held[:, None], torch.ones_like(sign), sign)
         for rg, y in zip(st.groups, moved):
             if exact:
                 y = y * sign[rg.blocks].unsqueeze(-1)
             self._write(params[rg.param], rg, y)
-        eye = torch.eye(m, dtype=dtype, device=first.device)
-        return (sign.unsqueeze(-1) * A - eye).abs().amax() if nb else torch.zeros((), device=first.device)
+        residual = (sign.unsqueeze(-1) * A - eye).abs().amax() if nb else torch.zeros((), device=first.device)
+        return residual, stable
 
-    def _balance_diagonal(self, st: Stage, params, skip, exact: bool = True) -> torch.Tensor:
+    def _balance_diagonal(self, st: Stage, params, skip, exact: bool = True):
         """m = 1 blocks (rescales, gains, SwiGLU units): row norms by reduction, the action by one broadcast
         multiply per leg; nothing is gathered or scattered."""
         first = params[st.groups[0].param]
@@ -308,51 +329,93 @@ class OrbitExecutor:
             idx = rg.rows[:, 0]
             (Q if rg.dual else P).index_add_(0, rg.blocks, sq[idx])
             sums.append(None if total is None else total[idx])
-        A, A_dual = _solve(st.kind, P.view(nb, 1, 1), Q.view(nb, 1, 1))
-        c, c_dual = A.view(nb), A_dual.view(nb)
+        stable = stable_blocks(st.kind, P.view(nb, 1, 1), Q.view(nb, 1, 1))
+        one = torch.ones_like(P)
+        A, A_dual = _solve(st.kind, torch.where(stable, P, one).view(nb, 1, 1),
+                           torch.where(stable, Q, one).view(nb, 1, 1))
+        held = ~stable if skip is None else ~stable | skip.bool()
+        c = torch.where(held, one, A.view(nb))
+        c_dual = torch.where(held, one, A_dual.view(nb))
         moment = torch.zeros_like(P)
         for rg, total in zip(st.groups, sums):
             if total is not None:
                 moment.index_add_(0, rg.blocks, (c_dual if rg.dual else c)[rg.blocks] * total)
         sign = _orientation(st.kind if exact else "pos", moment.view(nb, 1)).view(nb)
+        sign = torch.where(held, one, sign)
         for rg in st.groups:
             p = params[rg.param]
             factor = torch.ones(p.shape[rg.axis], dtype=dtype, device=dev)
             factor[rg.rows[:, 0]] = ((c_dual if rg.dual else c) * sign)[rg.blocks]
             shape = [1] * p.dim()
             shape[rg.axis] = -1
-            factor = factor.view(shape)
-            if skip is not None:        # a factor of exactly 1 leaves the rows bit for bit
-                factor = torch.where(skip.bool(), torch.ones_like(factor), factor)
+            factor = factor.view(shape)        # a factor of exactly 1 (held, skipped) leaves the rows bit for bit
             if rg.offset:
                 new = (factor * (p.to(dtype) + rg.offset) - rg.offset).to(p.dtype)
-                p.copy_(new if skip is None else torch.where(skip.bool(), p, new))
+                p.copy_(torch.where(factor == 1, p, new))
             else:
                 p.mul_(factor.to(p.dtype))
-        return (sign * c - 1).abs().amax() if nb else torch.zeros((), device=dev)
+        residual = (sign * c - 1).abs().amax() if nb else torch.zeros((), device=dev)
+        return residual, stable
 
     @torch.no_grad()
     def rebalance(self, params: dict[str, torch.Tensor], sweeps: int = 1, skip: torch.Tensor | None = None):
-        """``sweeps`` per-step Gauss–Seidel sweeps over the colours (``exact=False``; no host synchronisation)."""
+        """``sweeps`` per-step Gauss–Seidel sweeps over the colours (``exact=False``; no host synchronisation).
+        Each sweep re-tests every block's stability, so a block held at construction joins the section as soon
+        as its orbit is stable."""
         for _ in range(sweeps):
             for st in self.stages:
                 self.balance_stage(st, params, skip, exact=False)
 
-    @torch.no_grad()
-    def canonicalise(self, params: dict[str, torch.Tensor], tol: float | None = None, max_sweeps: int = 500) -> dict:
-        """Move to the joint section, iterating to convergence; returns {sweeps, residual}.
+    def held_blocks(self, params: dict[str, torch.Tensor]) -> dict[str, int]:
+        """Per gauge, how many of its blocks are held (unstable orbit) at ``params`` (synchronises the host)."""
+        stability = []
+        for st in self.stages:          # balanced on copies: only the masks are wanted
+            _, stable = self.balance_stage(st, {rg.param: params[rg.param].detach().clone() for rg in st.groups})
+            stability.append(stable)
+        return self._count_held(stability)
 
-        The sweeps run in float64 (on copies of lower-precision parameters, written back once), so the section is
-        exact and then rounded to the parameters' precision."""
-        work = {k: v.detach() if v.dtype == torch.float64 else v.detach().double() for k, v in params.items()}
+    def _count_held(self, stability: list[torch.Tensor]) -> dict[str, int]:
+        held: dict[str, int] = {}
+        for st, stable in zip(self.stages, stability):
+            for owner, ok in zip(st.owners, stable.reshape(-1).tolist()):
+                if not ok:
+                    held[owner] = held.get(owner, 0) + 1
+        return held
+
+    @torch.no_grad()
+    def canonicalise(self, params: dict[str, torch.Tensor], tol: float | None = None, max_sweeps: int = 500,
+                     context: dict[str, torch.Tensor] | None = None) -> dict:
+        """Move to the joint section, iterating to convergence; returns {sweeps, residual, held}.
+
+        Transactional: the sweeps run in float64 on copies, and the parameters are written once, only if every
+        result is finite and no non-zero parameter's norm moved by more than ``MAX_NORM_RATIO`` either way;
+        otherwise :class:`CanonicalisationError` names the parameter and nothing is written (the norms are compared
+        after the translations' linear sections, which may legitimately zero a bias that another one absorbs). ``context`` holds
+        the model's other parameters (frozen, or owned by no optimizer) that the translations' absorber pass reads
+        but never writes. ``held`` counts, per gauge, the blocks on unstable orbits that were left where they are.
+        """
+        for name, p in params.items():
+            if p.is_meta:
+                raise CanonicalisationError(f"parameter {name} is on the meta device: materialise the model "
+                                            "(to_empty() and initialise it) before building the optimizer")
+            if not bool(torch.isfinite(p).all()):
+                raise CanonicalisationError(f"parameter {name} holds NaN or inf: the canonical section is "
+                                            "undefined there (nothing was changed)")
+        work = {k: v.detach().to(torch.float64, copy=True) for k, v in params.items()}
         tol = 1e-12 if tol is None else tol
         residual = float("inf")
         report = None
         history: list[float] = []
+        norms = None
         for sweep in range(1, max_sweeps + 1):
-            residual = self._canonicalise_translations(work)
+            residual = self._canonicalise_translations(work, context)
+            if norms is None:       # the guard judges the multiplicative moves (a translation section may zero a bias)
+                norms = {k: float(v.norm()) for k, v in work.items()}
+            stability = []
             for st in self.stages:
-                residual = max(residual, float(self.balance_stage(st, work)))
+                res, stable = self.balance_stage(st, work)
+                residual = max(residual, float(res))
+                stability.append(stable)
             history.append(residual)
             # converged, or at the rounding floor (larger blocks' eigensolvers stall a little above tol)
             stalled = len(history) > 3 and residual < 1e3 * tol and residual > 0.5 * history[-4]
@@ -363,10 +426,21 @@ class OrbitExecutor:
             warnings.warn(f"gaugec: the canonical section did not converge in {max_sweeps} sweeps (residual "
                           f"{residual:.2e} > {tol:.0e}); equivariance holds only to that level", stacklevel=2)
             report = {"sweeps": max_sweeps, "residual": residual}
-        for k, v in params.items():
-            if work[k] is not v.detach():
-                v.detach().copy_(work[k])
+        report["held"] = self._count_held(stability)
+        for name, p in params.items():
+            new = work[name]
+            if not bool(torch.isfinite(new).all()):
+                raise CanonicalisationError(f"the canonical section of {name} is not finite (nothing was changed)")
+            before, after = norms[name], float(new.norm())
+            if before > 0 and not 1 / MAX_NORM_RATIO <= after / before <= MAX_NORM_RATIO:
+                raise CanonicalisationError(
+                    f"the canonical section would scale {name} by {after / before:.1e} (norm {before:.3e} -> "
+                    f"{after:.3e}): a block of it is too close to an unstable orbit to balance safely (nothing "
+                    "was changed); pass canonicalise=False to train from where it is")
+        for name, p in params.items():
+            p.detach().copy_(work[name])
         return report
+
 
 def _sym_pows(M: torch.Tensor, *powers: float) -> list[torch.Tensor]:
     """M^p for a batch of symmetric positive definite M, one eigendecomposition for all powers."""
@@ -378,10 +452,9 @@ def _sym_pows(M: torch.Tensor, *powers: float) -> list[torch.Tensor]:
 def _solve(kind: str, P: torch.Tensor, Q: torch.Tensor):
     """The balancing element A of each block and the map A^-T applied to dual rows."""
     m = P.shape[-1]
-    trP = torch.diagonal(P, dim1=-2, dim2=-1).sum(-1)
-    trQ = torch.diagonal(Q, dim1=-2, dim2=-1).sum(-1)
-    ridge = (REGULARISER * (trP + trQ) / (2 * m)).clamp_min(torch.finfo(P.dtype).tiny)
-    trP, trQ = trP + m * ridge, trQ + m * ridge
+    tiny = torch.finfo(P.dtype).tiny
+    trP = torch.diagonal(P, dim1=-2, dim2=-1).sum(-1).clamp_min(tiny)
+    trQ = torch.diagonal(Q, dim1=-2, dim2=-1).sum(-1).clamp_min(tiny)
     if kind in ("pos", "scalar"):
         c = (trQ / trP).pow(0.25).reshape(-1, 1, 1)
         return c, 1.0 / c
@@ -392,9 +465,6 @@ def _solve(kind: str, P: torch.Tensor, Q: torch.Tensor):
         cos, sin = torch.cos(theta), torch.sin(theta)
         R = torch.stack([torch.stack([cos, sin], -1), torch.stack([-sin, cos], -1)], -2)
         return s[:, None, None] * R, R / s[:, None, None]
-    eye = torch.eye(m, dtype=P.dtype, device=P.device)
-    P = P + ridge[:, None, None] * eye
-    Q = Q + ridge[:, None, None] * eye
     Ph, Pmh = _sym_pows(P, 0.5, -0.5)
     M = Ph @ Q @ Ph
     (Mh,) = _sym_pows(0.5 * (M + M.mT), 0.5)
@@ -404,6 +474,29 @@ def _solve(kind: str, P: torch.Tensor, Q: torch.Tensor):
     _, U = torch.linalg.eigh(0.5 * (bal + bal.mT))
     Ut = U.flip(-1).mT                                        # balanced Gram diagonal, decreasing
     return Ut @ A0, Ut @ A0_inv                               # A and A^-T = U^T S^-1/2 (A0 symmetric)
+
+
+def stable_blocks(kind: str, P: torch.Tensor, Q: torch.Tensor) -> torch.Tensor:
+    """[n_blocks] bool: the block's orbit is closed with a finite stabiliser, so its minimum-norm point exists and
+    moves no live row to zero or infinity (docs/ddc.md, "Stable and unstable orbits").
+
+    For GL(m) acting by (X, Y) ↦ (A X, A^-T Y) the orbit is stable iff P = X Xᵀ ≻ 0 and Q = Y Yᵀ ≻ 0 (both legs of
+    full rank m); for R*, R+ and R+ × SO(2) (non-compact part: one scale) iff tr P > 0 and tr Q > 0. Rank is a
+    G-invariant, so the test gives the same answer at θ and at g·θ; numerically, λ_min > STABLE_RTOL · tr/m
+    (tested by a batched Cholesky, no eigensolver and no host synchronisation)."""
+    tiny = torch.finfo(P.dtype).tiny
+    trP = torch.diagonal(P, dim1=-2, dim2=-1).sum(-1)
+    trQ = torch.diagonal(Q, dim1=-2, dim2=-1).sum(-1)
+    ok = (trP > tiny) & (trQ > tiny)
+    if kind != "gl":
+        return ok
+    m = P.shape[-1]
+    rtol = STABLE_RTOL.get(P.dtype, STABLE_RTOL[torch.float32])
+    eye = torch.eye(m, dtype=P.dtype, device=P.device)
+    for G, tr in ((P, trP), (Q, trQ)):
+        _, info = torch.linalg.cholesky_ex(G - (rtol * tr / m)[:, None, None] * eye)
+        ok = ok & (info == 0)
+    return ok
 
 
 def _probe(k: int, like: torch.Tensor) -> torch.Tensor:
