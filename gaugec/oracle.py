@@ -22,7 +22,7 @@ import torch
 from torch.func import functional_call, jacrev
 
 from gaugec.capture import unflatten_params, unique_named_parameters
-from gaugec.pipeline import first_tensor
+from gaugec.pipeline import Float64Mode, f_value
 
 
 @dataclasses.dataclass
@@ -149,7 +149,6 @@ def verify(model, example_inputs, plan=None, loss: str | None = "cross_entropy",
     ``soundness_only``: check ‖Jξ‖/(‖J‖‖ξ‖) on a few batches and skip the nullity (a true generator is in the
     null space of any rows of J, so soundness needs no full-rank Jacobian). The report then has nullity -1.
     """
-    from gaugec.plan.plan import GaugePlan
     from gaugec.pipeline import compile as gaugec_compile
 
     if not isinstance(example_inputs, tuple):
@@ -159,7 +158,7 @@ def verify(model, example_inputs, plan=None, loss: str | None = "cross_entropy",
     loss = plan.loss
     model64 = copy.deepcopy(model).to(torch.float64).eval()
     generic_init_(model64, seed)
-    bound = GaugePlan(model64, plan.gauges, loss=loss, graph=plan.graph, example_inputs=example_inputs)
+    bound = plan.bind(model64)
 
     info = unique_named_parameters(model64)
     names = list(info)
@@ -169,9 +168,8 @@ def verify(model, example_inputs, plan=None, loss: str | None = "cross_entropy",
     theta = torch.cat([named[k].detach().reshape(-1) for k in names])
 
     def f_of(flat, inputs):
-        out = first_tensor(functional_call(model64, unflatten_params(info, flat), inputs))
-        if loss == "cross_entropy":
-            out = torch.log_softmax(out, dim=-1)
+        with Float64Mode():
+            out = f_value(functional_call(model64, unflatten_params(info, flat), inputs), loss, plan.f_leaves)
         return out.reshape(-1)
 
     B = bound.tangent_basis() if bound.gauges else torch.zeros(0, n, dtype=torch.float64)

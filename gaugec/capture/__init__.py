@@ -41,6 +41,27 @@ class GaugeGraph:
     def graph(self) -> torch.fx.Graph:
         return self.graph_module.graph
 
+    def user_output_nodes(self) -> list:
+        """The graph's user outputs in the order of the model output's pytree leaves (buffer mutations dropped)."""
+        out_node = next(n for n in reversed(self.graph.nodes) if n.op == "output")
+        leaves = list(out_node.args[0]) if isinstance(out_node.args[0], (tuple, list)) else [out_node.args[0]]
+        if self.exported is None:
+            return leaves
+        specs = self.exported.graph_signature.output_specs
+        return [leaf for spec, leaf in zip(specs, leaves) if spec.kind.name == "USER_OUTPUT"]
+
+    def f_leaves(self, output=None) -> list[int]:
+        """Indices of the output leaves f is made of (:func:`gaugec.pipeline.output_leaves` on the traced output)."""
+        from torch.utils import _pytree as pytree
+
+        from gaugec.pipeline import output_leaves
+
+        nodes = self.user_output_nodes()
+        vals = [n.meta.get("val") if isinstance(n, torch.fx.Node) else n for n in nodes]
+        vals = [v if v is not None else object() for v in vals]
+        tree = pytree.tree_unflatten(vals, self.exported.call_spec.out_spec) if self.exported is not None else vals
+        return output_leaves(tree, output)
+
     def param_of(self, node: torch.fx.Node) -> str | None:
         if node.op == "placeholder":
             return self.placeholder_param.get(node.name)

@@ -24,10 +24,12 @@ class Discovery:
         return out
 
 
-def discover(gg: GaugeGraph, loss: str | None = "cross_entropy") -> Discovery:
+def discover(gg: GaugeGraph, loss: str | None = "cross_entropy", f_leaves: list[int] | None = None) -> Discovery:
+    """The gauges of the captured graph; ``f_leaves``: which output leaves f is made of (default
+    :meth:`GaugeGraph.f_leaves`)."""
     if loss not in ("cross_entropy", "mse", None):
         raise ValueError(f"loss must be 'cross_entropy', 'mse' or None, got {loss!r}")
-    engine = Engine(gg, loss)
+    engine = Engine(gg, loss, f_leaves)
     find_rope_macros(engine)
     engine.seed_all()
     engine.run()

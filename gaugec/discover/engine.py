@@ -288,7 +288,7 @@ class RopeMacro:
 
 
 class Engine:
-    def __init__(self, gg: GaugeGraph, loss: str | None):
+    def __init__(self, gg: GaugeGraph, loss: str | None, f_leaves: list[int] | None = None):
         self.gg = gg
         self.loss = loss
         self.graph = gg.graph
@@ -301,7 +301,9 @@ class Engine:
         self.rope_internal: dict[torch.fx.Node, RopeMacro] = {}
         self.unknown_ops: dict[str, int] = {}
         self.output_node = next(n for n in reversed(self.topo) if n.op == "output")
-        self.f_output = self._find_f_output()
+        # what f is: these output nodes must be left unchanged; the loss's shift invariance applies to a single one
+        users = gg.user_output_nodes()
+        self.f_outputs = {users[i] for i in (gg.f_leaves() if f_leaves is None else f_leaves)}
         self._fresh = 0
         self._build_param_views()
 
@@ -333,32 +335,6 @@ class Engine:
                 if pv is not None:
                     uses.setdefault(pv.param, set()).add(n.name)
         return uses
-
-    def _find_f_output(self) -> torch.fx.Node | None:
-        from torch.utils import _pytree as pytree
-
-        leaves = pytree.tree_leaves(self.output_node.args[0])
-        leaves = [x for x in leaves if isinstance(x, torch.fx.Node)]
-        if not leaves:
-            return None
-        ep = self.gg.exported
-        if ep is not None:
-            try:
-                spec = ep.call_spec.out_spec
-                tree = pytree.tree_unflatten(list(range(spec.num_leaves)), spec)
-                idx = None
-                if isinstance(tree, dict) and "logits" in tree:
-                    idx = tree["logits"]
-                elif hasattr(tree, "logits"):
-                    idx = tree.logits
-                if isinstance(idx, int) and idx < len(leaves):
-                    return leaves[idx]
-            except Exception:  # noqa: BLE001 - fall back to the first tensor output
-                pass
-        for leaf in leaves:
-            if node_shape(leaf) is not None:
-                return leaf
-        return leaves[0]
 
     def _build_param_views(self):
         from gaugec.discover.rules.index import apply_index_op
@@ -454,12 +430,15 @@ class Engine:
         for leaf in pytree.tree_leaves(node.args[0]):
             if not isinstance(leaf, torch.fx.Node) or leaf not in state:
                 continue
-            if leaf is not self.f_output:
+            if leaf not in self.f_outputs:
                 continue  # not part of f: the gauge need not preserve it
             arr = state[leaf]
             ctx = RuleCtx(self, probe, node, state)
             if probe.kind == "mult":
                 ctx.kill(arr, "the group reaches the model output unabsorbed")
+            elif self.loss == "cross_entropy" and len(self.f_outputs) > 1:
+                ctx.kill(arr, "the translation reaches one of several outputs f is made of (the loss's shift "
+                              "invariance is assumed only when f is one output: pass compile(..., output=...))")
             elif self.loss == "cross_entropy" and arr.ndim >= 1 and (arr.ndim - 1) not in varying_axes(arr):
                 ctx.cite("softmax_shift")
                 ctx.sink("cross_entropy")

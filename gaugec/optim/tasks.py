@@ -48,6 +48,47 @@ def char_llama(vocab: int = 128, d: int = 48, n_layers: int = 2, n_heads: int = 
                      eps=1e-6)
 
 
+def zero_init_outputs(model: nn.Module) -> nn.Module:
+    """Zero every residual branch's last layer (``o_proj``, ``down_proj``, ``c_proj``), as the modded-nanogpt
+    recipe and many others initialise: the branches start as the identity and their first layers get no gradient
+    until the zeros have moved."""
+    with torch.no_grad():
+        for name, mod in model.named_modules():
+            if isinstance(mod, nn.Linear) and name.rsplit(".", 1)[-1] in ("o_proj", "down_proj", "c_proj"):
+                mod.weight.zero_()
+                if mod.bias is not None:
+                    mod.bias.zero_()
+    return model
+
+
+class LoRALinear(nn.Module):
+    """PEFT's LoRA layer: base(x) + (alpha / r) · B(A(x)), with A Kaiming-uniform, B = 0 and the base frozen."""
+
+    def __init__(self, base: nn.Linear, r: int = 4, alpha: float = 8.0):
+        super().__init__()
+        self.base = base
+        self.lora_A = nn.Linear(base.in_features, r, bias=False)
+        self.lora_B = nn.Linear(r, base.out_features, bias=False)
+        nn.init.zeros_(self.lora_B.weight)
+        self.scaling = alpha / r
+        for q in base.parameters():
+            q.requires_grad_(False)
+
+    def forward(self, x):
+        return self.base(x) + self.lora_B(self.lora_A(x)) * self.scaling
+
+
+def add_lora(model: nn.Module, targets=("q_proj", "v_proj"), r: int = 4, alpha: float = 8.0) -> nn.Module:
+    """Freeze ``model`` and wrap every Linear whose name ends in one of ``targets`` with a :class:`LoRALinear`."""
+    for q in model.parameters():
+        q.requires_grad_(False)
+    for name, mod in list(model.named_modules()):
+        for child, sub in list(mod.named_children()):
+            if isinstance(sub, nn.Linear) and child in targets:
+                setattr(mod, child, LoRALinear(sub, r, alpha))
+    return model
+
+
 @dataclasses.dataclass
 class Curve:
     steps: list[int]

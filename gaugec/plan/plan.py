@@ -20,7 +20,7 @@ class GaugePlan:
     """
 
     def __init__(self, model: torch.nn.Module, gauges: list[Gauge], loss=None, graph=None, example_inputs=None,
-                 refusals=None, rejected=None, unknown_ops=None, timings=None):
+                 refusals=None, rejected=None, unknown_ops=None, timings=None, f_leaves=None):
         self.model = model
         self.gauges = gauges
         self.loss = loss
@@ -30,6 +30,7 @@ class GaugePlan:
         self.rejected = rejected or []       # gauges whose numeric check or proof failed: never in .gauges
         self.unknown_ops = unknown_ops or {}
         self.timings = timings or {}
+        self.f_leaves = f_leaves             # which output leaves f is made of (None: gaugec.pipeline.output_leaves)
         self._param_info = unique_named_parameters(model)
         self._check_model()
 
@@ -77,7 +78,7 @@ class GaugePlan:
             raise PlanMismatchError(f"cannot bind the plan: parameters differ ({', '.join(diff)})")
         return GaugePlan(model, self.gauges, loss=self.loss, graph=self.graph, example_inputs=self.example_inputs,
                          refusals=self.refusals, rejected=self.rejected, unknown_ops=self.unknown_ops,
-                         timings=self.timings)
+                         timings=self.timings, f_leaves=self.f_leaves)
 
     def model_is_meta(self) -> bool:
         return any(p.is_meta for p in self.model.parameters())
