@@ -14,7 +14,9 @@ import importlib.util
 import json
 import os
 import sys
+import tempfile
 import textwrap
+import traceback
 
 import torch
 
@@ -161,6 +163,23 @@ def read_lock(path: str) -> dict:
     return data
 
 
+def write_lock(path: str, data: dict):
+    """Atomically: a temporary file beside the lock, then a rename, so a failed write keeps the old lock."""
+    folder = os.path.dirname(os.path.abspath(path))
+    tmp = None
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".gaugec-lock-", suffix=".tmp", dir=folder)
+        with os.fdopen(fd, "w") as fh:
+            json.dump(data, fh, indent=2, sort_keys=True)
+            fh.write("\n")
+        os.replace(tmp, path)
+    except OSError as exc:
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)
+        raise UsageError(f"cannot write lock file {path}: {exc.strerror or exc} (the old lock, if any, is kept)") \
+            from exc
+
+
 def diff_lock(old: dict, new: dict) -> list[str]:
     out = []
     if old.get("loss") != new.get("loss"):
@@ -206,8 +225,7 @@ def cmd_check(args) -> int:
     new = lock_data(plan)
     if args.lock:
         if args.update:
-            with open(args.lock, "w") as fh:
-                json.dump(new, fh, indent=2, sort_keys=True)
+            write_lock(args.lock, new)
             print(f"\nwrote lock file {args.lock}")
         else:
             old = read_lock(args.lock)
@@ -229,6 +247,8 @@ def cmd_verify(args) -> int:
     import gaugec
 
     model, inputs, plan = compile_target(args)
+    if not any(True for _ in model.parameters()):
+        raise UsageError(f"{args.target} has no parameters: there is nothing for the oracle to check")
     rep = gaugec.verify(model, inputs, plan)
     print(rep)
     return EXIT_OK if rep.sound else EXIT_FAIL
@@ -266,6 +286,7 @@ def cmd_measure(args) -> int:
             raise UsageError(f"cannot read checkpoint {args.checkpoint}: {type(exc).__name__}: {exc}") from exc
         if not isinstance(state, dict):
             raise UsageError(f"checkpoint {args.checkpoint} is not a state dict")
+        _check_finite(state, args.checkpoint)
         try:
             model.load_state_dict(state)
         except RuntimeError as exc:
@@ -303,6 +324,12 @@ def cmd_measure(args) -> int:
     return EXIT_OK
 
 
+def _check_finite(state: dict, where: str):
+    for k, v in state.items():
+        if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all()):
+            raise UsageError(f"checkpoint {where}: {k} holds NaN or inf")
+
+
 def _measure_setup(args, model, inputs):
     """float64 model and inputs, a wide batch for the Fisher, the likelihood, and the layers to read."""
     from gaugec.oracle import sample_inputs
@@ -313,6 +340,11 @@ def _measure_setup(args, model, inputs):
     wide = sample_inputs(model, inputs, torch.Generator().manual_seed(0), batch_mult=args.samples)
     likelihood = "categorical" if _loss(args.loss) == "cross_entropy" else "gaussian"
     layers = args.layer or [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)][:2]
+    known = dict(model.named_modules())
+    for layer in layers:
+        if layer not in known or not layer:
+            raise UsageError(f"--layer {layer!r} is not a submodule of the model; its Linear layers: "
+                             + ", ".join(n for n, m in known.items() if isinstance(m, torch.nn.Linear))[:300])
     return model, inputs, wide, likelihood, layers
 
 
@@ -325,6 +357,10 @@ def _measure_along(args, model, inputs) -> int:
         states = [torch.load(ck, map_location="cpu", weights_only=True) for ck in args.along]
     except Exception as exc:  # noqa: BLE001 - reported as a usage error
         raise UsageError(f"cannot read a checkpoint: {type(exc).__name__}: {exc}") from exc
+    for ck, st in zip(args.along, states):
+        if not isinstance(st, dict):
+            raise UsageError(f"checkpoint {ck} is not a state dict")
+        _check_finite(st, ck)
     states = [{k: v.double() if v.is_floating_point() else v for k, v in st.items()} for st in states]
     for layer in layers:
         try:
@@ -386,6 +422,10 @@ def cmd_zoo(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gaugec", description="find, prove and check the gauge symmetries of a model")
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show the traceback of an error")
     sub = p.add_subparsers(dest="cmd", required=True)
 
     def target_args(sp):
@@ -394,21 +434,21 @@ def build_parser() -> argparse.ArgumentParser:
                         help="what f is: log-probabilities (cross_entropy) or the raw output")
         sp.add_argument("--tracer", default="export", choices=["export", "fx"])
 
-    sp = sub.add_parser("inspect", help="print the gauges found")
+    sp = sub.add_parser("inspect", parents=[common], help="print the gauges found")
     target_args(sp)
     sp.add_argument("--explain", action="store_true", help="list barriers, refusals and cited lemmas")
     sp.add_argument("--json", action="store_true", help="print the plan as JSON")
     sp.set_defaults(fn=cmd_inspect)
-    sp = sub.add_parser("check", help="re-derive, re-prove, re-check; compare with a lock file")
+    sp = sub.add_parser("check", parents=[common], help="re-derive, re-prove, re-check; compare with a lock file")
     target_args(sp)
     sp.add_argument("--lock", help="lock file to compare with (or write with --update)")
     sp.add_argument("--update", action="store_true", help="write the lock file instead of comparing")
     sp.add_argument("--fresh-proofs", action="store_true", help="ignore the lemma cache: run sympy on every lemma")
     sp.set_defaults(fn=cmd_check)
-    sp = sub.add_parser("verify", help="print the Jacobian oracle report")
+    sp = sub.add_parser("verify", parents=[common], help="print the Jacobian oracle report")
     target_args(sp)
     sp.set_defaults(fn=cmd_verify)
-    sp = sub.add_parser("measure", help="classify gauges and dead directions at a checkpoint")
+    sp = sub.add_parser("measure", parents=[common], help="classify gauges and dead directions at a checkpoint")
     target_args(sp)
     sp.add_argument("--checkpoint", help="a state_dict saved with torch.save (default: the factory's weights)")
     sp.add_argument("--along", nargs="+", metavar="CKPT",
@@ -421,15 +461,17 @@ def build_parser() -> argparse.ArgumentParser:
                     "with fresh random inputs, for the layer Fisher")
     sp.add_argument("--out", default="gaugec-measure", help="folder for the PNG plots")
     sp.set_defaults(fn=cmd_measure)
-    sp = sub.add_parser("demo", help="compile and verify a built-in model (make demo)")
+    sp = sub.add_parser("demo", parents=[common], help="compile and verify a built-in model (make demo)")
     sp.add_argument("--model", default="llama")
     sp.set_defaults(fn=cmd_demo)
-    sp = sub.add_parser("zoo", help="list the built-in models")
+    sp = sub.add_parser("zoo", parents=[common], help="list the built-in models")
     sp.set_defaults(fn=cmd_zoo)
     return p
 
 
 def main(argv=None) -> int:
+    """Exit codes: 0 all holds, 1 a check failed, 2 anything else (usage, capture, input, environment), each
+    error one line on stderr (``--debug``: with its traceback)."""
     from gaugec.capture import CaptureError
 
     parser = build_parser()
@@ -439,11 +481,20 @@ def main(argv=None) -> int:
         return EXIT_USAGE if exc.code else EXIT_OK
     try:
         return args.fn(args)
-    except UsageError as exc:
-        print(f"gaugec: error: {exc}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("gaugec: interrupted", file=sys.stderr)
         return EXIT_USAGE
-    except CaptureError as exc:
-        print(f"gaugec: capture failed: {exc}", file=sys.stderr)
+    except Exception as exc:  # noqa: BLE001 - every error is one line and exit 2; --debug shows the traceback
+        if args.debug:
+            traceback.print_exc()
+        text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())[:600]
+        if isinstance(exc, UsageError):
+            print(f"gaugec: error: {text}", file=sys.stderr)
+        elif isinstance(exc, CaptureError):
+            print(f"gaugec: capture failed: {text}", file=sys.stderr)
+        else:
+            print(f"gaugec: error: {type(exc).__name__}: {text}" + ("" if args.debug else
+                  " (gaugec --debug ... shows the traceback)"), file=sys.stderr)
         return EXIT_USAGE
 
 

@@ -62,6 +62,20 @@ class GaugeGraph:
         tree = pytree.tree_unflatten(vals, self.exported.call_spec.out_spec) if self.exported is not None else vals
         return output_leaves(tree, output)
 
+    def signature(self) -> str:
+        """A hash of the graph: every node's op, its inputs and its output shape, and which parameter each
+        placeholder is. Two models with the same parameter shapes but another op (ReLU against GELU) differ."""
+        import hashlib
+
+        h = hashlib.sha256()
+        for n in self.graph.nodes:
+            val = n.meta.get("val")
+            shape = tuple(val.shape) if isinstance(val, torch.Tensor) else None
+            target = getattr(n.target, "__name__", str(n.target)) if n.op == "call_function" else n.op
+            h.update(repr((n.name, target, [str(a) for a in n.all_input_nodes], shape,
+                           self.placeholder_param.get(n.name))).encode())
+        return h.hexdigest()[:24]
+
     def param_of(self, node: torch.fx.Node) -> str | None:
         if node.op == "placeholder":
             return self.placeholder_param.get(node.name)

@@ -197,12 +197,19 @@ class GaugePlan:
             "format": PLAN_FORMAT,
             "loss": self.loss,
             "model_signature": self.signature(),
+            "graph_signature": self.graph.signature() if self.graph is not None else None,
+            "f_leaves": self.f_leaves,
             "gauges": [gauge_to_dict(g) for g in self.gauges],
         }
         return json.dumps(data, indent=indent)
 
     @classmethod
-    def from_json(cls, text: str, model: torch.nn.Module, example_inputs=None) -> "GaugePlan":
+    def from_json(cls, text: str, model: torch.nn.Module, example_inputs=None, trust: bool = False) -> "GaugePlan":
+        """Load a plan and bind it to ``model``, re-checking every gauge against it: the captured graph must have
+        the plan's signature, every cited lemma must hold under sympy at a node of that graph, and a large random
+        element of every gauge must leave the float64 model's f unchanged. A plan that fails any of these raises
+        :class:`PlanMismatchError`. ``trust=True`` skips the checks (only the parameter shapes are compared): for
+        a plan you wrote yourself, when loading speed matters."""
         try:
             data = json.loads(text)
         except (TypeError, ValueError) as exc:
@@ -211,6 +218,8 @@ class GaugePlan:
             raise PlanMismatchError(f"not a gaugec plan (expected format {PLAN_FORMAT!r})")
         try:
             gauges = [gauge_from_dict(d) for d in data["gauges"]]
+            f_leaves = data.get("f_leaves")
+            f_leaves = None if f_leaves is None else [int(i) for i in f_leaves]
         except (KeyError, TypeError, ValueError) as exc:
             raise PlanMismatchError(f"plan JSON is corrupted: {type(exc).__name__}: {exc}") from exc
         sig = data.get("model_signature", {})
@@ -220,12 +229,46 @@ class GaugePlan:
                 raise PlanMismatchError(f"the plan's parameter {name!r} is not in the model")
             if list(info[name].shape) != list(shape):
                 raise PlanMismatchError(f"parameter {name}: model shape {list(info[name].shape)}, plan {shape}")
+        if example_inputs is None and not trust:
+            raise PlanMismatchError("a plan is verified against the model when it is loaded: pass example_inputs "
+                                    "(or trust=True to skip the checks)")
         graph = None
         if example_inputs is not None:
             from gaugec.capture import capture
 
+            if not isinstance(example_inputs, tuple):
+                example_inputs = (example_inputs,)
             graph = capture(model, example_inputs)
-        return cls(model, gauges, loss=data.get("loss"), graph=graph, example_inputs=example_inputs)
+        plan = cls(model, gauges, loss=data.get("loss"), graph=graph, example_inputs=example_inputs,
+                   f_leaves=f_leaves)
+        if not trust:
+            plan._verify_loaded(data.get("graph_signature"))
+        return plan
+
+    def _verify_loaded(self, graph_signature):
+        from gaugec.pipeline import numeric_check
+
+        if graph_signature != self.graph.signature():
+            raise PlanMismatchError("the plan was compiled from another graph (other ops or shapes, e.g. GELU where "
+                                    "it had ReLU, or another torch version's decompositions): recompile it")
+        nodes = {n.name for n in self.graph.graph.nodes}
+        for g in self.gauges:
+            if g.proof is None or not g.proof.steps:
+                raise PlanMismatchError(f"gauge {g.name} carries no proof")
+            missing = [node for _, node in g.proof.steps if node and node not in nodes]
+            if missing:
+                raise PlanMismatchError(f"gauge {g.name} cites lemmas at nodes the graph does not have: {missing[:3]}")
+            if not g.proof.check():
+                raise PlanMismatchError(f"gauge {g.name}: proof {g.proof.status}")
+        if not self.model_is_meta():
+            numeric_check(self)
+            for g in self.gauges:
+                if g.proof.numeric_ok is None:
+                    raise PlanMismatchError(f"gauge {g.name} cannot be checked numerically: "
+                                            f"{g.proof.numeric_note}")
+                if not g.proof.numeric_ok:
+                    raise PlanMismatchError(f"gauge {g.name} changes the model's output on this model (relative "
+                                            f"residual {g.numeric_residual:.1e}): the plan is false here")
 
     def __repr__(self):
         return f"GaugePlan({len(self.gauges)} gauges, {sum(g.dim for g in self.gauges)} generators)"
