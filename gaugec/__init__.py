@@ -14,6 +14,8 @@ __all__ = ["compile", "capture", "verify", "GaugePlan", "Gauge", "Proof", "Captu
            "ProofError"]
 __version__ = "0.1.0"
 
+from gaugec import measure, optim  # noqa: E402 - after the names they use; `import gaugec` is enough
+
 
 def verify(model, example_inputs, plan=None, **kwargs):
     """The Jacobian oracle report (design section 5); see :func:`gaugec.oracle.verify`."""

@@ -128,7 +128,7 @@ def test_fisher_gram_counts_dead_directions_and_the_cutoff_matters():
     assert np.isfinite(r.logdet_plus) and r.lambda_min_plus > r.cutoff
     loose = measure.layer_readings(ln, x, y, "0", rel_cutoff=0.9)
     assert loose.n_dead > 1
-    true = measure.layer_readings(ln, x, None, "0", fisher="true")
+    true = measure.layer_readings(ln, x, None, "0", fisher="true", likelihood="categorical")
     assert true.n_dead == 1
 
 

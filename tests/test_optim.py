@@ -90,8 +90,8 @@ def test_ddcadam_is_equivariant_family_by_family(setup):
     ref_w, _ = _train(model, inputs, plan, batches, None, "adamw")
     families = sorted({g.family for g in plan.gauges})
     assert len(families) >= 2
-    for fam in families:
-        g = _element(plan, only=fam, seed=hash(fam) % 1000)
+    for i, fam in enumerate(families):
+        g = _element(plan, only=fam, seed=101 + i)      # fixed seeds (hash() is salted per process)
         moved, _ = _train(model, inputs, plan, batches, g, "ddc")
         assert _worst_step_gap(ref, moved) <= 1e-9, (name, fam)
         moved_w, _ = _train(model, inputs, plan, batches, g, "adamw")

@@ -95,14 +95,34 @@ def _sample_labels(out: torch.Tensor, likelihood: str, gen: torch.Generator) -> 
 # layer readings
 
 
+def infer_likelihood(likelihood: str | None, targets) -> str:
+    """The likelihood the Fisher is read under: as given, or from the targets (integer labels: categorical,
+    floating-point targets: gaussian); a given one must fit the targets."""
+    if likelihood not in (None, "categorical", "gaussian"):
+        raise ValueError(f"likelihood must be 'categorical' or 'gaussian', got {likelihood!r}")
+    if targets is None:
+        if likelihood is None:
+            raise ValueError("without targets the likelihood cannot be inferred: pass likelihood='categorical' "
+                             "(a classifier or language model) or likelihood='gaussian' (a regression)")
+        return likelihood
+    floating = torch.as_tensor(targets).is_floating_point()
+    inferred = "gaussian" if floating else "categorical"
+    if likelihood is not None and likelihood != inferred:
+        raise ValueError(f"likelihood={likelihood!r} does not fit {'floating-point' if floating else 'integer'} "
+                         f"targets (they imply {inferred!r})")
+    return inferred
+
+
 def layer_readings(model, inputs, targets, layer: str, fisher: str = "empirical",
-                   likelihood: str = "categorical", rel_cutoff: float = 1e-10, seed: int = 0) -> LayerReadings:
+                   likelihood: str | None = None, rel_cutoff: float = 1e-10, seed: int = 0) -> LayerReadings:
     """Activation and Fisher-Gram readings at submodule ``layer`` (see the module docstring).
 
     ``inputs``: a batch tensor (first axis = samples) or a tuple of them; ``targets``: observed labels (used by the
-    empirical Fisher; ignored by ``fisher="true"``, which samples labels from the model)."""
+    empirical Fisher; ignored by ``fisher="true"``, which samples labels from the model). ``likelihood``:
+    "categorical" or "gaussian", inferred from the targets when not given (:func:`infer_likelihood`)."""
     if fisher not in ("empirical", "true"):
         raise ValueError(f"fisher must be 'empirical' or 'true', got {fisher!r}")
+    likelihood = infer_likelihood(likelihood, targets)
     inputs = inputs if isinstance(inputs, tuple) else (inputs,)
     mod = _module(model, layer)
     captured = {}
@@ -240,6 +260,8 @@ def directional_order(model, inputs, direction, approach=None, likelihood: str =
     u = torch.as_tensor(direction, dtype=torch.float64).reshape(-1)
     if u.numel() != theta.numel():
         raise ValueError(f"direction has {u.numel()} entries, the model has {theta.numel()} parameters")
+    if not bool(torch.isfinite(u).all()) or float(u.norm()) == 0.0:
+        raise ValueError("direction is zero or holds NaN/inf: there is no direction to read")
     u = u / u.norm()
     a = u if approach is None else torch.as_tensor(approach, dtype=torch.float64).reshape(-1)
     ts = np.logspace(-3, -1, 9) if ts is None else np.asarray(ts, dtype=np.float64)
