@@ -99,12 +99,17 @@ class DDCAdam(torch.optim.Optimizer):
                                                            context=self._context)
         held = self.canonical_report["held"]
         if held:
-            listing = ", ".join(f"{name} ({n})" for name, n in held.items())
-            warnings.warn(f"gaugec: {sum(held.values())} block(s) lie on unstable orbits (a zero or rank-deficient "
-                          f"leg) and are held where they are until training makes them stable: {listing}",
+            listing = ", ".join(f"{name} ({len(blocks)})" for name, blocks in held.items())
+            warnings.warn(f"gaugec: {sum(map(len, held.values()))} block(s) lie on unstable orbits (a zero or "
+                          f"rank-deficient leg) and are held where they are until training makes them stable: "
+                          f"{listing}",
                           stacklevel=3)
         self.canonical = True
         return self.canonical_report
+
+    def held_blocks(self) -> dict[str, list[int]]:
+        """Per gauge, its blocks that lie on unstable orbits now (held where they are; synchronises the host)."""
+        return self.executor.held_blocks(self._named)
 
     @property
     def skipped_steps(self) -> int:

@@ -69,7 +69,7 @@ class Stage:
     m: int
     n_blocks: int
     groups: list[RowGroup]
-    owners: list[str] = dataclasses.field(default_factory=list)   # the gauge of each block (for reports)
+    owners: list[tuple[str, int]] = dataclasses.field(default_factory=list)   # (gauge, its block) of each block
 
 
 @dataclasses.dataclass
@@ -153,7 +153,7 @@ class OrbitExecutor:
                 st = stages.setdefault((colour[i], kind, m), {"n": 0, "groups": {}, "owners": []})
                 first_block[b] = (st, st["n"])
                 st["n"] += 1
-                st["owners"].append(g.name)
+                st["owners"].append((g.name, b))
             for lg in g.legs:
                 for b, copies in _groups(lg.entries).items():
                     st, local_block = first_block[b]
@@ -366,21 +366,22 @@ class OrbitExecutor:
             for st in self.stages:
                 self.balance_stage(st, params, skip, exact=False)
 
-    def held_blocks(self, params: dict[str, torch.Tensor]) -> dict[str, int]:
-        """Per gauge, how many of its blocks are held (unstable orbit) at ``params`` (synchronises the host)."""
+    def held_blocks(self, params: dict[str, torch.Tensor]) -> dict[str, list[int]]:
+        """Per gauge, the indices of its blocks that are held (unstable orbit) at ``params`` (synchronises the
+        host)."""
         stability = []
         for st in self.stages:          # balanced on copies: only the masks are wanted
             _, stable = self.balance_stage(st, {rg.param: params[rg.param].detach().clone() for rg in st.groups})
             stability.append(stable)
         return self._count_held(stability)
 
-    def _count_held(self, stability: list[torch.Tensor]) -> dict[str, int]:
-        held: dict[str, int] = {}
+    def _count_held(self, stability: list[torch.Tensor]) -> dict[str, list[int]]:
+        held: dict[str, list[int]] = {}
         for st, stable in zip(self.stages, stability):
-            for owner, ok in zip(st.owners, stable.reshape(-1).tolist()):
+            for (name, block), ok in zip(st.owners, stable.reshape(-1).tolist()):
                 if not ok:
-                    held[owner] = held.get(owner, 0) + 1
-        return held
+                    held.setdefault(name, []).append(block)
+        return {name: sorted(blocks) for name, blocks in held.items()}
 
     @torch.no_grad()
     def canonicalise(self, params: dict[str, torch.Tensor], tol: float | None = None, max_sweeps: int = 500,
@@ -392,7 +393,7 @@ class OrbitExecutor:
         otherwise :class:`CanonicalisationError` names the parameter and nothing is written (the norms are compared
         after the translations' linear sections, which may legitimately zero a bias that another one absorbs). ``context`` holds
         the model's other parameters (frozen, or owned by no optimizer) that the translations' absorber pass reads
-        but never writes. ``held`` counts, per gauge, the blocks on unstable orbits that were left where they are.
+        but never writes. ``held`` lists, per gauge, its blocks on unstable orbits, which were left where they are.
         """
         for name, p in params.items():
             if p.is_meta:
