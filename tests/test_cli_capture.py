@@ -219,3 +219,79 @@ def test_fx_route_with_concrete_args_and_error_listing_both_tracers():
         gaugec.compile(Branchy(), (torch.randn(2, 3),))
     msg = str(info.value)
     assert "torch.export (non-strict) failed" in msg and "symbolic_trace failed" in msg
+
+
+# -- every failure: its exit code and one line ----------------------------------------------------------------------
+
+BROKEN_FILE = '''
+import torch, torch.nn as nn
+import gaugec_no_such_dependency
+
+def f():
+    return nn.Linear(2, 2), (torch.randn(1, 2),)
+'''
+
+ODD_FILE = '''
+import torch, torch.nn as nn
+
+def no_params():
+    return nn.ReLU(), (torch.randn(2, 3),)
+
+def raises():
+    raise RuntimeError("the factory fell over\\nwith a second line")
+'''
+
+
+def _one_line_error(capsys, *words) -> str:
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1, err
+    for w in words:
+        assert w in err, err
+    return err
+
+
+def test_each_failure_mode_is_one_line_with_its_exit_code(tmp_path, factory_file, capsys):
+    broken, odd = tmp_path / "broken.py", tmp_path / "odd.py"
+    broken.write_text(BROKEN_FILE)
+    odd.write_text(ODD_FILE)
+    assert main(["inspect", f"{broken}:f"]) == 2
+    _one_line_error(capsys, "gaugec_no_such_dependency", "--debug")
+    assert main(["verify", f"{odd}:no_params"]) == 2
+    _one_line_error(capsys, "no parameters")
+    assert main(["inspect", f"{odd}:raises"]) == 2
+    _one_line_error(capsys, "RuntimeError", "the factory fell over with a second line")
+    assert main(["inspect", "--debug", f"{odd}:raises"]) == 2
+    assert "Traceback" in capsys.readouterr().err
+    assert main(["measure", "zoo:relu_mlp", "--layer", "nope", "--out", str(tmp_path)]) == 2
+    _one_line_error(capsys, "'nope' is not a submodule")
+    from gaugec import zoo
+
+    relu, _ = zoo.relu_mlp()
+    state = relu.state_dict()
+    state["2.weight"][0, 0] = float("nan")
+    nan_ckpt = tmp_path / "nan.pt"
+    torch.save(state, nan_ckpt)
+    assert main(["measure", "zoo:relu_mlp", "--checkpoint", str(nan_ckpt), "--out", str(tmp_path)]) == 2
+    _one_line_error(capsys, "2.weight holds NaN")
+    assert main(["check", f"{factory_file}:mlp", "--lock", str(tmp_path / "no" / "dir" / "x.lock"), "--update"]) == 2
+    _one_line_error(capsys, "cannot write lock file")
+    assert main(["verify", "zoo:relu_mlp"]) == 0                     # and a check that holds is still 0
+
+
+def test_a_failing_lock_update_keeps_the_old_lock(tmp_path, factory_file, capsys, monkeypatch):
+    import gaugec.cli as cli
+
+    lock = tmp_path / "gauges.lock"
+    assert main(["check", f"{factory_file}:mlp", "--lock", str(lock), "--update"]) == 0
+    old = lock.read_text()
+
+    def half_written(data, fh, **kw):
+        fh.write('{"format": "gaugec-lock/1", "gau')
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(cli.json, "dump", half_written)
+    capsys.readouterr()
+    assert main(["check", f"{factory_file}:mlp", "--lock", str(lock), "--update"]) == 2
+    _one_line_error(capsys, "No space left on device", "old lock")
+    assert lock.read_text() == old
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".gaugec-lock")] == []

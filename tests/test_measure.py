@@ -326,3 +326,24 @@ def test_measure_command_reads_along_checkpoints(tmp_path, capsys):
     bad.write_bytes(b"not a checkpoint")
     assert main(["measure", "zoo:relu_mlp", "--along", paths[0], str(bad)]) == 2
     assert main(["measure", "zoo:relu_mlp", "--along", paths[0], paths[1], "--ts", "1"]) == 2
+
+
+def test_likelihood_is_inferred_from_the_targets_and_bad_directions_are_errors():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).double()
+    x = torch.randn(40, 3, dtype=torch.float64)
+    y_reg = torch.randn(40, 2, dtype=torch.float64)
+    y_cls = torch.randint(0, 2, (40,))
+    assert measure.infer_likelihood(None, y_reg) == "gaussian"
+    assert measure.infer_likelihood(None, y_cls) == "categorical"
+    reg = measure.layer_readings(net, x, y_reg, "0")
+    explicit = measure.layer_readings(net, x, y_reg, "0", likelihood="gaussian")
+    assert reg.spectrum.tolist() == explicit.spectrum.tolist()
+    with pytest.raises(ValueError, match="does not fit floating-point targets"):
+        measure.layer_readings(net, x, y_reg, "0", likelihood="categorical")
+    with pytest.raises(ValueError, match="pass likelihood="):
+        measure.layer_readings(net, x, None, "0", fisher="true")
+    n = sum(p.numel() for p in net.parameters())
+    for bad in (torch.zeros(n), torch.full((n,), float("nan"))):
+        with pytest.raises(ValueError, match="zero or holds NaN"):
+            measure.directional_order(net, (x,), bad, likelihood="gaussian")

@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 import gaugec
 from gaugec import zoo
@@ -134,3 +135,95 @@ def test_certificates_name_lemmas_and_nodes(llama_plan):
     assert any("scaled_dot_product_attention" in n for n in nodes)
     gain = next(g for g in plan.gauges if g.family == "norm_gain")
     assert "norm_gain" in gain.proof.lemmas
+
+
+# -- plans loaded from JSON are verified against the model they bind ------------------------------------------------
+
+def test_a_false_plan_from_json_is_refused_and_a_true_one_loads():
+    relu, inputs = zoo.relu_mlp()
+    text = gaugec.compile(relu, inputs).to_json()
+    torch.manual_seed(0)      # the same shapes, GELU where the plan saw ReLU
+    gelu = nn.Sequential(nn.Linear(4, 6), nn.GELU(), nn.Linear(6, 5), nn.LeakyReLU(0.1), nn.Linear(5, 3))
+    with pytest.raises(PlanMismatchError, match="another graph"):
+        gaugec.GaugePlan.from_json(text, gelu, inputs)
+    with pytest.raises(PlanMismatchError, match="example_inputs"):
+        gaugec.GaugePlan.from_json(text, gelu)
+    assert len(gaugec.GaugePlan.from_json(text, gelu, inputs, trust=True).gauges) == 3   # the documented escape
+    loaded = gaugec.GaugePlan.from_json(text, relu, inputs)
+    assert [g.proof.status for g in loaded.gauges] == ["proved"] * 3
+    # the same graph, a tampered gauge: row i of layer 0 paired with the column of another unit
+    data = json.loads(text)
+    leg = next(lg for lg in data["gauges"][0]["legs"] if lg["role"] == "in")
+    leg["entries"] = leg["entries"][1:] + leg["entries"][:1]
+    with pytest.raises(PlanMismatchError, match="changes the model's output"):
+        gaugec.GaugePlan.from_json(json.dumps(data), relu, inputs)
+    data = json.loads(text)
+    data["gauges"][0]["proof"]["steps"] = [["no_such_lemma", data["gauges"][0]["proof"]["steps"][0][1]]]
+    with pytest.raises(PlanMismatchError, match="proof FAILED"):
+        gaugec.GaugePlan.from_json(json.dumps(data), relu, inputs)
+
+
+# -- which output f is ---------------------------------------------------------------------------------------------
+
+class _AuxLogits(nn.Module):
+    """(aux, logits): an auxiliary scalar computed from the hidden layer, returned beside the logits."""
+
+    def __init__(self, as_dict=False):
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 6), nn.Linear(6, 3)
+        self.as_dict = as_dict
+
+    def forward(self, x):
+        h = self.a(x)
+        aux, out = h.pow(2).mean(), self.b(h)
+        return {"aux": aux, "scores": out} if self.as_dict else (aux, out)
+
+
+def _outputs_unchanged(plan, model, inputs) -> float:
+    """Worst relative change of every floating output under a large element of each gauge (float64)."""
+    from torch.utils import _pytree as pytree
+
+    m = copy.deepcopy(model).double()
+    x = tuple(t.double() for t in inputs)
+    outs0 = [o.detach() for o in pytree.tree_leaves(m(*x))]
+    plan.bind(m).act(plan.random_element(torch.Generator().manual_seed(2), spread=10.0))
+    outs1 = [o.detach() for o in pytree.tree_leaves(m(*x))]
+    return max(float((a - b).abs().max() / a.abs().max()) for a, b in zip(outs0, outs1))
+
+
+@pytest.mark.parametrize("as_dict", [False, True])
+def test_every_float_output_is_f_unless_output_says_which(as_dict):
+    torch.manual_seed(0)
+    model = _AuxLogits(as_dict)
+    inputs = (torch.randn(5, 4),)
+    plan = gaugec.compile(model, inputs)
+    # the GL(6) between a and b changes aux; a translation of the scores is not shift-invariant for aux's sake
+    assert not any(g.family in ("linear_linear", "logit_shift") for g in plan.gauges)
+    if plan.gauges:
+        assert _outputs_unchanged(plan, model, inputs) <= 1e-10
+    chosen = gaugec.compile(model, inputs, output="scores" if as_dict else 1)
+    # only the scores are f now: the aux branch constrains nothing (the bias translation of a, absorbed by b, too)
+    assert {g.family for g in chosen.gauges} == {"linear_linear", "logit_shift", "bias_translation"}
+    by_callable = gaugec.compile(model, inputs, output=(lambda o: o["scores"]) if as_dict else (lambda o: o[1]))
+    assert [g.name for g in by_callable.gauges] == [g.name for g in chosen.gauges]
+    with pytest.raises(gaugec.CaptureError, match="output="):
+        gaugec.compile(model, inputs, output=lambda o: o[1] * 2 if not as_dict else o["scores"] * 2)
+    again = gaugec.GaugePlan.from_json(chosen.to_json(), model, inputs)     # f's leaves travel with the plan
+    assert again.f_leaves == chosen.f_leaves
+
+
+def test_integer_inputs_cast_inside_the_model_compile_and_verify():
+    class OneHot(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(5, 6), nn.Linear(6, 3)
+
+        def forward(self, i):
+            return self.b(torch.relu(self.a(F.one_hot(i, 5).float())))
+
+    torch.manual_seed(0)
+    model, inputs = OneHot(), (torch.arange(5).repeat(3),)
+    plan = gaugec.compile(model, inputs)
+    assert {g.family for g in plan.gauges} == {"positive_rescale", "logit_shift"}
+    assert all(g.proof.status == "proved" and g.numeric_residual <= 1e-12 for g in plan.gauges)
+    assert gaugec.verify(model, inputs, plan).sound

@@ -304,8 +304,19 @@ class Engine:
         # what f is: these output nodes must be left unchanged; the loss's shift invariance applies to a single one
         users = gg.user_output_nodes()
         self.f_outputs = {users[i] for i in (gg.f_leaves() if f_leaves is None else f_leaves)}
+        self.reaches_f = self._ancestors(self.f_outputs)   # a branch that never reaches f constrains nothing
         self._fresh = 0
         self._build_param_views()
+
+    @staticmethod
+    def _ancestors(nodes) -> set:
+        seen, stack = set(nodes), [n for n in nodes if isinstance(n, torch.fx.Node)]
+        while stack:
+            for a in stack.pop().all_input_nodes:
+                if a not in seen:
+                    seen.add(a)
+                    stack.append(a)
+        return seen
 
     # -- bookkeeping -------------------------------------------------------------------------------------------
     def fresh_labels(self, n: int) -> int:
@@ -398,7 +409,7 @@ class Engine:
 
         def push_users(n):
             for u in n.users:
-                if u not in pending:
+                if u not in pending and (u.op == "output" or u in self.reaches_f):
                     pending.add(u)
                     heapq.heappush(heap, self.index[u])
 
