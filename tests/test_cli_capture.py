@@ -188,7 +188,7 @@ class NaNModel(nn.Module):
 def test_non_finite_output_is_reported_not_taken_for_false_gauges():
     with pytest.warns(UserWarning, match="not finite"):
         plan = gaugec.compile(NaNModel(), (torch.randn(2, 3),), loss=None)
-    assert not plan.rejected
+    assert not plan.rejected and plan.gauges
     assert all(g.numeric_residual is None and "not finite" in g.proof.numeric_note for g in plan.gauges)
 
 

@@ -61,6 +61,7 @@ def test_every_gauge_of_the_zoo_reads_as_gauge(name):
     for g in bound.gauges:
         rows.append(B[o])
         o += g.dim
+    assert rows, name                 # something was found to read
     readings = measure.classify(m, inputs, rows, plan=bound, ts=[1e-3, 1e-1])
     assert [r["kind"] for r in readings] == ["gauge"] * len(rows), [g.name for g in bound.gauges]
 
