@@ -62,10 +62,14 @@ def _construction_cases():
             m.layers[0].input_layernorm.weight[[0, 5]] = 0.0
         return m, x
 
-    return {"zoo Llama-GQA, o_proj = down_proj = 0": zero_llama, "HF LlamaForCausalLM, o_proj = down_proj = 0":
-            hf_llama, "LoRA r=4 (B = 0) on a frozen char Llama": lora, "Linear 5→6→3 (cross entropy)": linear(5, 6, 3),
-            "Linear 6→6→6 (cross entropy)": linear(6, 6, 6), "Linear 3→3→3 (cross entropy)": linear(3, 3, 3),
-            "ReLU MLP: a dead unit, a zero outgoing column": dead_relu, "Llama: two zero RMSNorm gains": zero_gain}
+    return {"zoo Llama-GQA, o_proj = down_proj = 0": zero_llama,
+            "HF LlamaForCausalLM, o_proj = down_proj = 0": hf_llama,
+            "LoRA r=4 (B = 0) on a frozen char Llama": lora,
+            "Linear 5→6→3 (cross entropy)": linear(5, 6, 3),
+            "Linear 6→6→6 (cross entropy)": linear(6, 6, 6),
+            "Linear 3→3→3 (cross entropy)": linear(3, 3, 3),
+            "ReLU MLP: a dead unit, a zero outgoing column": dead_relu,
+            "Llama: two zero RMSNorm gains": zero_gain}
 
 
 def construction_report(model, inputs, plan) -> dict:
@@ -79,7 +83,7 @@ def construction_report(model, inputs, plan) -> dict:
         f0 = model_f(model, inputs, plan.loss, plan.f_leaves)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        opt = DDCAdam([p for p in model.parameters()], plan)
+        opt = DDCAdam(model.parameters(), plan)
     with torch.no_grad():
         f1 = model_f(model, inputs, plan.loss, plan.f_leaves)
     ratios = [float(p.detach().norm() / before[n].norm()) for n, p in model.named_parameters()

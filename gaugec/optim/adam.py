@@ -102,8 +102,7 @@ class DDCAdam(torch.optim.Optimizer):
             listing = ", ".join(f"{name} ({len(blocks)})" for name, blocks in held.items())
             warnings.warn(f"gaugec: {sum(map(len, held.values()))} block(s) lie on unstable orbits (a zero or "
                           f"rank-deficient leg) and are held where they are until training makes them stable: "
-                          f"{listing}",
-                          stacklevel=3)
+                          f"{listing}", stacklevel=3)
         self.canonical = True
         return self.canonical_report
 

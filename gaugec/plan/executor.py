@@ -370,8 +370,9 @@ class OrbitExecutor:
         """Per gauge, the indices of its blocks that are held (unstable orbit) at ``params`` (synchronises the
         host)."""
         stability = []
-        for st in self.stages:          # balanced on copies: only the masks are wanted
-            _, stable = self.balance_stage(st, {rg.param: params[rg.param].detach().clone() for rg in st.groups})
+        for st in self.stages:          # a per-step sweep on copies: only the masks are wanted
+            work = {rg.param: params[rg.param].detach().clone() for rg in st.groups}
+            _, stable = self.balance_stage(st, work, exact=False)
             stability.append(stable)
         return self._count_held(stability)
 
@@ -391,9 +392,10 @@ class OrbitExecutor:
         Transactional: the sweeps run in float64 on copies, and the parameters are written once, only if every
         result is finite and no non-zero parameter's norm moved by more than ``MAX_NORM_RATIO`` either way;
         otherwise :class:`CanonicalisationError` names the parameter and nothing is written (the norms are compared
-        after the translations' linear sections, which may legitimately zero a bias that another one absorbs). ``context`` holds
-        the model's other parameters (frozen, or owned by no optimizer) that the translations' absorber pass reads
-        but never writes. ``held`` lists, per gauge, its blocks on unstable orbits, which were left where they are.
+        after the translations' linear sections, which may legitimately zero a bias that another one absorbs).
+        ``context`` holds the model's other parameters (frozen, or owned by no optimizer) that the translations'
+        absorber pass reads but never writes. ``held`` lists, per gauge, its blocks on unstable orbits, which were
+        left where they are.
         """
         for name, p in params.items():
             if p.is_meta:

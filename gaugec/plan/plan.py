@@ -198,6 +198,7 @@ class GaugePlan:
             "loss": self.loss,
             "model_signature": self.signature(),
             "graph_signature": self.graph.signature() if self.graph is not None else None,
+            "tracer": self.graph.tracer if self.graph is not None else "export",
             "f_leaves": self.f_leaves,
             "gauges": [gauge_to_dict(g) for g in self.gauges],
         }
@@ -238,7 +239,7 @@ class GaugePlan:
 
             if not isinstance(example_inputs, tuple):
                 example_inputs = (example_inputs,)
-            graph = capture(model, example_inputs)
+            graph = capture(model, example_inputs, tracer=data.get("tracer", "export"))
         plan = cls(model, gauges, loss=data.get("loss"), graph=graph, example_inputs=example_inputs,
                    f_leaves=f_leaves)
         if not trust:
