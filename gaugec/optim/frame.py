@@ -1,0 +1,178 @@
+"""The canonical frame shared by every DDC optimizer: binding to the plan, the first canonicalisation, the per-step
+return to the section, skipped non-finite steps and the state-dict entry (docs/ddc.md).
+
+A subclass supplies the base step (:meth:`CanonicalFrameOptimizer._base_step`, run in the canonical frame) and the
+per-parameter state it keeps; everything else — which parameters may be written, held blocks, the skip flag that
+never synchronises the host, bit-exact resume — is here once.
+"""
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+from gaugec.plan import PlanMismatchError
+from gaugec.plan.executor import OrbitExecutor
+
+
+class CanonicalFrameOptimizer(torch.optim.Optimizer):
+    """A base optimizer run in the canonical frame of the gauges of ``plan``.
+
+    ``rebalance_sweeps`` (default 1) is the number of Gauss–Seidel sweeps per step that return the multiplicative
+    blocks to the section; 0 keeps only the first canonicalisation (the design's ablation arm).
+    """
+
+    #: the per-parameter state tensors that must have the parameter's shape (checked on load)
+    STATE_LIKE_PARAM: tuple[str, ...] = ()
+
+    def __init__(self, params, plan, defaults: dict, *, rebalance_sweeps: int = 1, canonicalise: bool = True,
+                 canonical_tol: float | None = None, max_canonical_sweeps: int = 500):
+        super().__init__(params, defaults)
+        self.plan = plan
+        self.rebalance_sweeps = int(rebalance_sweeps)
+        self.canonical_tol = canonical_tol
+        self.max_canonical_sweeps = max_canonical_sweeps
+        self._named, excluded = self._bind(plan)
+        self._context = {n: p for n, p in plan._params().items() if n not in self._named}
+        self.executor = OrbitExecutor(plan, excluded=excluded)
+        devices = {p.device for p in self._named.values()}
+        if len(devices) > 1:
+            raise ValueError(f"{type(self).__name__}: the gauged parameters live on several devices "
+                             f"{sorted(map(str, devices))}")
+        self._device = next(iter(devices)) if devices else torch.device("cpu")
+        self.executor.to(self._device)
+        self.canonical = False
+        self.canonical_report: dict = {}
+        self._skipped = torch.zeros((), dtype=torch.float32, device=self._device)
+        if canonicalise:
+            self.canonicalise()
+
+    def _bind(self, plan) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+        """The plan's parameters this optimizer may write (owned and trainable), and why each other one may not."""
+        owned = {id(p) for group in self.param_groups for p in group["params"]}
+        named = dict(plan.model.named_parameters(remove_duplicate=False))
+        out, excluded = {}, {}
+        for name, info in plan._param_info.items():
+            p = named.get(name)
+            if p is None:
+                raise PlanMismatchError(f"the plan's parameter {name!r} is not in its model any more")
+            if tuple(p.shape) != tuple(info.shape):
+                raise PlanMismatchError(f"parameter {name}: model shape {tuple(p.shape)}, plan {tuple(info.shape)}")
+            if id(p) not in owned:
+                excluded[name] = "not among this optimizer's parameters"
+            elif not p.requires_grad:
+                excluded[name] = "frozen (requires_grad=False)"
+            else:
+                out[name] = p
+        gauged = {lg.param for g in plan.gauges for lg in g.legs}
+        if gauged and not gauged & set(out):
+            raise PlanMismatchError(
+                "none of the plan's gauged parameters is among the optimizer's parameters: the plan belongs to "
+                "another model; bind it to this one with plan.bind(model)")
+        return out, excluded
+
+    # -- the canonical frame ---------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def canonicalise(self) -> dict:
+        """Move the parameters to the canonical section (done at construction; call it again after loading
+        parameters from elsewhere into the model; the gradients of the next step must be taken afterwards)."""
+        self.canonical_report = self.executor.canonicalise(self._named, tol=self.canonical_tol,
+                                                           max_sweeps=self.max_canonical_sweeps,
+                                                           context=self._context)
+        held = self.canonical_report["held"]
+        if held:
+            listing = ", ".join(f"{name} ({len(blocks)})" for name, blocks in held.items())
+            warnings.warn(f"gaugec: {sum(map(len, held.values()))} block(s) lie on unstable orbits (a zero or "
+                          f"rank-deficient leg) and are held where they are until training makes them stable: "
+                          f"{listing}", stacklevel=4)
+        self.canonical = True
+        return self.canonical_report
+
+    def held_blocks(self) -> dict[str, list[int]]:
+        """Per gauge, its blocks that lie on unstable orbits now (held where they are; synchronises the host)."""
+        return self.executor.held_blocks(self._named)
+
+    @property
+    def skipped_steps(self) -> int:
+        """Steps skipped because a gradient was not finite (reading it synchronises with the device)."""
+        return int(self._skipped.item())
+
+    # -- the step --------------------------------------------------------------------------------------------------
+    def _found_inf(self, grads: list[torch.Tensor]) -> torch.Tensor:
+        """1.0 (a 0-dim device tensor) when any gradient holds NaN or inf."""
+        norms = torch._foreach_norm(grads)
+        total = torch.stack([n.to(device=self._device, dtype=torch.float32) for n in norms]).sum()
+        return (~torch.isfinite(total)).to(torch.float32)
+
+    def _base_step(self, found_inf: torch.Tensor):
+        """The base optimizer's update of every parameter with a gradient, in the canonical frame; a no-op, bit for
+        bit, where ``found_inf`` is 1."""
+        raise NotImplementedError
+
+    def _grads(self) -> list[torch.Tensor]:
+        grads = []
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    if p.grad.is_sparse:
+                        raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
+                    grads.append(p.grad)
+        return grads
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        grads = self._grads()
+        if not grads:
+            return loss
+        found_inf = self._found_inf(grads)
+        self._base_step(found_inf)
+        self._skipped.add_(found_inf)
+        self.executor.project_translations(self._named, skip=found_inf)
+        self.executor.rebalance(self._named, self.rebalance_sweeps, skip=found_inf)
+        return loss
+
+    # -- state -----------------------------------------------------------------------------------------------------
+    def _gauge_names(self) -> list[str]:
+        return [g.name for g in self.executor.mult_gauges + self.executor.add_gauges]
+
+    def state_dict(self):
+        sd = super().state_dict()
+        sd["ddc"] = {"canonical": self.canonical, "skipped_steps": self._skipped.clone(),
+                     "plan_signature": self.plan.signature(), "gauges": self._gauge_names()}
+        return sd
+
+    def load_state_dict(self, state_dict):
+        kind = type(self).__name__
+        state_dict = dict(state_dict)
+        ddc = state_dict.pop("ddc", None)
+        if not isinstance(ddc, dict) or "canonical" not in ddc:
+            raise ValueError(f"not a {kind} state dict: the 'ddc' entry is missing or corrupted")
+        if ddc.get("plan_signature") != self.plan.signature():
+            raise PlanMismatchError("the state dict was saved for a plan of another model (parameter shapes differ)")
+        if ddc.get("gauges") != self._gauge_names():
+            raise PlanMismatchError("the state dict was saved with other gauges in the canonical frame")
+        super().load_state_dict(state_dict)
+        for group in self.param_groups:
+            for p in group["params"]:
+                st = self.state.get(p)
+                if not st:
+                    continue
+                for key in self._state_keys(group):
+                    t = st.get(key)
+                    if t is None or t.shape != p.shape:
+                        raise ValueError(f"corrupted {kind} state: {key} has shape "
+                                         f"{None if t is None else tuple(t.shape)}, its parameter {tuple(p.shape)}")
+                    if not bool(torch.isfinite(t).all()):
+                        raise ValueError(f"corrupted {kind} state: {key} holds NaN or inf")
+                if "step" in self._state_keys(group, scalars=True) and not torch.is_tensor(st.get("step")):
+                    raise ValueError(f"corrupted {kind} state: 'step' is missing")
+        self.canonical = bool(ddc["canonical"])
+        self._skipped = torch.as_tensor(ddc["skipped_steps"], dtype=torch.float32).to(self._device).clone()
+
+    def _state_keys(self, group: dict, scalars: bool = False) -> tuple[str, ...]:
+        """The state a parameter of ``group`` keeps: tensors of its shape, or (``scalars``) its 0-dim counters."""
+        return ()
