@@ -182,6 +182,56 @@ def adamw_factory(**hp) -> Callable:
     return lambda model, _inputs: torch.optim.AdamW(model.parameters(), **hp)
 
 
+class MuonAdamW:
+    """torch.optim.Muon on the hidden matrices and torch.optim.AdamW on the rest (the routing of
+    :func:`gaugec.optim.muon_parameters`), stepped together: the baseline DDCMuon is compared with."""
+
+    def __init__(self, model, plan, lr=0.02, momentum=0.95, nesterov=True, ns_steps=5, weight_decay=0.1,
+                 adjust_lr_fn=None, adamw_lr=3e-4, adamw_betas=(0.9, 0.95), adamw_eps=1e-8, adamw_weight_decay=None):
+        from gaugec.optim import muon_parameters
+
+        names = muon_parameters(plan)
+        hidden = [p for n, p in model.named_parameters() if n in names and p.requires_grad]
+        rest = [p for n, p in model.named_parameters() if n not in names and p.requires_grad]
+        self.muon = torch.optim.Muon(hidden, lr=lr, momentum=momentum, nesterov=nesterov, ns_steps=ns_steps,
+                                     weight_decay=weight_decay, adjust_lr_fn=adjust_lr_fn)
+        self.adamw = torch.optim.AdamW(rest, lr=adamw_lr, betas=adamw_betas, eps=adamw_eps,
+                                       weight_decay=weight_decay if adamw_weight_decay is None else adamw_weight_decay)
+        self.param_groups = self.muon.param_groups + self.adamw.param_groups
+
+    def zero_grad(self, set_to_none: bool = True):
+        self.muon.zero_grad(set_to_none)
+        self.adamw.zero_grad(set_to_none)
+
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        self.muon.step()
+        self.adamw.step()
+        return loss
+
+
+def muon_factory(**hp) -> Callable:
+    def make(model, inputs):
+        import gaugec
+
+        return MuonAdamW(model, gaugec.compile(model, inputs, loss="cross_entropy"), **hp)
+
+    return make
+
+
+def ddcmuon_factory(**hp) -> Callable:
+    def make(model, inputs):
+        import gaugec
+        from gaugec.optim import DDCMuon
+
+        return DDCMuon(model.parameters(), gaugec.compile(model, inputs, loss="cross_entropy"), **hp)
+
+    return make
+
+
 def ddcadam_factory(**hp) -> Callable:
     def make(model, inputs):
         import gaugec

@@ -1,0 +1,179 @@
+"""DDCMuon: equivariance against torch.optim.Muon + AdamW, routing, torch.optim behaviour, parity (docs/ddc.md)."""
+import copy
+import io
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import gaugec
+from gaugec import zoo
+from gaugec.optim import DDCMuon, muon_parameters, tasks
+from gaugec.pipeline import model_f
+
+from .test_optim import _HostReads, _element, _float64, _lm, _lm_loss, _steps, _worst_step_gap
+
+STEPS = 50
+HP = dict(lr=2e-2, adamw_lr=1e-2, weight_decay=0.1)
+
+
+@pytest.fixture(scope="module", params=["llama_gqa", "gpt2", "relu_mlp"])
+def setup(request):
+    model, inputs = _float64(request.param)
+    plan = gaugec.compile(model, inputs, loss="cross_entropy")
+    out = model_f(model, inputs, "cross_entropy")
+    gen = torch.Generator().manual_seed(5)
+    batches = [torch.randint(0, out.shape[-1], out.shape[:-1], generator=gen) for _ in range(STEPS)]
+    return request.param, model, inputs, plan, batches
+
+
+def _train(model, inputs, plan, batches, element, optimizer):
+    """log-probabilities after every step of a copy of ``model`` moved by ``element``."""
+    m = copy.deepcopy(model)
+    bound = plan.bind(m)
+    if element is not None:
+        bound.act(element)
+    opt = DDCMuon(m.parameters(), bound, **HP) if optimizer == "ddc" else tasks.MuonAdamW(m, bound, **HP)
+    trace = []
+    for y in batches:
+        opt.zero_grad()
+        lp = model_f(m, inputs, "cross_entropy")
+        F.nll_loss(lp.reshape(-1, lp.shape[-1]), y.reshape(-1)).backward()
+        opt.step()
+        with torch.no_grad():
+            trace.append(model_f(m, inputs, "cross_entropy"))
+    return torch.stack(trace)
+
+
+def test_ddcmuon_is_equivariant_for_all_families_and_each_alone_and_muon_is_not(setup):
+    name, model, inputs, plan, batches = setup
+    ref = _train(model, inputs, plan, batches, None, "ddc")
+    ref_m = _train(model, inputs, plan, batches, None, "muon")
+    families = sorted({g.family for g in plan.gauges})
+    assert len(families) >= 2
+    cases = [("all", _element(plan))] + [(fam, _element(plan, only=fam, seed=201 + i))
+                                          for i, fam in enumerate(families)]
+    gaps = {}
+    for label, g in cases:
+        gaps[label] = (_worst_step_gap(ref, _train(model, inputs, plan, batches, g, "ddc")),
+                       _worst_step_gap(ref_m, _train(model, inputs, plan, batches, g, "muon")))
+    assert all(d <= 1e-9 for d, _ in gaps.values()), (name, gaps)
+    assert gaps["all"][1] >= 1e-3, (name, gaps)
+    # a translation no bias absorbs leaves Muon + AdamW equivariant too; every other family breaks it
+    for fam in families:
+        kinds = {g.kind for g in plan.gauges if g.family == fam}
+        absorbed = any(lg.role == "absorb" for g in plan.gauges if g.family == fam for lg in g.legs)
+        if "mult" in kinds or absorbed:
+            assert gaps[fam][1] >= 1e-3, (name, fam, gaps[fam])
+
+
+def test_routing_sends_hidden_matrices_to_muon_and_the_rest_to_adamw():
+    model, inputs, plan = _lm()
+    names = muon_parameters(plan)
+    assert "lm_head.weight" not in names and "embed_tokens.weight" not in names
+    assert {f"layers.{i}.{m}.weight" for i in range(2) for m in ("self_attn.q_proj", "self_attn.o_proj",
+                                                                  "mlp.down_proj")} <= names
+    opt = DDCMuon(model.parameters(), plan)
+    named = {id(p): n for n, p in model.named_parameters()}
+    muon = {named[id(p)] for g in opt.param_groups if g["use_muon"] for p in g["params"]}
+    assert muon == names
+    assert all(g["lr"] == 3e-4 for g in opt.param_groups if not g["use_muon"])
+    with pytest.raises(ValueError, match="2-D"):
+        DDCMuon([{"params": [model.norm.weight], "use_muon": True}], plan)
+    # a user group overrides the rule: the head on Muon, at its own lr
+    head = model.lm_head.weight
+    rest = [p for p in model.parameters() if p is not head]
+    opt = DDCMuon([{"params": rest}, {"params": [head], "use_muon": True, "lr": 1e-3}], plan)
+    assert next(g for g in opt.param_groups if any(p is head for p in g["params"]))["use_muon"]
+    gpt, inputs = zoo.gpt2()
+    assert "lm_head.weight" not in muon_parameters(gaugec.compile(gpt, inputs))     # tied to the embedding
+
+
+def test_state_dict_resumes_bit_exactly_and_nan_steps_are_skipped_without_host_sync():
+    model, inputs, plan = _lm()
+    opt = DDCMuon(model.parameters(), plan, **HP)
+    _steps(model, inputs, opt, 3)
+    buf = io.BytesIO()
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict()}, buf)
+    _steps(model, inputs, opt, 3, first_seed=3)
+    fresh, _ = zoo.llama_gqa(n_layers=2, eps=1e-6)
+    opt2 = DDCMuon(fresh.parameters(), plan.bind(fresh), **HP)
+    buf.seek(0)
+    ckpt = torch.load(buf, weights_only=False)
+    fresh.load_state_dict(ckpt["model"])
+    opt2.load_state_dict(ckpt["opt"])
+    _steps(fresh, inputs, opt2, 3, first_seed=3)
+    for a, b in zip(model.parameters(), fresh.parameters()):
+        assert torch.equal(a, b)
+    bad = copy.deepcopy(ckpt["opt"])
+    first_muon = next(i for i, s in bad["state"].items() if "momentum_buffer" in s)
+    bad["state"][first_muon]["momentum_buffer"] = torch.zeros(3)
+    with pytest.raises(ValueError, match="momentum_buffer has shape"):
+        opt2.load_state_dict(bad)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    bufs = {n: opt.state[p]["momentum_buffer"].clone() for n, p in model.named_parameters()
+            if "momentum_buffer" in opt.state[p]}
+    opt.zero_grad()
+    _lm_loss(model, inputs).backward()
+    model.layers[0].mlp.up_proj.weight.grad[0, 0] = float("nan")
+    with _HostReads() as watch:
+        opt.step()
+    assert watch.seen == []
+    assert opt.skipped_steps == 1
+    for n, p in model.named_parameters():
+        assert torch.equal(p, before[n]), n
+    for n, b in bufs.items():
+        assert torch.equal(opt.state[dict(model.named_parameters())[n]]["momentum_buffer"], b), n
+
+
+def test_param_groups_schedulers_closures_low_precision_and_compile():
+    model, inputs, plan = _lm()
+    opt = DDCMuon(model.parameters(), plan, lr=2e-2, adamw_lr=1e-2)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 ** s)
+    losses = []
+    for i in range(4):
+        def closure():
+            opt.zero_grad()
+            loss = _lm_loss(model, inputs, 0)
+            loss.backward()
+            return loss
+        losses.append(float(opt.step(closure)))
+        sched.step()
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([2e-2 * 0.5 ** 4, 1e-2 * 0.5 ** 4])
+    assert losses[-1] < losses[0]
+    for dtype in (torch.float32, torch.bfloat16):
+        model, inputs, plan = _lm()
+        model.to(dtype)
+        opt = DDCMuon(model.parameters(), plan.bind(model), lr=2e-2, adamw_lr=3e-2)
+        first = float(_lm_loss(model, inputs))
+        for _ in range(20):                          # the same labels every step: the loss must fall
+            opt.zero_grad()
+            _lm_loss(model, inputs).backward()
+            opt.step()
+        assert all(p.dtype == dtype and bool(torch.isfinite(p).all()) for p in model.parameters())
+        assert float(_lm_loss(model, inputs)) < 0.8 * first
+    torch._dynamo.reset()
+    model, inputs, plan = _lm()
+    twin = copy.deepcopy(model)
+    eager = DDCMuon(model.parameters(), plan, **HP)
+    compiled = torch.compile(DDCMuon(twin.parameters(), plan.bind(twin), **HP).step, backend="aot_eager")
+    for i in range(3):
+        for m, step in ((model, eager.step), (twin, compiled)):
+            m.zero_grad()
+            _lm_loss(m, inputs, i).backward()
+            step()
+    for a, b in zip(model.parameters(), twin.parameters()):
+        assert torch.allclose(a, b, atol=1e-4, rtol=1e-3)
+
+
+@pytest.mark.parametrize("task", ["classifier", "char_lm"])
+def test_ddcmuon_trains_as_well_as_muon_with_adamw(task):
+    """Same steps, batches and hyperparameters: within 5% of torch.optim.Muon + AdamW's validation loss."""
+    train, hp = {"classifier": (lambda f: tasks.train_classifier(f, steps=300),
+                                dict(lr=5e-3, adamw_lr=3e-3, weight_decay=0.1)),
+                 "char_lm": (lambda f: tasks.train_char_lm(f, steps=200),
+                             dict(lr=2e-2, adamw_lr=3e-3, weight_decay=0.1))}[task]
+    muon = train(tasks.muon_factory(**hp))
+    ddc = train(tasks.ddcmuon_factory(**hp))
+    assert ddc.final_val <= 1.05 * muon.final_val, (ddc.final_val, muon.final_val)
+    assert ddc.val[-1] < 0.9 * ddc.val[0] or ddc.train[-1] < 0.9 * ddc.train[0]
