@@ -4,7 +4,6 @@ import io
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import gaugec
 from gaugec import zoo
@@ -29,20 +28,10 @@ def setup(request):
 
 def _train(model, inputs, plan, batches, element, optimizer):
     """log-probabilities after every step of a copy of ``model`` moved by ``element``."""
-    m = copy.deepcopy(model)
-    bound = plan.bind(m)
-    if element is not None:
-        bound.act(element)
-    opt = DDCMuon(m.parameters(), bound, **HP) if optimizer == "ddc" else tasks.MuonAdamW(m, bound, **HP)
-    trace = []
-    for y in batches:
-        opt.zero_grad()
-        lp = model_f(m, inputs, "cross_entropy")
-        F.nll_loss(lp.reshape(-1, lp.shape[-1]), y.reshape(-1)).backward()
-        opt.step()
-        with torch.no_grad():
-            trace.append(model_f(m, inputs, "cross_entropy"))
-    return torch.stack(trace)
+    def make(m, bound):
+        return DDCMuon(m.parameters(), bound, **HP) if optimizer == "ddc" else tasks.MuonAdamW(m, bound, **HP)
+
+    return tasks.run_from(model, inputs, plan, batches, element, make)[0]
 
 
 def test_ddcmuon_is_equivariant_for_all_families_and_each_alone_and_muon_is_not(setup):

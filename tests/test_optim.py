@@ -10,7 +10,7 @@ import torch.nn.functional as F
 import gaugec
 from gaugec import measure, zoo
 from gaugec.capture import unflatten_params, unique_named_parameters
-from gaugec.optim import DDCAdam
+from gaugec.optim import DDCAdam, tasks
 from gaugec.pipeline import model_f
 
 STEPS = 50
@@ -36,26 +36,16 @@ def setup(request):
 
 def _train(model, inputs, plan, batches, element, optimizer, steps=STEPS, **kw):
     """Train a copy of ``model`` moved by ``element``; returns the log-probabilities after every step and the model."""
-    m = copy.deepcopy(model)
-    bound = plan.bind(m)
-    if element is not None:
-        bound.act(element)
-    opt = (DDCAdam(m.parameters(), bound, lr=LR, weight_decay=WD, **kw) if optimizer == "ddc"
-           else torch.optim.AdamW(m.parameters(), lr=LR, weight_decay=WD))
-    trace = []
-    for y in batches[:steps]:
-        opt.zero_grad()
-        lp = model_f(m, inputs, "cross_entropy")
-        F.nll_loss(lp.reshape(-1, lp.shape[-1]), y.reshape(-1)).backward()
-        opt.step()
-        with torch.no_grad():
-            trace.append(model_f(m, inputs, "cross_entropy"))
-    return torch.stack(trace), m
+    def make(m, bound):
+        if optimizer == "ddc":
+            return DDCAdam(m.parameters(), bound, lr=LR, weight_decay=WD, **kw)
+        return torch.optim.AdamW(m.parameters(), lr=LR, weight_decay=WD)
+
+    trace, m, _ = tasks.run_from(model, inputs, plan, batches[:steps], element, make)
+    return trace, m
 
 
-def _worst_step_gap(a, b) -> float:
-    dims = tuple(range(1, a.dim()))
-    return float(((a - b).abs().amax(dim=dims) / a.abs().amax(dim=dims)).max())
+_worst_step_gap = tasks.worst_step_gap
 
 
 def _element(plan, only=None, seed=1):

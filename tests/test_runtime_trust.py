@@ -40,25 +40,13 @@ def _batches(model, inputs, plan, n=STEPS, seed=5):
 
 def _train(model, inputs, plan, batches, element=None, optimizer="ddc"):
     """Train a copy of ``model`` moved by ``element``; the log-probabilities after every step, the model, opt."""
-    m = copy.deepcopy(model)
-    bound = plan.bind(m)
-    if element is not None:
-        bound.act(element)
-    opt = _ddc(m, bound) if optimizer == "ddc" else torch.optim.AdamW(m.parameters(), lr=LR, weight_decay=WD)
-    trace = []
-    for y in batches:
-        opt.zero_grad()
-        lp = model_f(m, inputs, plan.loss, plan.f_leaves)
-        F.nll_loss(lp.reshape(-1, lp.shape[-1]), y.reshape(-1)).backward()
-        opt.step()
-        with torch.no_grad():
-            trace.append(model_f(m, inputs, plan.loss, plan.f_leaves))
-    return torch.stack(trace), m, opt
+    def make(m, bound):
+        return _ddc(m, bound) if optimizer == "ddc" else torch.optim.AdamW(m.parameters(), lr=LR, weight_decay=WD)
+
+    return tasks.run_from(model, inputs, plan, batches, element, make)
 
 
-def _gap(a, b) -> float:
-    dims = tuple(range(1, a.dim()))
-    return float(((a - b).abs().amax(dim=dims) / a.abs().amax(dim=dims)).max())
+_gap = tasks.worst_step_gap
 
 
 def _element_off(plan, held: dict, seed=1):

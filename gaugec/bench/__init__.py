@@ -1,11 +1,13 @@
-"""Benchmarks and experiments (not timed tests): ``python -m gaugec.bench discover | rrr | llc | step | trust
-[--write]``.
+"""Benchmarks and experiments (not timed tests): ``python -m gaugec.bench discover | rrr | llc | step | ddc |
+trust [--write]``.
 
 discover: capture / discover / prove wall time for full-size configs built on the meta device (no weights):
 a Llama-3-8B-shaped decoder, GPT-2 small and BERT base, with the lemma cache cold and warm.
 rrr: the reduced-rank-regression grid's readings against the closed-form learning coefficient.
 llc: the same grid and a modular-addition transformer read by devinterp's SGLD LLC and by gaugec (extra ``llc``).
-step: DDCAdam's optimizer step and state against torch AdamW (foreach and fused), CPU and CUDA when present.
+step: DDCAdam's optimizer step and state against torch AdamW (foreach and fused), and DDCMuon's against
+torch.optim.Muon + AdamW, CPU and CUDA when present.
+ddc: equivariance (float64, 50 steps) and parity of DDCAdam and DDCMuon against AdamW and torch.optim.Muon + AdamW.
 trust: DDCAdam on zero-initialised, LoRA, rank-deficient, dead-unit and zero-gain models: construction and training.
 ``--write`` records each table in docs/benchmarks.md between its markers.
 """
@@ -18,6 +20,7 @@ import time
 
 import torch
 
+from gaugec.bench.ddc import bench_equivariance, bench_parity, format_ddc
 from gaugec.bench.discovery import bench_discover, format_rows
 from gaugec.bench.readings import LLC_CALIBRATION, LLC_ROWS, bench_llc, bench_llc_modular, bench_rrr, format_llc, \
     format_llc_modular, format_rrr
@@ -37,10 +40,12 @@ def main(argv=None):
     st.add_argument("--device", default=None, help="cpu or cuda (default: both where CUDA is available)")
     st.add_argument("--only", nargs="*", help="substrings of model names (gpt2, llama)")
     st.add_argument("--repeats", type=int, default=10)
+    dd = sub.add_parser("ddc", help="equivariance and parity of DDCAdam / DDCMuon against AdamW / Muon + AdamW")
+    dd.add_argument("--seeds", type=int, default=2)
     tr = sub.add_parser("trust", help="DDCAdam on zero-init / LoRA / rank-deficient models against AdamW")
     tr.add_argument("--steps", type=int, default=200)
     tr.add_argument("--seeds", type=int, default=2)
-    for parser in (d, r, lc, st, tr):
+    for parser in (d, r, lc, st, dd, tr):
         parser.add_argument("--write", action="store_true", help="record the table in docs/benchmarks.md")
     args = ap.parse_args(argv)
     if args.what == "step":
@@ -67,6 +72,11 @@ def main(argv=None):
                 f"`{LLC_ROWS}` for `examples/plot_llc_comparison.py`). devinterp calibration: {cal}, nβ = m / log m "
                 f"(m = batch); the estimator and nβ are devinterp's, driven directly because devinterp 2.0's `llc()` "
                 f"takes token datasets only.\n\n{format_llc(rows, agreement)}\n\n{format_llc_modular(mrows, mcorr)}")
+    elif args.what == "ddc":
+        t0 = time.perf_counter()
+        table = format_ddc(bench_equivariance(), bench_parity(range(args.seeds)))
+        text = (f"Command: `python -m gaugec.bench ddc --write` (seeds 0..{args.seeds - 1}, "
+                f"{time.perf_counter() - t0:.0f} s on {os.cpu_count()} CPU cores)\n\n{table}")
     elif args.what == "trust":
         t0 = time.perf_counter()
         table = format_trust(bench_construction(), bench_training(range(args.seeds), args.steps))

@@ -1,4 +1,5 @@
-"""One optimizer step of DDCAdam against torch AdamW (foreach and fused): time and state memory."""
+"""One optimizer step of DDCAdam against torch AdamW (foreach and fused), and of DDCMuon against torch.optim.Muon +
+AdamW (the same routing): time and state memory."""
 from __future__ import annotations
 
 import time
@@ -33,7 +34,8 @@ def _executor_bytes(executor) -> int:
 def bench_step(device: str = "cpu", repeats: int = 10, only=None) -> list[dict]:
     """Optimizer-step time (gradients fixed, no forward/backward) of DDCAdam against torch AdamW, same run."""
     import gaugec
-    from gaugec.optim import DDCAdam
+    from gaugec.optim import DDCAdam, DDCMuon
+    from gaugec.optim.tasks import MuonAdamW
 
     rows = []
     for name, (make, inputs) in _step_models().items():
@@ -48,9 +50,11 @@ def bench_step(device: str = "cpu", repeats: int = 10, only=None) -> list[dict]:
         t0 = time.perf_counter()
         ddc = DDCAdam(model.parameters(), plan, lr=1e-4, weight_decay=0.1)
         canon_s = time.perf_counter() - t0
+        ddc_muon = DDCMuon(model.parameters(), plan, lr=1e-4, adamw_lr=1e-4)
+        muon = MuonAdamW(model, plan, lr=1e-4, adamw_lr=1e-4)
         opts = {"AdamW foreach": torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1, foreach=True),
                 "AdamW fused": torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1, fused=True),
-                "DDCAdam": ddc}
+                "DDCAdam": ddc, "Muon + AdamW": muon, "DDCMuon": ddc_muon}
         times = {k: [] for k in opts}
         sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
         for p, g in zip(model.parameters(), grads):
@@ -71,7 +75,10 @@ def bench_step(device: str = "cpu", repeats: int = 10, only=None) -> list[dict]:
                      "canonical_sweeps": ddc.canonical_report.get("sweeps"), **{f"{k} ms": v * 1e3 for k, v in med.items()},
                      "vs foreach": med["DDCAdam"] / med["AdamW foreach"], "vs fused": med["DDCAdam"] / med["AdamW fused"],
                      "state ratio": (_state_bytes(ddc) + _executor_bytes(ddc.executor))
-                     / _state_bytes(opts["AdamW fused"])})
+                     / _state_bytes(opts["AdamW fused"]),
+                     "muon vs torch": med["DDCMuon"] / med["Muon + AdamW"],
+                     "muon state ratio": (_state_bytes(ddc_muon) + _executor_bytes(ddc_muon.executor))
+                     / (_state_bytes(muon.muon) + _state_bytes(muon.adamw))})
         print(rows[-1], flush=True)
     return rows
 
@@ -79,7 +86,12 @@ def bench_step(device: str = "cpu", repeats: int = 10, only=None) -> list[dict]:
 def format_step(rows) -> str:
     header = ["model", "device", "params", "gauges", "AdamW foreach ms", "AdamW fused ms", "DDCAdam ms",
               "DDC / foreach", "DDC / fused", "state (DDC / AdamW)", "canonicalise s (sweeps)"]
-    return "\n".join(md_table(header, [
+    adam = md_table(header, [
         [r["model"], r["device"], f"{r['params'] / 1e6:.0f}M", r["gauges"], f"{r['AdamW foreach ms']:.0f}",
          f"{r['AdamW fused ms']:.0f}", f"{r['DDCAdam ms']:.0f}", f"{r['vs foreach']:.2f}x", f"{r['vs fused']:.2f}x",
-         f"{r['state ratio']:.4f}", f"{r['canonicalise_s']:.1f} ({r['canonical_sweeps']})"] for r in rows]))
+         f"{r['state ratio']:.4f}", f"{r['canonicalise_s']:.1f} ({r['canonical_sweeps']})"] for r in rows])
+    muon = md_table(["model", "device", "Muon + AdamW ms", "DDCMuon ms", "DDCMuon / (Muon + AdamW)",
+                     "state (DDCMuon / Muon + AdamW)"], [
+        [r["model"], r["device"], f"{r['Muon + AdamW ms']:.0f}", f"{r['DDCMuon ms']:.0f}", f"{r['muon vs torch']:.2f}x",
+         f"{r['muon state ratio']:.4f}"] for r in rows])
+    return "\n".join(adam + [""] + muon)

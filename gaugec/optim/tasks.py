@@ -182,6 +182,36 @@ def adamw_factory(**hp) -> Callable:
     return lambda model, _inputs: torch.optim.AdamW(model.parameters(), **hp)
 
 
+def run_from(model, inputs, plan, batches, element, make_optimizer):
+    """Train a copy of ``model`` moved by the group element ``element`` (None: not moved) on ``batches`` of labels
+    with the negative log-likelihood of f; ``make_optimizer(model, bound_plan)``. Returns f after every step
+    (stacked), the trained copy and its optimizer: the equivariance experiment of design section 6."""
+    import copy
+
+    from gaugec.pipeline import model_f
+
+    m = copy.deepcopy(model)
+    bound = plan.bind(m)
+    if element is not None:
+        bound.act(element)
+    opt = make_optimizer(m, bound)
+    trace = []
+    for y in batches:
+        opt.zero_grad()
+        lp = model_f(m, inputs, plan.loss, plan.f_leaves)
+        F.nll_loss(lp.reshape(-1, lp.shape[-1]), y.reshape(-1)).backward()
+        opt.step()
+        with torch.no_grad():
+            trace.append(model_f(m, inputs, plan.loss, plan.f_leaves))
+    return torch.stack(trace), m, opt
+
+
+def worst_step_gap(a: torch.Tensor, b: torch.Tensor) -> float:
+    """max over steps of max |a − b| / max |a| (two stacked trajectories of f)."""
+    dims = tuple(range(1, a.dim()))
+    return float(((a - b).abs().amax(dim=dims) / a.abs().amax(dim=dims)).max())
+
+
 class MuonAdamW:
     """torch.optim.Muon on the hidden matrices and torch.optim.AdamW on the rest (the routing of
     :func:`gaugec.optim.muon_parameters`), stepped together: the baseline DDCMuon is compared with."""
