@@ -75,17 +75,17 @@ def _output_heads(gg) -> set[str]:
 
 def newton_schulz(G: torch.Tensor, steps: int = 5, coefficients=NS_COEFFICIENTS, eps: float = NS_EPS,
                   dtype: torch.dtype | None = None) -> torch.Tensor:
-    """Batched quintic Newton–Schulz iteration of torch.optim.Muon on G [batch, m, n] (≈ polar factor U Vᵀ, with
-    singular values in about [0.7, 1.2]); in ``dtype`` (torch's: bfloat16), returned in G's dtype."""
+    """The quintic Newton–Schulz iteration of torch.optim.Muon (≈ the polar factor U Vᵀ of G = U S Vᵀ, singular
+    values landing in about [0.7, 1.2]) on one matrix [m, n] or a batch [b, m, n]; computed in ``dtype`` (torch's:
+    bfloat16), returned in G's dtype."""
     a, b, c = coefficients
-    X = G.to(dtype or torch.bfloat16)
-    wide = X.shape[-2] <= X.shape[-1]
-    if not wide:
-        X = X.mT
+    wide = G.shape[-2] <= G.shape[-1]
+    X = (G if wide else G.mT).to(dtype or torch.bfloat16)
     X = X / X.norm(dim=(-2, -1), keepdim=True).clamp(min=eps)
+    gemm = torch.addmm if X.dim() == 2 else torch.baddbmm
     for _ in range(steps):
         gram = X @ X.mT
-        X = torch.baddbmm(X, torch.baddbmm(gram, gram, gram, beta=b, alpha=c), X, beta=a)
+        X = gemm(X, gemm(gram, gram, gram, beta=b, alpha=c), X, beta=a)
     return (X if wide else X.mT).to(G.dtype)
 
 
@@ -154,11 +154,17 @@ class DDCMuon(CanonicalFrameOptimizer):
             buf.lerp_(g, ((1 - momentum) * keep).to(buf.dtype))
             updates.append(g.lerp(buf, momentum) if group["nesterov"] else buf)
             ns_dtype = self.ns_dtype or (torch.float64 if p.dtype == torch.float64 else torch.bfloat16)
-            by_shape.setdefault((tuple(p.shape), p.dtype, ns_dtype), []).append(i)
+            # one batched iteration per shape on accelerators; on the CPU batched GEMMs are no faster than a loop
+            # and the stacking copies, so each matrix is its own batch
+            key = (tuple(p.shape), p.dtype, ns_dtype, i if p.device.type == "cpu" else None)
+            by_shape.setdefault(key, []).append(i)
         ortho: list = [None] * len(params)
-        for (_, _, ns_dtype), idx in by_shape.items():      # one batched iteration per shape
-            out = newton_schulz(torch.stack([updates[i] for i in idx]), group["ns_steps"], group["ns_coefficients"],
-                                group["ns_eps"], ns_dtype)
+        ns = dict(steps=group["ns_steps"], coefficients=group["ns_coefficients"], eps=group["ns_eps"])
+        for (_, _, ns_dtype, _), idx in by_shape.items():
+            if len(idx) == 1:
+                ortho[idx[0]] = newton_schulz(updates[idx[0]], dtype=ns_dtype, **ns)
+                continue
+            out = newton_schulz(torch.stack([updates[i] for i in idx]), dtype=ns_dtype, **ns)
             for i, o in zip(idx, out.unbind(0)):
                 ortho[i] = o
         lr, wd = group["lr"], group["weight_decay"]
