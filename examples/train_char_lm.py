@@ -1,7 +1,9 @@
-"""Train a small Llama-style character LM with AdamW and with DDCAdam (same hyperparameters), plot both curves.
+"""Train a small Llama-style character LM with AdamW, DDCAdam, torch's Muon + AdamW and DDCMuon (the same data,
+batches and hyperparameters within each family), and plot the four curves in one PNG.
 
     python examples/train_char_lm.py                      # text: a few Python standard-library modules
     python examples/train_char_lm.py --text my.txt --steps 2000 --out curves.png
+    python examples/train_char_lm.py --only AdamW DDCAdam
 
 Needs matplotlib for the PNG (pip install 'gaugec[plot]'); without it the curves are printed only.
 """
@@ -35,8 +37,10 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--text", help="a text file to train on (default: standard-library sources)")
     ap.add_argument("--steps", type=int, default=600)
-    ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--lr", type=float, default=3e-3, help="AdamW's, and the AdamW path's of the Muon arms")
+    ap.add_argument("--muon-lr", type=float, default=2e-2, help="the Muon path's")
     ap.add_argument("--weight-decay", type=float, default=0.1)
+    ap.add_argument("--only", nargs="*", help="a subset of: AdamW DDCAdam Muon DDCMuon")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--seq", type=int, default=64)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -45,8 +49,13 @@ def main(argv=None):
 
     text = tasks.char_corpus(args.text)
     hp = dict(lr=args.lr, weight_decay=args.weight_decay)
+    muon_hp = dict(lr=args.muon_lr, adamw_lr=args.lr, weight_decay=args.weight_decay)
+    arms = {"AdamW": tasks.adamw_factory(**hp), "DDCAdam": tasks.ddcadam_factory(**hp),
+            "Muon": tasks.muon_factory(**muon_hp), "DDCMuon": tasks.ddcmuon_factory(**muon_hp)}
     curves = {}
-    for label, factory in (("AdamW", tasks.adamw_factory(**hp)), ("DDCAdam", tasks.ddcadam_factory(**hp))):
+    for label, factory in arms.items():
+        if args.only and label not in args.only:
+            continue
         curves[label] = tasks.train_char_lm(factory, steps=args.steps, batch=args.batch, seq=args.seq, text=text,
                                             eval_every=max(1, args.steps // 30), device=args.device,
                                             progress=progress_bar(label, args.steps))
@@ -61,12 +70,14 @@ def main(argv=None):
         print("matplotlib is not installed: no plot (pip install 'gaugec[plot]')")
         return curves
     fig, ax = plt.subplots(figsize=(6.4, 4))
-    for (label, c), colour in zip(curves.items(), ("tab:blue", "tab:orange")):
+    colours = {"AdamW": "tab:blue", "DDCAdam": "tab:orange", "Muon": "tab:green", "DDCMuon": "tab:red"}
+    for label, c in curves.items():
+        colour = colours[label]
         ax.plot(c.steps, c.train, color=colour, label=f"{label} train")
         ax.plot(c.steps, c.val, color=colour, linestyle="--", label=f"{label} validation")
     ax.set_xlabel("step")
     ax.set_ylabel("cross-entropy (nats / char)")
-    ax.set_title(f"char LM, lr {args.lr}, weight decay {args.weight_decay}")
+    ax.set_title(f"char LM: lr {args.lr} (Muon {args.muon_lr}), weight decay {args.weight_decay}", fontsize=10)
     ax.legend()
     fig.tight_layout()
     fig.savefig(args.out, dpi=120)
