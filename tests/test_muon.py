@@ -166,3 +166,27 @@ def test_ddcmuon_trains_as_well_as_muon_with_adamw(task):
     ddc = train(tasks.ddcmuon_factory(**hp))
     assert ddc.final_val <= 1.05 * muon.final_val, (ddc.final_val, muon.final_val)
     assert ddc.val[-1] < 0.9 * ddc.val[0] or ddc.train[-1] < 0.9 * ddc.train[0]
+
+
+def test_batched_newton_schulz_matches_one_matrix_at_a_time_and_orthogonalises():
+    from gaugec.optim.muon import newton_schulz
+
+    gen = torch.Generator().manual_seed(0)
+    G = torch.randn(5, 6, 9, dtype=torch.float64, generator=gen)
+    batched = newton_schulz(G, dtype=torch.float64)
+    for g, b in zip(G, batched):
+        assert torch.allclose(newton_schulz(g, dtype=torch.float64), b, atol=1e-12)
+        s = torch.linalg.svdvals(b)
+        assert 0.6 < float(s.min()) and float(s.max()) < 1.3          # the quintic's band around 1
+        U, _, Vh = torch.linalg.svd(g, full_matrices=False)          # and the polar factor's singular vectors
+        assert torch.allclose(U.T @ b @ Vh.T, torch.diag(torch.diagonal(U.T @ b @ Vh.T)), atol=1e-9)
+    tall = newton_schulz(G.mT, dtype=torch.float64)
+    assert torch.allclose(tall, batched.mT, atol=1e-12)
+    model, inputs, plan = _lm()
+    twin = copy.deepcopy(model)
+    one = DDCMuon(model.parameters(), plan, ns_batched=False, ns_dtype=torch.float32, **HP)
+    many = DDCMuon(twin.parameters(), plan.bind(twin), ns_batched=True, ns_dtype=torch.float32, **HP)
+    _steps(model, inputs, one, 3)
+    _steps(twin, inputs, many, 3)
+    for a, b in zip(model.parameters(), twin.parameters()):
+        assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)

@@ -105,7 +105,8 @@ class DDCMuon(CanonicalFrameOptimizer):
     ``lr``, ``momentum``, ``nesterov``, ``ns_steps``, ``weight_decay`` and ``adjust_lr_fn`` are the Muon path's
     (torch.optim.Muon's meaning); ``adamw_lr``, ``adamw_betas``, ``adamw_eps`` and ``adamw_weight_decay`` (default
     ``weight_decay``) the AdamW path's. Newton–Schulz runs in ``ns_dtype`` (default: bfloat16 as torch does, float64
-    for float64 parameters, where exact equivariance is stated). A param group may set ``use_muon`` (and, for the
+    for float64 parameters, where exact equivariance is stated), batched over same-shape matrices where
+    ``ns_batched`` (default: on accelerators, not on the CPU). A param group may set ``use_muon`` (and, for the
     AdamW path of a group that is split by the routing rule, ``adamw_lr`` / ``adamw_weight_decay``).
     """
 
@@ -113,7 +114,8 @@ class DDCMuon(CanonicalFrameOptimizer):
                  ns_steps: int = 5, weight_decay: float = 0.1, adjust_lr_fn: str | None = None,
                  adamw_lr: float = 3e-4, adamw_betas=(0.9, 0.95), adamw_eps: float = 1e-8,
                  adamw_weight_decay: float | None = None, *, ns_coefficients=NS_COEFFICIENTS, ns_eps: float = NS_EPS,
-                 ns_dtype: torch.dtype | None = None, rebalance_sweeps: int = 1, canonicalise: bool = True,
+                 ns_dtype: torch.dtype | None = None, ns_batched: bool | None = None, rebalance_sweeps: int = 1,
+                 canonicalise: bool = True,
                  canonical_tol: float | None = None, max_canonical_sweeps: int = 500):
         if lr < 0 or adamw_lr < 0 or weight_decay < 0 or momentum < 0 or ns_steps < 1 or \
                 not all(0.0 <= b < 1.0 for b in adamw_betas):
@@ -126,6 +128,7 @@ class DDCMuon(CanonicalFrameOptimizer):
                         adjust_lr_fn=adjust_lr_fn, betas=tuple(adamw_betas), eps=adamw_eps, maximize=False,
                         fused=True)      # "fused": torch keeps AdamW's step counters on the device when loading
         self.ns_dtype = ns_dtype
+        self.ns_batched = ns_batched
         groups = _route(params, plan, adamw_lr, adamw_wd)
         super().__init__(groups, plan, defaults, rebalance_sweeps=rebalance_sweeps, canonicalise=canonicalise,
                          canonical_tol=canonical_tol, max_canonical_sweeps=max_canonical_sweeps)
@@ -155,8 +158,9 @@ class DDCMuon(CanonicalFrameOptimizer):
             updates.append(g.lerp(buf, momentum) if group["nesterov"] else buf)
             ns_dtype = self.ns_dtype or (torch.float64 if p.dtype == torch.float64 else torch.bfloat16)
             # one batched iteration per shape on accelerators; on the CPU batched GEMMs are no faster than a loop
-            # and the stacking copies, so each matrix is its own batch
-            key = (tuple(p.shape), p.dtype, ns_dtype, i if p.device.type == "cpu" else None)
+            # and the stacking copies, so each matrix is its own batch (``ns_batched`` overrides)
+            batched = p.device.type != "cpu" if self.ns_batched is None else self.ns_batched
+            key = (tuple(p.shape), p.dtype, ns_dtype, None if batched else i)
             by_shape.setdefault(key, []).append(i)
         ortho: list = [None] * len(params)
         ns = dict(steps=group["ns_steps"], coefficients=group["ns_coefficients"], eps=group["ns_eps"])
