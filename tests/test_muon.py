@@ -8,22 +8,9 @@ import torch
 import gaugec
 from gaugec import zoo
 from gaugec.optim import DDCMuon, muon_parameters, tasks
-from gaugec.pipeline import model_f
+from .test_optim import _compiled_step_agrees, _element, _HostReads, _lm, _lm_loss, _steps, _worst_step_gap
 
-from .test_optim import _HostReads, _element, _float64, _lm, _lm_loss, _steps, _worst_step_gap
-
-STEPS = 50
 HP = dict(lr=2e-2, adamw_lr=1e-2, weight_decay=0.1)
-
-
-@pytest.fixture(scope="module", params=["llama_gqa", "gpt2", "relu_mlp"])
-def setup(request):
-    model, inputs = _float64(request.param)
-    plan = gaugec.compile(model, inputs, loss="cross_entropy")
-    out = model_f(model, inputs, "cross_entropy")
-    gen = torch.Generator().manual_seed(5)
-    batches = [torch.randint(0, out.shape[-1], out.shape[:-1], generator=gen) for _ in range(STEPS)]
-    return request.param, model, inputs, plan, batches
 
 
 def _train(model, inputs, plan, batches, element, optimizer):
@@ -141,18 +128,7 @@ def test_param_groups_schedulers_closures_low_precision_and_compile():
             opt.step()
         assert all(p.dtype == dtype and bool(torch.isfinite(p).all()) for p in model.parameters())
         assert float(_lm_loss(model, inputs)) < 0.8 * first
-    torch._dynamo.reset()
-    model, inputs, plan = _lm()
-    twin = copy.deepcopy(model)
-    eager = DDCMuon(model.parameters(), plan, **HP)
-    compiled = torch.compile(DDCMuon(twin.parameters(), plan.bind(twin), **HP).step, backend="aot_eager")
-    for i in range(3):
-        for m, step in ((model, eager.step), (twin, compiled)):
-            m.zero_grad()
-            _lm_loss(m, inputs, i).backward()
-            step()
-    for a, b in zip(model.parameters(), twin.parameters()):
-        assert torch.allclose(a, b, atol=1e-4, rtol=1e-3)
+    _compiled_step_agrees(lambda m, plan: DDCMuon(m.parameters(), plan, **HP), atol=1e-4, rtol=1e-3)
 
 
 @pytest.mark.parametrize("task", ["classifier", "char_lm"])

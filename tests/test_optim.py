@@ -13,25 +13,9 @@ from gaugec.capture import unflatten_params, unique_named_parameters
 from gaugec.optim import DDCAdam, tasks
 from gaugec.pipeline import model_f
 
-STEPS = 50
+from .conftest import EQUIVARIANCE_STEPS as STEPS, float64_zoo
+
 LR, WD = 1e-2, 0.1
-
-
-def _float64(name):
-    model, inputs = {"llama_gqa": lambda: zoo.llama_gqa(n_layers=2, eps=1e-6)}.get(name, zoo.ZOO[name])()
-    model = model.double()
-    inputs = tuple(x.double() if x.is_floating_point() else x for x in inputs)
-    return model, inputs
-
-
-@pytest.fixture(scope="module", params=["llama_gqa", "gpt2", "relu_mlp"])
-def setup(request):
-    model, inputs = _float64(request.param)
-    plan = gaugec.compile(model, inputs, loss="cross_entropy")
-    out = model_f(model, inputs, "cross_entropy")
-    gen = torch.Generator().manual_seed(5)
-    batches = [torch.randint(0, out.shape[-1], out.shape[:-1], generator=gen) for _ in range(STEPS)]
-    return request.param, model, inputs, plan, batches
 
 
 def _train(model, inputs, plan, batches, element, optimizer, steps=STEPS, **kw):
@@ -156,7 +140,7 @@ def _mult_charges(plan, model) -> torch.Tensor:
 
 @pytest.mark.parametrize("name", ["relu_mlp", "llama"])
 def test_sgd_changes_every_rescale_charge_by_half_lr_squared_gSg(name):
-    model, inputs = _float64(name)
+    model, inputs = float64_zoo(name)
     plan = gaugec.compile(model, inputs, loss="cross_entropy")
     rescales = [g for g in plan.gauges if g.family in ("positive_rescale", "glu_rescale", "norm_gain")]
     assert len(rescales) >= 2
@@ -179,7 +163,7 @@ def test_sgd_changes_every_rescale_charge_by_half_lr_squared_gSg(name):
 def test_ddcadam_holds_the_multiplicative_charges_at_zero(name):
     """docs/ddc.md: the charges (the moment map) vanish on the section; one rebalance sweep per step keeps them
     near zero (more sweeps: closer), while AdamW, and DDCAdam without the sweep, let them drift."""
-    model, inputs = _float64(name)
+    model, inputs = float64_zoo(name)
     plan = gaugec.compile(model, inputs, loss="cross_entropy")
     out = model_f(model, inputs, "cross_entropy")
     gen = torch.Generator().manual_seed(5)
@@ -353,22 +337,26 @@ def test_corrupted_state_dicts_are_refused():
         opt.load_state_dict(bad)
 
 
-@pytest.mark.parametrize("backend", ["aot_eager", pytest.param("inductor", marks=pytest.mark.slow)])
-def test_compiled_step_matches_the_eager_step(backend):
-    """torch.compile traces the whole step (aot_eager in the default suite; inductor, ~90 s on 2 cores, is slow)."""
+def _compiled_step_agrees(make, backend="aot_eager", atol=1e-5, rtol=1e-4):
+    """Three steps of ``make(model, plan).step`` eagerly and under torch.compile, on twin float32 models."""
     torch._dynamo.reset()
     model, inputs, plan = _lm()
     twin = copy.deepcopy(model)
-    eager = DDCAdam(model.parameters(), plan, lr=1e-2)
-    opt = DDCAdam(twin.parameters(), plan.bind(twin), lr=1e-2)
-    compiled = torch.compile(opt.step, backend=backend)
+    eager = make(model, plan)
+    compiled = torch.compile(make(twin, plan.bind(twin)).step, backend=backend)
     for i in range(3):
         for m, step in ((model, eager.step), (twin, compiled)):
             m.zero_grad()
             _lm_loss(m, inputs, i).backward()
             step()
     for a, b in zip(model.parameters(), twin.parameters()):
-        assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)
+        assert torch.allclose(a, b, atol=atol, rtol=rtol)
+
+
+@pytest.mark.parametrize("backend", ["aot_eager", pytest.param("inductor", marks=pytest.mark.slow)])
+def test_compiled_step_matches_the_eager_step(backend):
+    """torch.compile traces the whole step (aot_eager in the default suite; inductor, ~90 s on 2 cores, is slow)."""
+    _compiled_step_agrees(lambda m, plan: DDCAdam(m.parameters(), plan, lr=1e-2), backend)
 
 
 # -- still a good optimizer ----------------------------------------------------------------------------------------
@@ -376,8 +364,6 @@ def test_compiled_step_matches_the_eager_step(backend):
 @pytest.mark.parametrize("task", ["classifier", "char_lm"])
 def test_ddcadam_trains_as_well_as_adamw(task):
     """Same steps and hyperparameters: the validation loss is within 5% of AdamW's (the longer run is a bench)."""
-    from gaugec.optim import tasks
-
     train = {"classifier": lambda f: tasks.train_classifier(f, steps=300),
              "char_lm": lambda f: tasks.train_char_lm(f, steps=200)}[task]
     hp = dict(lr=3e-3, weight_decay=0.1)

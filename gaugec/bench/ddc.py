@@ -40,7 +40,6 @@ def bench_equivariance(models=("relu_mlp", "llama_gqa", "gpt2")) -> list[dict]:
     import gaugec
     from gaugec import zoo
     from gaugec.optim import tasks
-    from gaugec.pipeline import model_f
 
     rows = []
     for name in models:
@@ -48,9 +47,7 @@ def bench_equivariance(models=("relu_mlp", "llama_gqa", "gpt2")) -> list[dict]:
         model = model.double()
         inputs = tuple(x.double() if x.is_floating_point() else x for x in inputs)
         plan = gaugec.compile(model, inputs)
-        out = model_f(model, inputs, plan.loss, plan.f_leaves)
-        gen = torch.Generator().manual_seed(5)
-        batches = [torch.randint(0, out.shape[-1], out.shape[:-1], generator=gen) for _ in range(EQ_STEPS)]
+        batches = tasks.label_batches(model, inputs, plan, EQ_STEPS)
         full = plan.random_element(torch.Generator().manual_seed(1), spread=100.0, gl_spread=3.0)
         families = sorted({g.family for g in plan.gauges})
         alone = {}

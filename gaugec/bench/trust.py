@@ -8,7 +8,6 @@ random base; every arm sees the same batches, steps and hyperparameters, for eac
 """
 from __future__ import annotations
 
-import copy
 import warnings
 
 import torch

@@ -182,6 +182,16 @@ def adamw_factory(**hp) -> Callable:
     return lambda model, _inputs: torch.optim.AdamW(model.parameters(), **hp)
 
 
+def label_batches(model, inputs, plan, n: int, seed: int = 5) -> list[torch.Tensor]:
+    """``n`` batches of random class labels shaped like f's (all but its class axis), for ``run_from``."""
+    from gaugec.pipeline import model_f
+
+    with torch.no_grad():
+        out = model_f(model, inputs, plan.loss, plan.f_leaves)
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randint(0, out.shape[-1], out.shape[:-1], generator=gen) for _ in range(n)]
+
+
 def run_from(model, inputs, plan, batches, element, make_optimizer):
     """Train a copy of ``model`` moved by the group element ``element`` (None: not moved) on ``batches`` of labels
     with the negative log-likelihood of f; ``make_optimizer(model, bound_plan)``. Returns f after every step

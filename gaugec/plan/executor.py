@@ -454,7 +454,6 @@ def _sym_pows(M: torch.Tensor, *powers: float) -> list[torch.Tensor]:
 
 def _solve(kind: str, P: torch.Tensor, Q: torch.Tensor):
     """The balancing element A of each block and the map A^-T applied to dual rows."""
-    m = P.shape[-1]
     tiny = torch.finfo(P.dtype).tiny
     trP = torch.diagonal(P, dim1=-2, dim2=-1).sum(-1).clamp_min(tiny)
     trQ = torch.diagonal(Q, dim1=-2, dim2=-1).sum(-1).clamp_min(tiny)
