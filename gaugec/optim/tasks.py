@@ -40,12 +40,12 @@ def char_corpus(path: str | None = None, max_bytes: int = 400_000) -> torch.Tens
 
 
 def char_llama(vocab: int = 128, d: int = 48, n_layers: int = 2, n_heads: int = 4, n_kv_heads: int = 2,
-               d_ff: int = 96, seed: int = 0):
+               d_ff: int = 96, seed: int = 0, eps: float = 1e-6):
     from gaugec.zoo import TinyLlama
 
     torch.manual_seed(seed)
     return TinyLlama(vocab=vocab, d=d, n_layers=n_layers, n_heads=n_heads, n_kv_heads=n_kv_heads, d_ff=d_ff,
-                     eps=1e-6)
+                     eps=eps)
 
 
 def zero_init_outputs(model: nn.Module) -> nn.Module:
@@ -102,8 +102,10 @@ class Curve:
 
 def train_char_lm(make_optimizer: Callable, steps: int = 200, batch: int = 16, seq: int = 64, seed: int = 0,
                   eval_every: int = 25, text: torch.Tensor | None = None, model=None, progress=None,
-                  device: str = "cpu") -> Curve:
-    """Train ``char_llama()`` (or ``model``) with ``make_optimizer(model, example_inputs)``; 90/10 split."""
+                  device: str = "cpu", eval_train: bool = False) -> Curve:
+    """Train ``char_llama()`` (or ``model``) with ``make_optimizer(model, example_inputs)``; 90/10 split. The
+    curve's train loss is the mean minibatch loss since the last evaluation, or with ``eval_train`` the loss on
+    four fixed training batches, read like the validation loss."""
     data = char_corpus() if text is None else text
     split = int(0.9 * len(data))
     train, val = data[:split], data[split:]
@@ -121,6 +123,7 @@ def train_char_lm(make_optimizer: Callable, steps: int = 200, batch: int = 16, s
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1))
 
     val_batches = [batch_of(val, torch.Generator().manual_seed(10_000 + i)) for i in range(4)]
+    train_batches = [batch_of(train, torch.Generator().manual_seed(20_000 + i)) for i in range(4)]
     opt = make_optimizer(model, (batch_of(train, torch.Generator().manual_seed(99))[0],))
     curve = Curve([], [], [])
     window = []
@@ -134,8 +137,10 @@ def train_char_lm(make_optimizer: Callable, steps: int = 200, batch: int = 16, s
         if step % eval_every == 0 or step == steps:
             with torch.no_grad():
                 v = sum(float(loss_of(*b)) for b in val_batches) / len(val_batches)
+                t = sum(float(loss_of(*b)) for b in train_batches) / len(train_batches) if eval_train else \
+                    sum(window) / len(window)
             curve.steps.append(step)
-            curve.train.append(sum(window) / len(window))
+            curve.train.append(t)
             curve.val.append(v)
             window = []
             if progress is not None:

@@ -1,0 +1,139 @@
+"""The DDC paper's headline experiments at laptop scale: ``python -m gaugec.experiments NAME [--quick] [--seeds N]
+[--write]``, NAME in ``overtrain`` (E1), ``vit`` (E2), ``grokking`` (E3).
+
+Each experiment trains every arm (the base optimizer, its DDC lift, and the lift without the per-step return to
+the section: the design's ablation arm) on the same model, data, batches and step budget, over the same small
+learning-rate × weight-decay grid, for seeds fixed before the run. It writes its rows to
+``docs/data/experiments/NAME.json`` (one per optimizer, seed and config, with the curve), prints its table and a
+one-line summary, and with ``--write`` records the table in docs/experiments.md between its markers and draws
+``docs/img/NAME.png``. ``--quick`` is a smoke-sized run.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import time
+
+from gaugec.bench.tables import md_table, write_section
+
+DATA = pathlib.Path("docs/data/experiments")
+DOC = "docs/experiments.md"
+
+
+EXPERIMENTS = ("overtrain", "vit", "grokking")
+
+
+def load(name: str):
+    """The experiment module: ``run(quick, seeds)``, ``table(rows)``, ``summary(rows)``, ``plot(rows, path)``."""
+    import importlib
+
+    if name not in EXPERIMENTS:
+        raise KeyError(f"unknown experiment {name!r}; known: {', '.join(EXPERIMENTS)}")
+    return importlib.import_module(f"gaugec.experiments.{name}")
+
+
+def by_config(rows: list[dict]) -> dict[tuple, list[dict]]:
+    """Rows grouped by (config label, optimizer), in first-seen order."""
+    out: dict[tuple, list[dict]] = {}
+    for r in rows:
+        out.setdefault((r["config"], r["optimizer"]), []).append(r)
+    return out
+
+
+def mean(xs) -> float:
+    xs = list(xs)
+    return sum(xs) / len(xs) if xs else float("nan")
+
+
+def best_configs(rows: list[dict], key: str = "best_val") -> dict[str, str]:
+    """Per optimizer, the config with the lowest mean ``key`` over seeds ("each arm at its best")."""
+    best: dict[str, tuple[float, str]] = {}
+    for (config, opt), rs in by_config(rows).items():
+        m = mean(r[key] for r in rs)
+        if opt not in best or m < best[opt][0]:
+            best[opt] = (m, config)
+    return {opt: config for opt, (_, config) in best.items()}
+
+
+def metric_table(rows: list[dict], columns: list[tuple[str, str, str]], reference: str) -> str:
+    """Two tables: every arm at the ``reference`` config, and every arm at its own best config; each cell the mean
+    over seeds with the per-seed values. ``columns``: (header, row key, format)."""
+    groups = by_config(rows)
+    best = best_configs(rows)
+
+    def line(config, opt):
+        rs = groups[(config, opt)]
+        cells = []
+        for _, key, fmt in columns:
+            vals = [r[key] for r in rs]
+            cells.append(f"{format(mean(vals), fmt)} ({' / '.join(format(v, fmt) for v in vals)})")
+        return [opt, config, len(rs), *cells]
+
+    header = ["optimizer", "config", "seeds", *(c[0] + " mean (per seed)" for c in columns)]
+    same = [line(c, o) for (c, o) in groups if c == reference]
+    own = [line(best[o], o) for o in dict.fromkeys(o for _, o in groups)]
+    return "\n".join(["Same hyperparameters:", "", *md_table(header, same), "",
+                      "Each arm at its best config (lowest mean best-validation loss over the grid):", "",
+                      *md_table(header, own)])
+
+
+def plot_curves(rows: list[dict], path: str, title: str, ylabel: str = "validation loss", key: str = "val",
+                config: str | None = None, logy: bool = False):
+    """Curves per arm at ``config`` (default: each arm's best): seeds thin, the mean bold."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no plot (pip install 'gaugec[plot]')")
+        return
+    best = best_configs(rows)
+    colours = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple"]
+    fig, ax = plt.subplots(figsize=(6.4, 4))
+    for i, opt in enumerate(dict.fromkeys(r["optimizer"] for r in rows)):
+        cfg = config or best[opt]
+        rs = [r for r in rows if r["optimizer"] == opt and r["config"] == cfg]
+        for r in rs:
+            ax.plot(r["curve"]["steps"], r["curve"][key], color=colours[i % 5], lw=0.6, alpha=0.5)
+        steps = rs[0]["curve"]["steps"]
+        avg = [mean(r["curve"][key][j] for r in rs) for j in range(len(steps))]
+        ax.plot(steps, avg, color=colours[i % 5], lw=2, label=f"{opt} ({cfg})")
+    if logy:
+        ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    print(f"wrote {path}")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="python -m gaugec.experiments", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("name", choices=EXPERIMENTS)
+    ap.add_argument("--quick", action="store_true", help="a smoke-sized run (minutes)")
+    ap.add_argument("--seeds", type=int, default=None, help="seeds 0..N-1 (default: the experiment's)")
+    ap.add_argument("--write", action="store_true", help="record the JSON, the table and the plot under docs/")
+    args = ap.parse_args(argv)
+    exp = load(args.name)
+    t0 = time.perf_counter()
+    rows = exp.run(quick=args.quick, seeds=args.seeds)
+    wall = time.perf_counter() - t0
+    table = exp.table(rows)
+    summary = exp.summary(rows)
+    cmd = f"python -m gaugec.experiments {args.name}" + (" --quick" if args.quick else "") + \
+          (f" --seeds {args.seeds}" if args.seeds else "")
+    text = f"Command: `{cmd} --write` ({wall / 60:.1f} min on 2 CPU cores)\n\n{table}\n\n**Summary:** {summary}"
+    print(text)
+    if args.write:
+        DATA.mkdir(parents=True, exist_ok=True)
+        (DATA / f"{args.name}.json").write_text(json.dumps(rows, indent=1, default=float) + "\n")
+        write_section(f"experiment-{args.name}", text, DOC)
+        exp.plot(rows, f"docs/img/{args.name}.png")
+    print(summary)
+    return rows

@@ -1,0 +1,3 @@
+from gaugec.experiments import main
+
+main()
