@@ -1,5 +1,5 @@
-"""E3, grokking at depth: modular addition a + b mod p (p = 23; 80% of the 529 pairs train, the rest test: the recipe that grokked under AdamW in
-``gaugec.bench llc``), a
+"""E3, grokking at depth: modular addition a + b mod p (p = 23; 80% of the 529 pairs train, the rest test — the
+recipe that grokked under AdamW in ``gaugec.bench llc``; at 40% no arm left memorisation within 1,500 steps), a
 pre-norm Llama-style transformer as deep as two CPU cores allow, full-batch, a fixed step budget.
 
 The paper's claim (``shared/research/ddc.md``, E3): at depth 24, DDCMuon groks in 10 of 11 seeds where Muon groks in
