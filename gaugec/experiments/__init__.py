@@ -122,7 +122,13 @@ def main(argv=None):
     args = ap.parse_args(argv)
     exp = load(args.name)
     t0 = time.perf_counter()
-    rows = exp.run(quick=args.quick, seeds=args.seeds)
+
+    def save(rows):
+        DATA.mkdir(parents=True, exist_ok=True)
+        (DATA / f"{args.name}.json").write_text(json.dumps(rows, indent=1, default=float) + "\n")
+
+    rows = exp.run(quick=args.quick, seeds=args.seeds, progress=lambda s: print(s, flush=True),
+                   checkpoint=save if args.write else None)
     wall = time.perf_counter() - t0
     table = exp.table(rows)
     summary = exp.summary(rows)
@@ -131,8 +137,7 @@ def main(argv=None):
     text = f"Command: `{cmd} --write` ({wall / 60:.1f} min on 2 CPU cores)\n\n{table}\n\n**Summary:** {summary}"
     print(text)
     if args.write:
-        DATA.mkdir(parents=True, exist_ok=True)
-        (DATA / f"{args.name}.json").write_text(json.dumps(rows, indent=1, default=float) + "\n")
+        save(rows)
         write_section(f"experiment-{args.name}", text, DOC)
         exp.plot(rows, f"docs/img/{args.name}.png")
     print(summary)

@@ -77,7 +77,8 @@ def train_one(factory, seed: int, steps: int, every: int, depth: int) -> dict:
             "curve": curve}
 
 
-def run(quick: bool = False, seeds: int | None = None, progress=print) -> list[dict]:
+def run(quick: bool = False, seeds: int | None = None, progress=print, checkpoint=None) -> list[dict]:
+    """Every arm × config × seed; ``checkpoint(rows)`` after each run (the partial rows survive an interruption)."""
     steps, every, depth = (300, 50, 2) if quick else (3000, 100, DEPTH)
     grid = [(0.02, 1.0)] if quick else GRID
     rows = []
@@ -89,6 +90,8 @@ def run(quick: bool = False, seeds: int | None = None, progress=print) -> list[d
                 rows.append({"experiment": "grokking", "optimizer": arm, "seed": seed, "config": f"lr {lr}, wd {wd}",
                              "lr": lr, "weight_decay": wd, "steps": steps, "depth": depth, "p": P,
                              "train_fraction": TRAIN_FRACTION, **r, "seconds": time.perf_counter() - t0})
+                if checkpoint:
+                    checkpoint(rows)
                 if progress:
                     progress(f"  seed {seed} lr {lr} wd {wd} {arm}: test acc {r['final_acc']:.3f} grokked "
                              f"{r['grok_step']} ({rows[-1]['seconds']:.0f} s)")

@@ -27,7 +27,8 @@ def _arms(lr, wd):
             "DDCAdam, no per-step sweep": tasks.ddcadam_factory(lr=lr, weight_decay=wd, rebalance_sweeps=0)}
 
 
-def run(quick: bool = False, seeds: int | None = None, progress=print) -> list[dict]:
+def run(quick: bool = False, seeds: int | None = None, progress=print, checkpoint=None) -> list[dict]:
+    """Every arm × config × seed; ``checkpoint(rows)`` after each run (the partial rows survive an interruption)."""
     from gaugec.optim import tasks
 
     steps, every = (200, 50) if quick else (1000, 50)
@@ -49,6 +50,8 @@ def run(quick: bool = False, seeds: int | None = None, progress=print) -> list[d
                              "best_val": curve.val[best], "best_step": curve.steps[best],
                              "seconds": time.perf_counter() - t0,
                              "curve": {"steps": curve.steps, "train": curve.train, "val": curve.val}})
+                if checkpoint:
+                    checkpoint(rows)
                 if progress:
                     r = rows[-1]
                     progress(f"  seed {seed} lr {lr} wd {wd} {arm}: train {r['final_train']:.3f} val "

@@ -123,7 +123,8 @@ def train_one(factory, seed: int, steps: int, every: int, data) -> dict:
             **capacity(model.eval(), xv, yv)}
 
 
-def run(quick: bool = False, seeds: int | None = None, progress=print) -> list[dict]:
+def run(quick: bool = False, seeds: int | None = None, progress=print, checkpoint=None) -> list[dict]:
+    """Every arm × config × seed; ``checkpoint(rows)`` after each run (the partial rows survive an interruption)."""
     from gaugec.experiments.overtrain import _arms
 
     steps, every = (150, 50) if quick else (1500, 100)
@@ -137,6 +138,8 @@ def run(quick: bool = False, seeds: int | None = None, progress=print) -> list[d
                 r = train_one(factory, seed, steps, every, data)
                 rows.append({"experiment": "vit", "optimizer": arm, "seed": seed, "config": f"lr {lr}, wd {wd}",
                              "lr": lr, "weight_decay": wd, "steps": steps, **r, "seconds": time.perf_counter() - t0})
+                if checkpoint:
+                    checkpoint(rows)
                 if progress:
                     progress(f"  seed {seed} lr {lr} wd {wd} {arm}: val {r['final_val']:.3f} acc {r['val_acc']:.3f} "
                              f"best {r['best_val']:.3f} @ {r['best_step']} MLP rank {r['rank_0']}/{r['rank_1']} "
