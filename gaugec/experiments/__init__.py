@@ -119,8 +119,12 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="a smoke-sized run (minutes)")
     ap.add_argument("--seeds", type=int, default=None, help="seeds 0..N-1 (default: the experiment's)")
     ap.add_argument("--write", action="store_true", help="record the JSON, the table and the plot under docs/")
+    ap.add_argument("--render", action="store_true", help="no training: rebuild the table, summary and plot from "
+                    "the saved JSON (after a change to how they are reported)")
     args = ap.parse_args(argv)
     exp = load(args.name)
+    if args.render:
+        return _render(args.name, exp)
     t0 = time.perf_counter()
 
     def save(rows):
@@ -141,4 +145,18 @@ def main(argv=None):
         write_section(f"experiment-{args.name}", text, DOC)
         exp.plot(rows, f"docs/img/{args.name}.png")
     print(summary)
+    return rows
+
+
+def _render(name: str, exp) -> list[dict]:
+    rows = json.loads((DATA / f"{name}.json").read_text())
+    quick = " --quick" if len({r["seed"] for r in rows}) == 1 and len({r["config"] for r in rows}) == 1 else ""
+    wall = sum(r["seconds"] for r in rows) / 60
+    summary = exp.summary(rows)
+    text = (f"Command: `python -m gaugec.experiments {name}{quick} --write` ({wall:.1f} min of training on 2 CPU "
+            f"cores; tables rebuilt from `{DATA}/{name}.json` with `--render`)\n\n{exp.table(rows)}\n\n"
+            f"**Summary:** {summary}")
+    print(text)
+    write_section(f"experiment-{name}", text, DOC)
+    exp.plot(rows, f"docs/img/{name}.png")
     return rows

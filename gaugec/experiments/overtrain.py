@@ -89,10 +89,11 @@ def summary(rows: list[dict]) -> str:
     best = best_configs(rows)
     gap = {o: [r["gap"] for r in groups[(reference, o)]] for c, o in groups if c == reference}
     gap_best = {o: [r["gap"] for r in groups[(best[o], o)]] for o in best}
-    return (f"E1 over-training, gap val − train at {reference}: DDCAdam {mean(gap['DDCAdam']):.3f} vs AdamW "
-            f"{mean(gap['AdamW']):.3f} (no-sweep ablation {mean(gap['DDCAdam, no per-step sweep']):.3f}); each at "
-            f"its best config: {mean(gap_best['DDCAdam']):.3f} vs {mean(gap_best['AdamW']):.3f}; paper {PAPER}: "
-            f"{verdict(gap['AdamW'], gap['DDCAdam'])}")
+    return (f"E1 over-training, gap val − train (paper {PAPER}). Same hyperparameters ({reference}): DDCAdam "
+            f"{mean(gap['DDCAdam']):.3f} vs AdamW {mean(gap['AdamW']):.3f}, no-sweep ablation "
+            f"{mean(gap['DDCAdam, no per-step sweep']):.3f}: {verdict(gap['AdamW'], gap['DDCAdam'])}. Each arm at "
+            f"its best config: DDCAdam {mean(gap_best['DDCAdam']):.3f} ({best['DDCAdam']}) vs AdamW "
+            f"{mean(gap_best['AdamW']):.3f} ({best['AdamW']}): {verdict(gap_best['AdamW'], gap_best['DDCAdam'])}.")
 
 
 def plot(rows: list[dict], path: str):
