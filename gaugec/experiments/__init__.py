@@ -119,6 +119,10 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="a smoke-sized run (minutes)")
     ap.add_argument("--seeds", type=int, default=None, help="seeds 0..N-1 (default: the experiment's)")
     ap.add_argument("--write", action="store_true", help="record the JSON, the table and the plot under docs/")
+    ap.add_argument("--steps", type=int, help="override the step budget")
+    ap.add_argument("--depth", type=int, help="grokking: override the depth")
+    ap.add_argument("--reference-only", action="store_true",
+                    help="run the reference config alone (no grid: the best-config view is then missing)")
     ap.add_argument("--render", action="store_true", help="no training: rebuild the table, summary and plot from "
                     "the saved JSON (after a change to how they are reported)")
     args = ap.parse_args(argv)
@@ -132,12 +136,15 @@ def main(argv=None):
         (DATA / f"{args.name}.json").write_text(json.dumps(rows, indent=1, default=float) + "\n")
 
     rows = exp.run(quick=args.quick, seeds=args.seeds, progress=lambda s: print(s, flush=True),
-                   checkpoint=save if args.write else None)
+                   checkpoint=save if args.write else None, steps=args.steps, reference_only=args.reference_only,
+                   depth=args.depth)
     wall = time.perf_counter() - t0
     table = exp.table(rows)
     summary = exp.summary(rows)
-    cmd = f"python -m gaugec.experiments {args.name}" + (" --quick" if args.quick else "") + \
-          (f" --seeds {args.seeds}" if args.seeds else "")
+    cmd = " ".join(["python -m gaugec.experiments", args.name] + (["--quick"] if args.quick else [])
+                   + [f"--{k.replace('_', '-')} {v}" for k, v in (("seeds", args.seeds), ("steps", args.steps),
+                                                                  ("depth", args.depth)) if v]
+                   + (["--reference-only"] if args.reference_only else []))
     text = f"Command: `{cmd} --write` ({wall / 60:.1f} min on 2 CPU cores)\n\n{table}\n\n**Summary:** {summary}"
     print(text)
     if args.write:

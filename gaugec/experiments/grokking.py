@@ -77,10 +77,13 @@ def train_one(factory, seed: int, steps: int, every: int, depth: int) -> dict:
             "curve": curve}
 
 
-def run(quick: bool = False, seeds: int | None = None, progress=print, checkpoint=None) -> list[dict]:
-    """Every arm × config × seed; ``checkpoint(rows)`` after each run (the partial rows survive an interruption)."""
-    steps, every, depth = (300, 50, 2) if quick else (3000, 100, DEPTH)
-    grid = [(0.02, 1.0)] if quick else GRID
+def run(quick: bool = False, seeds: int | None = None, progress=print, checkpoint=None, steps: int | None = None,
+        reference_only: bool = False, depth: int | None = None) -> list[dict]:
+    """Every arm × config × seed; ``checkpoint(rows)`` after each run (the partial rows survive an interruption).
+    ``steps`` and ``depth`` override the budget and the depth, ``reference_only`` runs the reference config alone."""
+    budget, every, default_depth = (300, 50, 2) if quick else (3000, 100, DEPTH)
+    steps, depth = steps or budget, depth or default_depth
+    grid = [(0.02, 1.0)] if quick or reference_only else GRID
     rows = []
     for seed in range(seeds or (1 if quick else 5)):
         for lr, wd in grid:

@@ -27,12 +27,15 @@ def _arms(lr, wd):
             "DDCAdam, no per-step sweep": tasks.ddcadam_factory(lr=lr, weight_decay=wd, rebalance_sweeps=0)}
 
 
-def run(quick: bool = False, seeds: int | None = None, progress=print, checkpoint=None) -> list[dict]:
-    """Every arm × config × seed; ``checkpoint(rows)`` after each run (the partial rows survive an interruption)."""
+def run(quick: bool = False, seeds: int | None = None, progress=print, checkpoint=None, steps: int | None = None,
+        reference_only: bool = False, depth: int | None = None) -> list[dict]:
+    """Every arm × config × seed; ``checkpoint(rows)`` after each run (the partial rows survive an interruption).
+    ``steps`` overrides the budget, ``reference_only`` runs the reference config alone (``depth``: grokking's)."""
     from gaugec.optim import tasks
 
-    steps, every = (200, 50) if quick else (1000, 50)
-    grid = [(3e-3, 0.1)] if quick else GRID
+    budget, every = (200, 50) if quick else (1000, 50)
+    steps = steps or budget
+    grid = [(3e-3, 0.1)] if quick or reference_only else GRID
     text = tasks.char_corpus()[:TEXT_CHARS]
     rows = []
     for seed in range(seeds or (1 if quick else 3)):

@@ -123,12 +123,15 @@ def train_one(factory, seed: int, steps: int, every: int, data) -> dict:
             **capacity(model.eval(), xv, yv)}
 
 
-def run(quick: bool = False, seeds: int | None = None, progress=print, checkpoint=None) -> list[dict]:
-    """Every arm × config × seed; ``checkpoint(rows)`` after each run (the partial rows survive an interruption)."""
+def run(quick: bool = False, seeds: int | None = None, progress=print, checkpoint=None, steps: int | None = None,
+        reference_only: bool = False, depth: int | None = None) -> list[dict]:
+    """Every arm × config × seed; ``checkpoint(rows)`` after each run (the partial rows survive an interruption).
+    ``steps`` overrides the budget, ``reference_only`` runs the reference config alone (``depth``: grokking's)."""
     from gaugec.experiments.overtrain import _arms
 
-    steps, every = (150, 50) if quick else (1500, 100)
-    grid = [(3e-3, 0.1)] if quick else GRID
+    budget, every = (150, 50) if quick else (1500, 100)
+    steps = steps or budget
+    grid = [(3e-3, 0.1)] if quick or reference_only else GRID
     data = digits()
     rows = []
     for seed in range(seeds or (1 if quick else 3)):
