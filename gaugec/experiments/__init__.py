@@ -33,6 +33,28 @@ def load(name: str):
     return importlib.import_module(f"gaugec.experiments.{name}")
 
 
+def sweep(name: str, seeds: int, grid, arms, train, describe, progress=print, checkpoint=None,
+          extra: dict | None = None) -> list[dict]:
+    """Every seed × (lr, wd) config × arm, seeds outermost (an interrupted sweep keeps whole seeds): ``arms(lr,
+    wd)`` maps an arm's name to its optimizer factory, ``train(factory, seed)`` returns the run's metrics and
+    curve, ``describe(metrics)`` a progress line; ``checkpoint(rows)`` after every run."""
+    rows = []
+    for seed in range(seeds):
+        for lr, wd in grid:
+            for arm, factory in arms(lr, wd).items():
+                t0 = time.perf_counter()
+                metrics = train(factory, seed)
+                rows.append({"experiment": name, "optimizer": arm, "seed": seed, "config": f"lr {lr}, wd {wd}",
+                             "lr": lr, "weight_decay": wd, **(extra or {}), **metrics,
+                             "seconds": time.perf_counter() - t0})
+                if checkpoint:
+                    checkpoint(rows)
+                if progress:
+                    progress(f"  seed {seed} lr {lr} wd {wd} {arm}: {describe(metrics)} "
+                             f"({rows[-1]['seconds']:.0f} s)")
+    return rows
+
+
 def by_config(rows: list[dict]) -> dict[tuple, list[dict]]:
     """Rows grouped by (config label, optimizer), in first-seen order."""
     out: dict[tuple, list[dict]] = {}

@@ -10,13 +10,12 @@ does.
 """
 from __future__ import annotations
 
-import time
 import warnings
 
 import torch
 import torch.nn.functional as F
 
-from gaugec.experiments import by_config, metric_table, plot_curves
+from gaugec.experiments import by_config, metric_table, plot_curves, sweep
 
 P, TRAIN_FRACTION = 23, 0.8
 DEPTH, D = 8, 32
@@ -83,22 +82,14 @@ def run(quick: bool = False, seeds: int | None = None, progress=print, checkpoin
     ``steps`` and ``depth`` override the budget and the depth, ``reference_only`` runs the reference config alone."""
     budget, every, default_depth = (300, 50, 2) if quick else (3000, 100, DEPTH)
     steps, depth = steps or budget, depth or default_depth
+
+    def describe(r):
+        return f"test acc {r['final_acc']:.3f} grokked {r['grok_step']}"
+
     grid = [(0.02, 1.0)] if quick or reference_only else GRID
-    rows = []
-    for seed in range(seeds or (1 if quick else 5)):
-        for lr, wd in grid:
-            for arm, factory in _arms(lr, wd).items():
-                t0 = time.perf_counter()
-                r = train_one(factory, seed, steps, every, depth)
-                rows.append({"experiment": "grokking", "optimizer": arm, "seed": seed, "config": f"lr {lr}, wd {wd}",
-                             "lr": lr, "weight_decay": wd, "steps": steps, "depth": depth, "p": P,
-                             "train_fraction": TRAIN_FRACTION, **r, "seconds": time.perf_counter() - t0})
-                if checkpoint:
-                    checkpoint(rows)
-                if progress:
-                    progress(f"  seed {seed} lr {lr} wd {wd} {arm}: test acc {r['final_acc']:.3f} grokked "
-                             f"{r['grok_step']} ({rows[-1]['seconds']:.0f} s)")
-    return rows
+    return sweep("grokking", seeds or (1 if quick else 5), grid, _arms,
+                 lambda factory, seed: train_one(factory, seed, steps, every, depth), describe, progress, checkpoint,
+                 {"steps": steps, "depth": depth, "p": P, "train_fraction": TRAIN_FRACTION})
 
 
 def table(rows: list[dict]) -> str:

@@ -7,10 +7,9 @@ without the per-step sweep; grid lr ∈ {1e-3, 3e-3} × weight decay ∈ {0, 0.1
 """
 from __future__ import annotations
 
-import time
 import warnings
 
-from gaugec.experiments import best_configs, by_config, mean, metric_table, plot_curves
+from gaugec.experiments import best_configs, by_config, mean, metric_table, plot_curves, sweep
 
 TEXT_CHARS = 20_000
 MODEL = dict(d=64, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=256)
@@ -35,32 +34,25 @@ def run(quick: bool = False, seeds: int | None = None, progress=print, checkpoin
 
     budget, every = (200, 50) if quick else (1000, 50)
     steps = steps or budget
-    grid = [(3e-3, 0.1)] if quick or reference_only else GRID
     text = tasks.char_corpus()[:TEXT_CHARS]
-    rows = []
-    for seed in range(seeds or (1 if quick else 3)):
-        for lr, wd in grid:
-            for arm, factory in _arms(lr, wd).items():
-                t0 = time.perf_counter()
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    curve = tasks.train_char_lm(factory, steps=steps, seed=seed, eval_every=every, text=text,
-                                                model=tasks.char_llama(seed=seed, **MODEL), eval_train=True)
-                best = min(range(len(curve.val)), key=curve.val.__getitem__)
-                rows.append({"experiment": "overtrain", "optimizer": arm, "seed": seed, "config": f"lr {lr}, wd {wd}",
-                             "lr": lr, "weight_decay": wd, "steps": steps, "final_train": curve.train[-1],
-                             "final_val": curve.val[-1], "gap": curve.val[-1] - curve.train[-1],
-                             "best_val": curve.val[best], "best_step": curve.steps[best],
-                             "seconds": time.perf_counter() - t0,
-                             "curve": {"steps": curve.steps, "train": curve.train, "val": curve.val}})
-                if checkpoint:
-                    checkpoint(rows)
-                if progress:
-                    r = rows[-1]
-                    progress(f"  seed {seed} lr {lr} wd {wd} {arm}: train {r['final_train']:.3f} val "
-                             f"{r['final_val']:.3f} gap {r['gap']:.3f} best {r['best_val']:.3f} @ {r['best_step']} "
-                             f"({r['seconds']:.0f} s)")
-    return rows
+
+    def train(factory, seed):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            curve = tasks.train_char_lm(factory, steps=steps, seed=seed, eval_every=every, text=text,
+                                        model=tasks.char_llama(seed=seed, **MODEL), eval_train=True)
+        best = min(range(len(curve.val)), key=curve.val.__getitem__)
+        return {"final_train": curve.train[-1], "final_val": curve.val[-1], "gap": curve.val[-1] - curve.train[-1],
+                "best_val": curve.val[best], "best_step": curve.steps[best],
+                "curve": {"steps": curve.steps, "train": curve.train, "val": curve.val}}
+
+    def describe(r):
+        return (f"train {r['final_train']:.3f} val {r['final_val']:.3f} gap {r['gap']:.3f} best {r['best_val']:.3f} "
+                f"@ {r['best_step']}")
+
+    grid = [(3e-3, 0.1)] if quick or reference_only else GRID
+    return sweep("overtrain", seeds or (1 if quick else 3), grid, _arms, train, describe, progress, checkpoint,
+                 {"steps": steps})
 
 
 def table(rows: list[dict]) -> str:

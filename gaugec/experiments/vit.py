@@ -12,14 +12,13 @@ effective rank exp(entropy of σ²/Σσ²).
 """
 from __future__ import annotations
 
-import time
 import warnings
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from gaugec.experiments import best_configs, by_config, mean, metric_table, plot_curves
+from gaugec.experiments import best_configs, by_config, mean, metric_table, plot_curves, sweep
 from gaugec.experiments.overtrain import verdict
 
 GRID = [(lr, wd) for lr in (1e-3, 3e-3) for wd in (0.0, 0.1)]
@@ -131,23 +130,16 @@ def run(quick: bool = False, seeds: int | None = None, progress=print, checkpoin
 
     budget, every = (150, 50) if quick else (1500, 100)
     steps = steps or budget
-    grid = [(3e-3, 0.1)] if quick or reference_only else GRID
     data = digits()
-    rows = []
-    for seed in range(seeds or (1 if quick else 3)):
-        for lr, wd in grid:
-            for arm, factory in _arms(lr, wd).items():
-                t0 = time.perf_counter()
-                r = train_one(factory, seed, steps, every, data)
-                rows.append({"experiment": "vit", "optimizer": arm, "seed": seed, "config": f"lr {lr}, wd {wd}",
-                             "lr": lr, "weight_decay": wd, "steps": steps, **r, "seconds": time.perf_counter() - t0})
-                if checkpoint:
-                    checkpoint(rows)
-                if progress:
-                    progress(f"  seed {seed} lr {lr} wd {wd} {arm}: val {r['final_val']:.3f} acc {r['val_acc']:.3f} "
-                             f"best {r['best_val']:.3f} @ {r['best_step']} MLP rank {r['rank_0']}/{r['rank_1']} "
-                             f"erank {r['erank_0']:.1f}/{r['erank_1']:.1f} ({rows[-1]['seconds']:.0f} s)")
-    return rows
+
+    def describe(r):
+        return (f"val {r['final_val']:.3f} acc {r['val_acc']:.3f} best {r['best_val']:.3f} @ {r['best_step']} "
+                f"MLP rank {r['rank_0']}/{r['rank_1']} erank {r['erank_0']:.1f}/{r['erank_1']:.1f}")
+
+    grid = [(3e-3, 0.1)] if quick or reference_only else GRID
+    return sweep("vit", seeds or (1 if quick else 3), grid, _arms,
+                 lambda factory, seed: train_one(factory, seed, steps, every, data), describe, progress, checkpoint,
+                 {"steps": steps})
 
 
 def table(rows: list[dict]) -> str:
