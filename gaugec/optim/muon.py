@@ -174,8 +174,11 @@ class DDCMuon(CanonicalFrameOptimizer):
         lr, wd = group["lr"], group["weight_decay"]
         for p, o in zip(params, ortho):
             step = adjust_lr(lr, group["adjust_lr_fn"], p.shape)
-            p.mul_((1 - lr * wd * keep).to(p.dtype))
-            p.add_(o * (-step * keep).to(o.dtype))
+            # the factors stay 0-dim in float32 (float64 for float64 parameters): like torch's Python scalars they
+            # are applied at the kernel's compute precision, not rounded to bf16 first
+            opmath = torch.float64 if p.dtype == torch.float64 else torch.float32
+            p.mul_((1 - lr * wd * keep).to(opmath))
+            p.add_(o * (-step * keep).to(opmath))
 
     def _state_keys(self, group, scalars=False):
         if group["use_muon"]:
