@@ -28,20 +28,12 @@ def llama_plan():
 EQUIVARIANCE_STEPS = 50
 
 
-def float64_zoo(name):
-    """A zoo model (the 2-layer Llama-GQA at eps 1e-6 for "llama_gqa") and its inputs in float64."""
-    from gaugec import zoo
-
-    model, inputs = {"llama_gqa": lambda: zoo.llama_gqa(n_layers=2, eps=1e-6)}.get(name, zoo.ZOO[name])()
-    return model.double(), tuple(x.double() if x.is_floating_point() else x for x in inputs)
-
-
 @pytest.fixture(scope="module", params=["llama_gqa", "gpt2", "relu_mlp"])
 def setup(request):
     """(name, float64 model, inputs, plan, label batches) for the equivariance tests of every DDC optimizer."""
     import gaugec
     from gaugec.optim import tasks
 
-    model, inputs = float64_zoo(request.param)
+    model, inputs = tasks.float64_zoo(request.param)
     plan = gaugec.compile(model, inputs, loss="cross_entropy")
     return request.param, model, inputs, plan, tasks.label_batches(model, inputs, plan, EQUIVARIANCE_STEPS)

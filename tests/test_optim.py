@@ -13,7 +13,9 @@ from gaugec.capture import unflatten_params, unique_named_parameters
 from gaugec.optim import DDCAdam, tasks
 from gaugec.pipeline import model_f
 
-from .conftest import EQUIVARIANCE_STEPS as STEPS, float64_zoo
+from .conftest import EQUIVARIANCE_STEPS as STEPS
+
+float64_zoo = tasks.float64_zoo
 
 LR, WD = 1e-2, 0.1
 

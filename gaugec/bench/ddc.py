@@ -38,14 +38,11 @@ def _optimizers():
 
 def bench_equivariance(models=("relu_mlp", "llama_gqa", "gpt2")) -> list[dict]:
     import gaugec
-    from gaugec import zoo
     from gaugec.optim import tasks
 
     rows = []
     for name in models:
-        model, inputs = {"llama_gqa": lambda: zoo.llama_gqa(n_layers=2, eps=1e-6)}.get(name, zoo.ZOO[name])()
-        model = model.double()
-        inputs = tuple(x.double() if x.is_floating_point() else x for x in inputs)
+        model, inputs = tasks.float64_zoo(name)
         plan = gaugec.compile(model, inputs)
         batches = tasks.label_batches(model, inputs, plan, EQ_STEPS)
         full = plan.random_element(torch.Generator().manual_seed(1), spread=100.0, gl_spread=3.0)

@@ -187,6 +187,15 @@ def adamw_factory(**hp) -> Callable:
     return lambda model, _inputs: torch.optim.AdamW(model.parameters(), **hp)
 
 
+def float64_zoo(name: str):
+    """A zoo model of the equivariance experiments (the 2-layer Llama-GQA at eps 1e-6 for "llama_gqa") and its inputs,
+    in float64."""
+    from gaugec import zoo
+
+    model, inputs = {"llama_gqa": lambda: zoo.llama_gqa(n_layers=2, eps=1e-6)}.get(name, zoo.ZOO[name])()
+    return model.double(), tuple(x.double() if x.is_floating_point() else x for x in inputs)
+
+
 def label_batches(model, inputs, plan, n: int, seed: int = 5) -> list[torch.Tensor]:
     """``n`` batches of random class labels shaped like f's (all but its class axis), for ``run_from``."""
     from gaugec.pipeline import model_f
