@@ -24,10 +24,10 @@ def test_best_configs_tables_and_verdicts():
     text = overtrain.table(rows)
     assert "Same hyperparameters" in text and "Each arm at its best config" in text
     assert "| AdamW | lr 0.003, wd 0.1 | 3 | 1.000 (1.000 / 1.000 / 1.000) | 3.000 (3.000 / 3.100 / 2.900)" in text
-    assert overtrain.verdict([2.0, 2.1, 1.9], [1.0, 1.1, 0.9]) == "reproduced in direction"
-    assert overtrain.verdict([1.0, 1.1, 0.9], [2.0, 2.1, 1.9]) == "reversed"
-    assert overtrain.verdict([1.0, 1.5, 0.5], [1.1, 1.6, 0.6]).startswith("not reproduced")
-    assert overtrain.verdict([1.0], [2.0]).startswith("undecided")
+    assert experiments.verdict([2.0, 2.1, 1.9], [1.0, 1.1, 0.9]) == "reproduced in direction"
+    assert experiments.verdict([1.0, 1.1, 0.9], [2.0, 2.1, 1.9]) == "reversed"
+    assert experiments.verdict([1.0, 1.5, 0.5], [1.1, 1.6, 0.6]).startswith("not reproduced")
+    assert experiments.verdict([1.0], [2.0]).startswith("undecided")
     assert "reproduced in direction" in overtrain.summary(rows)
     with pytest.raises(KeyError, match="unknown experiment"):
         experiments.load("nope")

@@ -68,6 +68,27 @@ def mean(xs) -> float:
     return sum(xs) / len(xs) if xs else float("nan")
 
 
+def reference_config(rows: list[dict], reference: str) -> str:
+    """The experiment's reference config, or the first one run (a --quick or --reference-only run of another)."""
+    return reference if any(r["config"] == reference for r in rows) else rows[0]["config"]
+
+
+def verdict(a: list[float], b: list[float]) -> str:
+    """'reproduced in direction' when b's mean is below a's by more than twice the standard error of the
+    difference, 'reversed' when above by as much, else 'not reproduced (within the seed spread)'."""
+    import statistics
+
+    if len(a) < 2 or len(b) < 2:
+        return "undecided (one seed)"
+    se = (statistics.variance(a) / len(a) + statistics.variance(b) / len(b)) ** 0.5
+    diff = mean(a) - mean(b)
+    if diff > 2 * se:
+        return "reproduced in direction"
+    if diff < -2 * se:
+        return "reversed"
+    return "not reproduced (within the seed spread)"
+
+
 def best_configs(rows: list[dict], key: str = "best_val") -> dict[str, str]:
     """Per optimizer, the config with the lowest mean ``key`` over seeds ("each arm at its best")."""
     best: dict[str, tuple[float, str]] = {}
@@ -150,42 +171,39 @@ def main(argv=None):
     args = ap.parse_args(argv)
     exp = load(args.name)
     if args.render:
-        return _render(args.name, exp)
+        rows = json.loads((DATA / f"{args.name}.json").read_text())
+        wall = sum(r["seconds"] for r in rows) / 60
+        command = rows[0].get("command", f"python -m gaugec.experiments {args.name}")
+        return _report(args.name, exp, rows, command, f"{wall:.1f} min of training on 2 CPU cores; tables rebuilt "
+                       f"from `{DATA}/{args.name}.json` with `--render`", write=True)
+    command = " ".join(["python -m gaugec.experiments", args.name] + (["--quick"] if args.quick else [])
+                       + [f"--{k} {v}" for k, v in (("seeds", args.seeds), ("steps", args.steps),
+                                                    ("depth", args.depth)) if v]
+                       + (["--reference-only"] if args.reference_only else []))
     t0 = time.perf_counter()
 
     def save(rows):
         DATA.mkdir(parents=True, exist_ok=True)
+        for r in rows:
+            r.setdefault("command", command)      # --render then reports the command that produced the rows
         (DATA / f"{args.name}.json").write_text(json.dumps(rows, indent=1, default=float) + "\n")
 
     rows = exp.run(quick=args.quick, seeds=args.seeds, progress=lambda s: print(s, flush=True),
                    checkpoint=save if args.write else None, steps=args.steps, reference_only=args.reference_only,
                    depth=args.depth)
-    wall = time.perf_counter() - t0
-    table = exp.table(rows)
-    summary = exp.summary(rows)
-    cmd = " ".join(["python -m gaugec.experiments", args.name] + (["--quick"] if args.quick else [])
-                   + [f"--{k.replace('_', '-')} {v}" for k, v in (("seeds", args.seeds), ("steps", args.steps),
-                                                                  ("depth", args.depth)) if v]
-                   + (["--reference-only"] if args.reference_only else []))
-    text = f"Command: `{cmd} --write` ({wall / 60:.1f} min on 2 CPU cores)\n\n{table}\n\n**Summary:** {summary}"
-    print(text)
     if args.write:
         save(rows)
-        write_section(f"experiment-{args.name}", text, DOC)
-        exp.plot(rows, f"docs/img/{args.name}.png")
-    print(summary)
-    return rows
+    return _report(args.name, exp, rows, command, f"{(time.perf_counter() - t0) / 60:.1f} min on 2 CPU cores",
+                   args.write)
 
 
-def _render(name: str, exp) -> list[dict]:
-    rows = json.loads((DATA / f"{name}.json").read_text())
-    quick = " --quick" if len({r["seed"] for r in rows}) == 1 and len({r["config"] for r in rows}) == 1 else ""
-    wall = sum(r["seconds"] for r in rows) / 60
+def _report(name: str, exp, rows: list[dict], command: str, cost: str, write: bool) -> list[dict]:
+    """Print the tables and the summary; with ``write``, record them in docs/experiments.md and draw the plot."""
     summary = exp.summary(rows)
-    text = (f"Command: `python -m gaugec.experiments {name}{quick} --write` ({wall:.1f} min of training on 2 CPU "
-            f"cores; tables rebuilt from `{DATA}/{name}.json` with `--render`)\n\n{exp.table(rows)}\n\n"
-            f"**Summary:** {summary}")
+    text = f"Command: `{command} --write` ({cost})\n\n{exp.table(rows)}\n\n**Summary:** {summary}"
     print(text)
-    write_section(f"experiment-{name}", text, DOC)
-    exp.plot(rows, f"docs/img/{name}.png")
+    if write:
+        write_section(f"experiment-{name}", text, DOC)
+        exp.plot(rows, f"docs/img/{name}.png")
+    print(summary)
     return rows

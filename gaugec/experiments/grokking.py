@@ -15,7 +15,7 @@ import warnings
 import torch
 import torch.nn.functional as F
 
-from gaugec.experiments import by_config, metric_table, plot_curves, sweep
+from gaugec.experiments import by_config, metric_table, plot_curves, reference_config, sweep
 
 P, TRAIN_FRACTION = 23, 0.8
 DEPTH, D = 8, 32
@@ -98,7 +98,7 @@ def table(rows: list[dict]) -> str:
         r["grok_step_or_budget"] = r["grok_step"] if r["grok_step"] is not None else float(r["steps"])
     cols = [("grokked (1 = test acc ≥ 0.99)", "grokked_n", ".2f"), ("step (budget if not)", "grok_step_or_budget", ".0f"),
             ("final test acc", "final_acc", ".3f"), ("final test loss", "final_val", ".3f")]
-    reference = REFERENCE if any(r["config"] == REFERENCE for r in rows) else rows[0]["config"]
+    reference = reference_config(rows, REFERENCE)
     depth = rows[0]["depth"]
     return (f"Modular addition p = {P}, train fraction {TRAIN_FRACTION}, depth {depth}, d {D}, full batch.\n\n"
             + metric_table(rows, cols, reference))
@@ -106,7 +106,7 @@ def table(rows: list[dict]) -> str:
 
 def summary(rows: list[dict]) -> str:
     groups = by_config(rows)
-    reference = REFERENCE if any(r["config"] == REFERENCE for r in rows) else rows[0]["config"]
+    reference = reference_config(rows, REFERENCE)
     count = {o: (sum(r["grokked"] for r in groups[(reference, o)]), len(groups[(reference, o)]))
              for c, o in groups if c == reference}
     total = {}
@@ -127,7 +127,7 @@ def summary(rows: list[dict]) -> str:
 
 
 def plot(rows: list[dict], path: str):
-    reference = REFERENCE if any(r["config"] == REFERENCE for r in rows) else rows[0]["config"]
+    reference = reference_config(rows, REFERENCE)
     plot_curves(rows, path, f"E3 grokking, depth {rows[0]['depth']}: test accuracy ({reference})",
                 ylabel="test accuracy", key="acc", config=reference)
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import warnings
 
-from gaugec.experiments import best_configs, by_config, mean, metric_table, plot_curves, sweep
+from gaugec.experiments import best_configs, by_config, mean, metric_table, plot_curves, reference_config, \
+    sweep, verdict
 
 TEXT_CHARS = 20_000
 MODEL = dict(d=64, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=256)
@@ -58,29 +59,13 @@ def run(quick: bool = False, seeds: int | None = None, progress=print, checkpoin
 def table(rows: list[dict]) -> str:
     cols = [("final train", "final_train", ".3f"), ("final val", "final_val", ".3f"), ("gap val − train", "gap", ".3f"),
             ("best val", "best_val", ".3f"), ("best step", "best_step", ".0f")]
-    reference = REFERENCE if any(r["config"] == REFERENCE for r in rows) else rows[0]["config"]
+    reference = reference_config(rows, REFERENCE)
     return metric_table(rows, cols, reference)
-
-
-def verdict(a: list[float], b: list[float]) -> str:
-    """'reproduced in direction' when b's mean is below a's by more than twice the standard error of the
-    difference, 'reversed' when above by as much, else 'not reproduced (within the seed spread)'."""
-    import statistics
-
-    if len(a) < 2 or len(b) < 2:
-        return "undecided (one seed)"
-    se = (statistics.variance(a) / len(a) + statistics.variance(b) / len(b)) ** 0.5
-    diff = mean(a) - mean(b)
-    if diff > 2 * se:
-        return "reproduced in direction"
-    if diff < -2 * se:
-        return "reversed"
-    return "not reproduced (within the seed spread)"
 
 
 def summary(rows: list[dict]) -> str:
     groups = by_config(rows)
-    reference = REFERENCE if any(r["config"] == REFERENCE for r in rows) else rows[0]["config"]
+    reference = reference_config(rows, REFERENCE)
     best = best_configs(rows)
     gap = {o: [r["gap"] for r in groups[(reference, o)]] for c, o in groups if c == reference}
     gap_best = {o: [r["gap"] for r in groups[(best[o], o)]] for o in best}
@@ -92,5 +77,5 @@ def summary(rows: list[dict]) -> str:
 
 
 def plot(rows: list[dict], path: str):
-    reference = REFERENCE if any(r["config"] == REFERENCE for r in rows) else rows[0]["config"]
+    reference = reference_config(rows, REFERENCE)
     plot_curves(rows, path, f"E1 over-training: validation loss (char Llama, {reference})", config=reference)

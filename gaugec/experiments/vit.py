@@ -18,8 +18,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from gaugec.experiments import best_configs, by_config, mean, metric_table, plot_curves, sweep
-from gaugec.experiments.overtrain import verdict
+from gaugec.experiments import best_configs, by_config, mean, metric_table, plot_curves, reference_config, \
+    sweep, verdict
 
 GRID = [(lr, wd) for lr in (1e-3, 3e-3) for wd in (0.0, 0.1)]
 REFERENCE = "lr 0.003, wd 0.1"
@@ -146,13 +146,13 @@ def table(rows: list[dict]) -> str:
     cols = [("final val", "final_val", ".3f"), ("val acc", "val_acc", ".3f"), ("best val", "best_val", ".3f"),
             ("MLP rank b0", "rank_0", ".0f"), ("MLP rank b1", "rank_1", ".0f"), ("eff. rank b0", "erank_0", ".1f"),
             ("eff. rank b1", "erank_1", ".1f")]
-    reference = REFERENCE if any(r["config"] == REFERENCE for r in rows) else rows[0]["config"]
+    reference = reference_config(rows, REFERENCE)
     return metric_table(rows, cols, reference)
 
 
 def summary(rows: list[dict]) -> str:
     groups = by_config(rows)
-    reference = REFERENCE if any(r["config"] == REFERENCE for r in rows) else rows[0]["config"]
+    reference = reference_config(rows, REFERENCE)
     best = best_configs(rows)
 
     def at(configs, key):
@@ -174,7 +174,7 @@ def summary(rows: list[dict]) -> str:
 
 
 def plot(rows: list[dict], path: str):
-    reference = REFERENCE if any(r["config"] == REFERENCE for r in rows) else rows[0]["config"]
+    reference = reference_config(rows, REFERENCE)
     plot_curves(rows, path, f"E2 ViT from scratch on 8×8 digits: validation loss ({reference})", config=reference)
 
 
