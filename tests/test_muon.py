@@ -1,6 +1,5 @@
 """DDCMuon: equivariance against torch.optim.Muon + AdamW, routing, torch.optim behaviour, parity (docs/ddc.md)."""
 import copy
-import io
 
 import pytest
 import torch
@@ -8,7 +7,8 @@ import torch
 import gaugec
 from gaugec import zoo
 from gaugec.optim import DDCMuon, muon_parameters, tasks
-from .test_optim import _compiled_step_agrees, _element, _HostReads, _lm, _lm_loss, _steps, _worst_step_gap
+from .test_optim import _compiled_step_agrees, _element, _HostReads, _lm, _lm_loss, _resume_from_checkpoint, \
+    _steps, _worst_step_gap
 
 HP = dict(lr=2e-2, adamw_lr=1e-2, weight_decay=0.1)
 
@@ -66,22 +66,9 @@ def test_routing_sends_hidden_matrices_to_muon_and_the_rest_to_adamw():
 
 
 def test_state_dict_resumes_bit_exactly_and_nan_steps_are_skipped_without_host_sync():
-    model, inputs, plan = _lm()
-    opt = DDCMuon(model.parameters(), plan, **HP)
-    _steps(model, inputs, opt, 3)
-    buf = io.BytesIO()
-    torch.save({"model": model.state_dict(), "opt": opt.state_dict()}, buf)
-    _steps(model, inputs, opt, 3, first_seed=3)
-    fresh, _ = zoo.llama_gqa(n_layers=2, eps=1e-6)
-    opt2 = DDCMuon(fresh.parameters(), plan.bind(fresh), **HP)
-    buf.seek(0)
-    ckpt = torch.load(buf, weights_only=False)
-    fresh.load_state_dict(ckpt["model"])
-    opt2.load_state_dict(ckpt["opt"])
-    _steps(fresh, inputs, opt2, 3, first_seed=3)
-    for a, b in zip(model.parameters(), fresh.parameters()):
-        assert torch.equal(a, b)
-    bad = copy.deepcopy(ckpt["opt"])
+    model, inputs, _, opt, opt2, saved = _resume_from_checkpoint(lambda m, plan: DDCMuon(m.parameters(), plan, **HP),
+                                                                 3)
+    bad = copy.deepcopy(saved)
     first_muon = next(i for i, s in bad["state"].items() if "momentum_buffer" in s)
     bad["state"][first_muon]["momentum_buffer"] = torch.zeros(3)
     with pytest.raises(ValueError, match="momentum_buffer has shape"):

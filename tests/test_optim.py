@@ -210,25 +210,33 @@ def _steps(model, inputs, opt, n, first_seed=0):
         opt.step()
 
 
-def test_state_dict_round_trip_resumes_bit_exactly():
+def _resume_from_checkpoint(make, n: int):
+    """n steps, a checkpoint, n more; a fresh model (other weights: everything must come from the checkpoint) and
+    optimizer load it and take the same n steps. Returns (model, inputs, fresh, opt, opt2, the optimizer
+    checkpoint)."""
     model, inputs, plan = _lm()
-    opt = DDCAdam(model.parameters(), plan, lr=1e-2)
-    _steps(model, inputs, opt, 5)
+    opt = make(model, plan)
+    _steps(model, inputs, opt, n)
     buf = io.BytesIO()
     torch.save({"model": model.state_dict(), "opt": opt.state_dict()}, buf)
-    _steps(model, inputs, opt, 5, first_seed=5)
+    _steps(model, inputs, opt, n, first_seed=n)
     fresh, _ = zoo.llama_gqa(n_layers=2, eps=1e-6)
     torch.manual_seed(123)
-    for p in fresh.parameters():                     # not the same start: everything must come from the checkpoint
+    for p in fresh.parameters():
         p.data.normal_()
-    opt2 = DDCAdam(fresh.parameters(), plan.bind(fresh), lr=1e-2)
+    opt2 = make(fresh, plan.bind(fresh))
     buf.seek(0)
     ckpt = torch.load(buf, weights_only=False)
     fresh.load_state_dict(ckpt["model"])
     opt2.load_state_dict(ckpt["opt"])
-    _steps(fresh, inputs, opt2, 5, first_seed=5)
+    _steps(fresh, inputs, opt2, n, first_seed=n)
     for a, b in zip(model.parameters(), fresh.parameters()):
         assert torch.equal(a, b)
+    return model, inputs, fresh, opt, opt2, ckpt["opt"]
+
+
+def test_state_dict_round_trip_resumes_bit_exactly():
+    model, _, fresh, opt, opt2, _ = _resume_from_checkpoint(lambda m, plan: DDCAdam(m.parameters(), plan, lr=1e-2), 5)
     for a, b in zip(model.parameters(), fresh.parameters()):
         assert torch.equal(opt.state[a]["exp_avg_sq"], opt2.state[b]["exp_avg_sq"])
 
