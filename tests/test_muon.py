@@ -7,7 +7,7 @@ import torch
 import gaugec
 from gaugec import zoo
 from gaugec.optim import DDCMuon, muon_parameters, tasks
-from .test_optim import _compiled_step_agrees, _element, _HostReads, _lm, _lm_loss, _resume_from_checkpoint, \
+from .test_optim import _closure_steps, _compiled_step_agrees, _element, _HostReads, _lm, _lm_loss, _resume_from_checkpoint, \
     _steps, _worst_step_gap
 
 HP = dict(lr=2e-2, adamw_lr=1e-2, weight_decay=0.1)
@@ -93,15 +93,7 @@ def test_param_groups_schedulers_closures_low_precision_and_compile():
     model, inputs, plan = _lm()
     opt = DDCMuon(model.parameters(), plan, lr=2e-2, adamw_lr=1e-2)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 ** s)
-    losses = []
-    for i in range(4):
-        def closure():
-            opt.zero_grad()
-            loss = _lm_loss(model, inputs, 0)
-            loss.backward()
-            return loss
-        losses.append(float(opt.step(closure)))
-        sched.step()
+    losses = _closure_steps(model, inputs, opt, sched)
     assert [g["lr"] for g in opt.param_groups] == pytest.approx([2e-2 * 0.5 ** 4, 1e-2 * 0.5 ** 4])
     assert losses[-1] < losses[0]
     for dtype in (torch.float32, torch.bfloat16):

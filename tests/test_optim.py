@@ -241,6 +241,21 @@ def test_state_dict_round_trip_resumes_bit_exactly():
         assert torch.equal(opt.state[a]["exp_avg_sq"], opt2.state[b]["exp_avg_sq"])
 
 
+def _closure_steps(model, inputs, opt, sched, n: int = 4) -> list[float]:
+    """n steps through a closure on the same labels, the scheduler stepped after each; the losses."""
+    def closure():
+        opt.zero_grad()
+        loss = _lm_loss(model, inputs, 0)
+        loss.backward()
+        return loss
+
+    losses = []
+    for _ in range(n):
+        losses.append(float(opt.step(closure)))
+        sched.step()
+    return losses
+
+
 def test_param_groups_schedulers_closures_and_zero_grad():
     model, inputs, plan = _lm()
     emb = model.embed_tokens.weight                  # in no gauge
@@ -248,15 +263,7 @@ def test_param_groups_schedulers_closures_and_zero_grad():
     opt = DDCAdam([{"params": rest}, {"params": [emb], "lr": 0.0, "weight_decay": 0.0}], plan, lr=1e-2)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 ** s)
     emb0 = emb.detach().clone()
-    losses = []
-    for i in range(4):
-        def closure(i=i):
-            opt.zero_grad()
-            loss = _lm_loss(model, inputs, 0)
-            loss.backward()
-            return loss
-        losses.append(float(opt.step(closure)))
-        sched.step()
+    losses = _closure_steps(model, inputs, opt, sched)
     assert opt.param_groups[0]["lr"] == pytest.approx(1e-2 * 0.5 ** 4)
     assert opt.param_groups[1]["lr"] == 0.0
     assert torch.equal(emb, emb0)
