@@ -33,26 +33,53 @@ def load(name: str):
     return importlib.import_module(f"gaugec.experiments.{name}")
 
 
-def sweep(name: str, seeds: int, grid, arms, train, describe, progress=print, checkpoint=None,
-          extra: dict | None = None) -> list[dict]:
-    """Every seed × (lr, wd) config × arm, seeds outermost (an interrupted sweep keeps whole seeds): ``arms(lr,
-    wd)`` maps an arm's name to its optimizer factory, ``train(factory, seed)`` returns the run's metrics and
-    curve, ``describe(metrics)`` a progress line; ``checkpoint(rows)`` after every run."""
-    rows = []
-    for seed in range(seeds):
-        for lr, wd in grid:
-            for arm, factory in arms(lr, wd).items():
-                t0 = time.perf_counter()
-                metrics = train(factory, seed)
-                rows.append({"experiment": name, "optimizer": arm, "seed": seed, "config": f"lr {lr}, wd {wd}",
-                             "lr": lr, "weight_decay": wd, **(extra or {}), **metrics,
-                             "seconds": time.perf_counter() - t0})
-                if checkpoint:
-                    checkpoint(rows)
-                if progress:
-                    progress(f"  seed {seed} lr {lr} wd {wd} {arm}: {describe(metrics)} "
-                             f"({rows[-1]['seconds']:.0f} s)")
-    return rows
+def sweep(name: str, seeds: int, grid, arms, train, settings: dict, describe, progress=print, checkpoint=None,
+          jobs: int = 1) -> list[dict]:
+    """Every seed × (lr, wd) config × arm, seeds outermost (an interrupted sweep keeps whole seeds).
+
+    ``arms``: the arm names; ``train(arm, lr, wd, seed, **settings)``: a module-level function returning the run's
+    metrics and curve (module-level so that ``jobs`` > 1 can run it in worker processes, one thread each: these
+    models are too small for two threads to help one run, so two runs at once are about twice the throughput);
+    ``describe(metrics)`` a progress line; ``checkpoint(rows)`` after every run. Rows come back in sweep order
+    whatever order the workers finish in; ``settings`` are stored in every row."""
+    runs = [(seed, lr, wd, arm) for seed in range(seeds) for lr, wd in grid for arm in arms]
+    done: dict[int, dict] = {}
+
+    def record(i, metrics, seconds):
+        seed, lr, wd, arm = runs[i]
+        done[i] = {"experiment": name, "optimizer": arm, "seed": seed, "config": f"lr {lr}, wd {wd}", "lr": lr,
+                   "weight_decay": wd, **settings, **metrics, "seconds": seconds}
+        if checkpoint:
+            checkpoint([done[j] for j in sorted(done)])
+        if progress:
+            progress(f"  seed {seed} lr {lr} wd {wd} {arm}: {describe(metrics)} ({seconds:.0f} s)")
+
+    if jobs <= 1:
+        for i, run in enumerate(runs):
+            record(i, *_timed(train, run, settings))
+    else:
+        import concurrent.futures as cf
+        import multiprocessing
+
+        with cf.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
+                                    initializer=_one_thread) as pool:
+            futures = {pool.submit(_timed, train, run, settings): i for i, run in enumerate(runs)}
+            for future in cf.as_completed(futures):
+                record(futures[future], *future.result())
+    return [done[i] for i in sorted(done)]
+
+
+def _timed(train, run, settings):
+    seed, lr, wd, arm = run
+    t0 = time.perf_counter()
+    metrics = train(arm, lr, wd, seed, **settings)
+    return metrics, time.perf_counter() - t0
+
+
+def _one_thread():
+    import torch
+
+    torch.set_num_threads(1)
 
 
 def by_config(rows: list[dict]) -> dict[tuple, list[dict]]:
@@ -164,46 +191,52 @@ def main(argv=None):
     ap.add_argument("--write", action="store_true", help="record the JSON, the table and the plot under docs/")
     ap.add_argument("--steps", type=int, help="override the step budget")
     ap.add_argument("--depth", type=int, help="grokking: override the depth")
+    ap.add_argument("--jobs", type=int, default=1, help="runs at once, in worker processes of one thread each")
     ap.add_argument("--reference-only", action="store_true",
                     help="run the reference config alone (no grid: the best-config view is then missing)")
     ap.add_argument("--render", action="store_true", help="no training: rebuild the table, summary and plot from "
                     "the saved JSON (after a change to how they are reported)")
+    ap.add_argument("--label", help="record under NAME-LABEL (JSON, markers, plot), beside the default NAME "
+                    "(a second design of the same experiment, say another depth)")
     args = ap.parse_args(argv)
     exp = load(args.name)
+    record = f"{args.name}-{args.label}" if args.label else args.name
     if args.render:
-        rows = json.loads((DATA / f"{args.name}.json").read_text())
+        rows = json.loads((DATA / f"{record}.json").read_text())
         wall = sum(r["seconds"] for r in rows) / 60
         command = rows[0].get("command", f"python -m gaugec.experiments {args.name}")
-        return _report(args.name, exp, rows, command, f"{wall:.1f} min of training on 2 CPU cores; tables rebuilt "
-                       f"from `{DATA}/{args.name}.json` with `--render`", write=True)
+        return _report(record, exp, rows, command, f"{wall:.1f} min of training on 2 CPU cores; tables rebuilt "
+                       f"from `{DATA}/{record}.json` with `--render`", write=True)
     command = " ".join(["python -m gaugec.experiments", args.name] + (["--quick"] if args.quick else [])
                        + [f"--{k} {v}" for k, v in (("seeds", args.seeds), ("steps", args.steps),
-                                                    ("depth", args.depth)) if v]
-                       + (["--reference-only"] if args.reference_only else []))
+                                                    ("depth", args.depth), ("jobs", args.jobs if args.jobs > 1 else None)) if v]
+                       + (["--reference-only"] if args.reference_only else [])
+                       + ([f"--label {args.label}"] if args.label else []))
     t0 = time.perf_counter()
 
     def save(rows):
         DATA.mkdir(parents=True, exist_ok=True)
         for r in rows:
             r.setdefault("command", command)      # --render then reports the command that produced the rows
-        (DATA / f"{args.name}.json").write_text(json.dumps(rows, indent=1, default=float) + "\n")
+        (DATA / f"{record}.json").write_text(json.dumps(rows, indent=1, default=float) + "\n")
 
     rows = exp.run(quick=args.quick, seeds=args.seeds, progress=lambda s: print(s, flush=True),
                    checkpoint=save if args.write else None, steps=args.steps, reference_only=args.reference_only,
-                   depth=args.depth)
+                   depth=args.depth, jobs=args.jobs)
     if args.write:
         save(rows)
-    return _report(args.name, exp, rows, command, f"{(time.perf_counter() - t0) / 60:.1f} min on 2 CPU cores",
+    return _report(record, exp, rows, command, f"{(time.perf_counter() - t0) / 60:.1f} min on 2 CPU cores"
+                   + (f", {args.jobs} runs at once" if args.jobs > 1 else ""),
                    args.write)
 
 
-def _report(name: str, exp, rows: list[dict], command: str, cost: str, write: bool) -> list[dict]:
+def _report(record: str, exp, rows: list[dict], command: str, cost: str, write: bool) -> list[dict]:
     """Print the tables and the summary; with ``write``, record them in docs/experiments.md and draw the plot."""
     summary = exp.summary(rows)
     text = f"Command: `{command} --write` ({cost})\n\n{exp.table(rows)}\n\n**Summary:** {summary}"
     print(text)
     if write:
-        write_section(f"experiment-{name}", text, DOC)
-        exp.plot(rows, f"docs/img/{name}.png")
+        write_section(f"experiment-{record}", text, DOC)
+        exp.plot(rows, f"docs/img/{record}.png")
     print(summary)
     return rows

@@ -19,41 +19,46 @@ REFERENCE = "lr 0.003, wd 0.1"
 PAPER = "0.67 (DDCAdam) vs 5.88 (AdamW)"
 
 
+ARMS = ("AdamW", "DDCAdam", "DDCAdam, no per-step sweep")
+
+
 def _arms(lr, wd):
+    """Arm name → optimizer factory (E2 uses the same arms)."""
     from gaugec.optim import tasks
 
-    return {"AdamW": tasks.adamw_factory(lr=lr, weight_decay=wd),
-            "DDCAdam": tasks.ddcadam_factory(lr=lr, weight_decay=wd),
-            "DDCAdam, no per-step sweep": tasks.ddcadam_factory(lr=lr, weight_decay=wd, rebalance_sweeps=0)}
+    return dict(zip(ARMS, (tasks.adamw_factory(lr=lr, weight_decay=wd), tasks.ddcadam_factory(lr=lr, weight_decay=wd),
+                           tasks.ddcadam_factory(lr=lr, weight_decay=wd, rebalance_sweeps=0))))
+
+
+def train(arm: str, lr: float, wd: float, seed: int, steps: int, every: int) -> dict:
+    """One run: the char Llama on the memorisable text, evaluated every ``every`` steps on train and validation."""
+    from gaugec.optim import tasks
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        curve = tasks.train_char_lm(_arms(lr, wd)[arm], steps=steps, seed=seed, eval_every=every,
+                                    text=tasks.char_corpus()[:TEXT_CHARS], model=tasks.char_llama(seed=seed, **MODEL),
+                                    eval_train=True)
+    best = min(range(len(curve.val)), key=curve.val.__getitem__)
+    return {"final_train": curve.train[-1], "final_val": curve.val[-1], "gap": curve.val[-1] - curve.train[-1],
+            "best_val": curve.val[best], "best_step": curve.steps[best],
+            "curve": {"steps": curve.steps, "train": curve.train, "val": curve.val}}
+
+
+def describe(r: dict) -> str:
+    return (f"train {r['final_train']:.3f} val {r['final_val']:.3f} gap {r['gap']:.3f} best {r['best_val']:.3f} "
+            f"@ {r['best_step']}")
 
 
 def run(quick: bool = False, seeds: int | None = None, progress=print, checkpoint=None, steps: int | None = None,
-        reference_only: bool = False, depth: int | None = None) -> list[dict]:
+        reference_only: bool = False, depth: int | None = None, jobs: int = 1) -> list[dict]:
     """Every arm × config × seed; ``checkpoint(rows)`` after each run (the partial rows survive an interruption).
-    ``steps`` overrides the budget, ``reference_only`` runs the reference config alone (``depth``: grokking's)."""
-    from gaugec.optim import tasks
-
+    ``steps`` overrides the budget, ``reference_only`` runs the reference config alone (``depth``: grokking's),
+    ``jobs`` runs that many at once."""
     budget, every = (200, 50) if quick else (1000, 50)
-    steps = steps or budget
-    text = tasks.char_corpus()[:TEXT_CHARS]
-
-    def train(factory, seed):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            curve = tasks.train_char_lm(factory, steps=steps, seed=seed, eval_every=every, text=text,
-                                        model=tasks.char_llama(seed=seed, **MODEL), eval_train=True)
-        best = min(range(len(curve.val)), key=curve.val.__getitem__)
-        return {"final_train": curve.train[-1], "final_val": curve.val[-1], "gap": curve.val[-1] - curve.train[-1],
-                "best_val": curve.val[best], "best_step": curve.steps[best],
-                "curve": {"steps": curve.steps, "train": curve.train, "val": curve.val}}
-
-    def describe(r):
-        return (f"train {r['final_train']:.3f} val {r['final_val']:.3f} gap {r['gap']:.3f} best {r['best_val']:.3f} "
-                f"@ {r['best_step']}")
-
     grid = [(3e-3, 0.1)] if quick or reference_only else GRID
-    return sweep("overtrain", seeds or (1 if quick else 3), grid, _arms, train, describe, progress, checkpoint,
-                 {"steps": steps})
+    return sweep("overtrain", seeds or (1 if quick else 3), grid, ARMS, train,
+                 {"steps": steps or budget, "every": every}, describe, progress, checkpoint, jobs)
 
 
 def table(rows: list[dict]) -> str:

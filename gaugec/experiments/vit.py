@@ -12,12 +12,14 @@ effective rank exp(entropy of σ²/Σσ²).
 """
 from __future__ import annotations
 
+import functools
 import warnings
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from gaugec.experiments.overtrain import ARMS, _arms
 from gaugec.experiments import best_configs, by_config, mean, metric_table, plot_curves, reference_config, \
     sweep, verdict
 
@@ -66,6 +68,7 @@ class TinyViT(nn.Module):
         return self.head(self.norm(x.mean(1)))
 
 
+@functools.cache
 def digits():
     """(train images, labels), (validation images, labels): a fixed split of scikit-learn's digits, scaled to
     [0, 1]."""
@@ -95,13 +98,14 @@ def capacity(model, x, y) -> dict:
     return out
 
 
-def train_one(factory, seed: int, steps: int, every: int, data) -> dict:
-    (xt, yt), (xv, yv) = data
+def train(arm: str, lr: float, wd: float, seed: int, steps: int, every: int) -> dict:
+    """One run: minibatches of 64 drawn by the seed, evaluation every ``every`` steps, the MLP capacity at the end."""
+    (xt, yt), (xv, yv) = digits()
     torch.manual_seed(seed)
     model = TinyViT()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        opt = factory(model, (xt[:8],))
+        opt = _arms(lr, wd)[arm](model, (xt[:8],))
     gen = torch.Generator().manual_seed(seed)
     curve = {"steps": [], "train": [], "val": [], "acc": []}
     for step in range(1, steps + 1):
@@ -122,24 +126,20 @@ def train_one(factory, seed: int, steps: int, every: int, data) -> dict:
             **capacity(model.eval(), xv, yv)}
 
 
+def describe(r: dict) -> str:
+    return (f"val {r['final_val']:.3f} acc {r['val_acc']:.3f} best {r['best_val']:.3f} @ {r['best_step']} "
+            f"MLP rank {r['rank_0']}/{r['rank_1']} erank {r['erank_0']:.1f}/{r['erank_1']:.1f}")
+
+
 def run(quick: bool = False, seeds: int | None = None, progress=print, checkpoint=None, steps: int | None = None,
-        reference_only: bool = False, depth: int | None = None) -> list[dict]:
+        reference_only: bool = False, depth: int | None = None, jobs: int = 1) -> list[dict]:
     """Every arm × config × seed; ``checkpoint(rows)`` after each run (the partial rows survive an interruption).
-    ``steps`` overrides the budget, ``reference_only`` runs the reference config alone (``depth``: grokking's)."""
-    from gaugec.experiments.overtrain import _arms
-
+    ``steps`` overrides the budget, ``reference_only`` runs the reference config alone (``depth``: grokking's),
+    ``jobs`` runs that many at once."""
     budget, every = (150, 50) if quick else (1500, 100)
-    steps = steps or budget
-    data = digits()
-
-    def describe(r):
-        return (f"val {r['final_val']:.3f} acc {r['val_acc']:.3f} best {r['best_val']:.3f} @ {r['best_step']} "
-                f"MLP rank {r['rank_0']}/{r['rank_1']} erank {r['erank_0']:.1f}/{r['erank_1']:.1f}")
-
     grid = [(3e-3, 0.1)] if quick or reference_only else GRID
-    return sweep("vit", seeds or (1 if quick else 3), grid, _arms,
-                 lambda factory, seed: train_one(factory, seed, steps, every, data), describe, progress, checkpoint,
-                 {"steps": steps})
+    return sweep("vit", seeds or (1 if quick else 3), grid, ARMS, train, {"steps": steps or budget, "every": every},
+                 describe, progress, checkpoint, jobs)
 
 
 def table(rows: list[dict]) -> str:
