@@ -22,7 +22,7 @@ import torch
 from torch.func import functional_call, jacrev
 
 from gaugec.capture import unflatten_params, unique_named_parameters
-from gaugec.pipeline import Float64Mode, f_value
+from gaugec.functional import Float64Mode, f_value
 
 
 @dataclasses.dataclass

@@ -7,6 +7,9 @@ import torch
 # a private lemma cache per test session, so sympy really runs
 os.environ.setdefault("GAUGEC_CACHE", tempfile.mkdtemp(prefix="gaugec-test-cache-"))
 torch.set_num_threads(2)
+# a discovery rule that raises fails the test instead of becoming a silent barrier (a test that wants the barrier
+# behaviour sets strict=False)
+os.environ["GAUGEC_STRICT"] = "1"
 
 
 def family_dims(plan) -> dict:

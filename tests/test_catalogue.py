@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 import gaugec
 from gaugec import zoo
-from gaugec.pipeline import model_f
+from gaugec.functional import model_f
 
 from .conftest import family_dims
 

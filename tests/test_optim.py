@@ -11,7 +11,7 @@ import gaugec
 from gaugec import measure, zoo
 from gaugec.capture import unflatten_params, unique_named_parameters
 from gaugec.optim import DDCAdam, tasks
-from gaugec.pipeline import model_f
+from gaugec.functional import model_f
 
 from .conftest import EQUIVARIANCE_STEPS as STEPS
 

@@ -67,15 +67,15 @@ def test_relu_mlp_complete_where_no_unit_is_dead():
 def test_oracle_catches_an_unsound_generator(llama_plan):
     """A plan that claims a false gauge must fail the soundness check (the oracle can fail)."""
     model, inputs, plan = llama_plan
-    from gaugec.plan import Gauge, PlanLeg
+    from gaugec.plan import Gauge, Leg
     import numpy as np
 
     # pretend the gate projection's rows can be rescaled against the down projection: SiLU forbids it
     n = 12
     fake = Gauge("fake@gate", "positive_rescale", "mult", [("pos", 1)] * n,
-                 [PlanLeg("layers.0.mlp.gate_proj.weight", "out", 0, np.stack([np.arange(n), np.zeros(n, int),
+                 [Leg("layers.0.mlp.gate_proj.weight", "out", 0, np.stack([np.arange(n), np.zeros(n, int),
                                                                                 np.zeros(n, int)], 1)),
-                  PlanLeg("layers.0.mlp.down_proj.weight", "in", 1, np.stack([np.arange(n), np.zeros(n, int),
+                  Leg("layers.0.mlp.down_proj.weight", "in", 1, np.stack([np.arange(n), np.zeros(n, int),
                                                                                np.zeros(n, int)], 1))])
     bad = gaugec.GaugePlan(model, plan.gauges + [fake], loss=plan.loss, graph=plan.graph, example_inputs=inputs)
     rep = gaugec.verify(model, inputs, bad)

@@ -16,8 +16,8 @@ import torch.nn.functional as F
 import gaugec
 from gaugec import zoo
 from gaugec.optim import DDCAdam, tasks
-from gaugec.pipeline import model_f
-from gaugec.plan.executor import CanonicalisationError
+from gaugec.functional import model_f
+from gaugec.optim.section import CanonicalisationError
 
 STEPS, LR, WD = 30, 1e-2, 0.1
 
@@ -291,7 +291,7 @@ def test_a_nan_parameter_or_a_failing_section_raises_and_changes_nothing(dtype, 
     with torch.no_grad():
         model.layers[0].mlp.up_proj.weight[2, 3] = 0.5
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    from gaugec.plan import executor
+    from gaugec.optim import section as executor
 
     calls = {"n": 0}
     real = executor._solve

@@ -1,3 +1,3 @@
-from gaugec.bench import main
+from gaugec.bench.cli import main
 
 main()

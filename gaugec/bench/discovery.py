@@ -10,7 +10,6 @@ import torch
 from gaugec.bench.tables import md_table
 from gaugec.capture import capture
 from gaugec.discover import discover
-from gaugec.pipeline import _to_gauge
 from gaugec.prove import lemmas as lemma_mod
 
 
@@ -64,7 +63,7 @@ def bench_discover(names=None) -> list[dict]:
         t_capture = time.perf_counter() - t0
         t0 = time.perf_counter()
         disc = discover(gg, "cross_entropy")
-        gauges = [_to_gauge(fg) for fg in disc.gauges]
+        gauges = disc.gauges
         t_discover = time.perf_counter() - t0
         lemma_mod.clear_cache()
         os.environ["GAUGEC_CACHE"] = tempfile.mkdtemp(prefix="gaugec-bench-")

@@ -75,7 +75,7 @@ def construction_report(model, inputs, plan) -> dict:
     """Build DDCAdam on a float64 copy: relative change of f, the smallest and largest norm ratio over the live
     (non-zero) weights, frozen tensors rewritten, blocks held, sweeps."""
     from gaugec.optim import DDCAdam
-    from gaugec.pipeline import model_f
+    from gaugec.functional import model_f
 
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     with torch.no_grad():

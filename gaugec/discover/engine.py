@@ -1,294 +1,28 @@
-"""The propagation engine: seeds, probes, the rule context and the rule registry.
-
-A *probe* follows one candidate group action forward from its seed through the graph. Its state on a tensor is an
-integer array of the tensor's full shape:
-
-* multiplicative probes (``kind="mult"``) carry *coordinate ids*: the group acts on the tensor by
-  ``T'[p] = sum_q M[C[p], C[q]] T[q]`` over positions ``q`` in the same fibre; ``-1`` marks positions it leaves
-  alone. Coordinates are grouped into blocks by the solver; a block is GL, a scaled 2x2 rotation (RoPE commutant),
-  a signed scalar or a positive scalar.
-* additive probes (``kind="add"``) carry *value labels*: the action adds ``delta`` with ``delta[p] = v[L[p]]``
-  (positions with equal labels move by the same amount, ``-1`` means zero). Softmax, layer norm and the loss absorb
-  a delta that is constant along their axis; a bias absorbs a delta that has its shape.
-
-Index-moving ops apply the same numpy operation to the array, so views, transposes, slices, concatenation, GQA
-expansion and head splitting need no special cases. Each op rule records constraints (fibres, kinds, dual ties,
-legs, kills) in the :class:`Constraints` store; :mod:`gaugec.discover.solve` turns them into gauges.
-"""
+"""The propagation engine: seeds every probe, runs it through the graph in topological order, dispatching each
+node to its rule (:mod:`gaugec.discover.registry`), and gives the rules their context (:class:`RuleCtx`).
+Index-moving ops apply the same numpy operation to the probe's array, so views, transposes, slices, concatenation,
+GQA expansion and head splitting need no special cases. What a probe carries: :mod:`gaugec.discover.state`."""
 from __future__ import annotations
 
-import dataclasses
-import functools
 import heapq
-from typing import Callable
 
 import numpy as np
 import torch
 import torch.fx
 
 from gaugec.capture import GaugeGraph
-
-# ---------------------------------------------------------------------------------------------------------------
-# graph helpers
-
-
-def op_name(node: torch.fx.Node) -> str:
-    """'view', 'linear', 'add', ... for ATen call_function nodes; '<builtin getitem>' style names otherwise."""
-    if node.op != "call_function":
-        return node.op
-    t = node.target
-    schema = getattr(t, "_schema", None)
-    if schema is not None:
-        return schema.name.split("::")[-1]
-    return getattr(t, "__name__", str(t))
-
-
-def node_shape(node) -> tuple[int, ...] | None:
-    val = node.meta.get("val") if isinstance(node, torch.fx.Node) else None
-    if isinstance(val, torch.Tensor):
-        return tuple(int(s) for s in val.shape)
-    return None
-
-
-def arg(node: torch.fx.Node, i: int, name: str, default=None):
-    if len(node.args) > i:
-        return node.args[i]
-    return node.kwargs.get(name, default)
-
-
-def norm_dim(d: int, ndim: int) -> int:
-    return d + ndim if d < 0 else d
-
-
-def varying_axes(a: np.ndarray) -> set[int]:
-    """Axes along which the array is not constant."""
-    out = set()
-    for ax in range(a.ndim):
-        if a.shape[ax] > 1:
-            first = np.take(a, [0], axis=ax)
-            if not np.all(a == first):
-                out.add(ax)
-    return out
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# probes and constraints
-
-
-@dataclasses.dataclass
-class Leg:
-    """How a parameter moves under a group action.
-
-    role "out":   p <- M p along ``axis`` (the writer side; M built from the blocks of ``coords``)
-    role "in":    p <- M^-T p along ``axis`` (the reader side; W <- W M^-1 for a linear)
-    role "gain":  p <- m (p + offset) - offset, M diagonal (Gemma-style (offset + w) gains; offset 0 is a plain gain)
-    role "shift": p <- p + 1 (x) t, t a free vector over the axes not in ``axes`` (broadcast over ``axes``)
-    role "absorb": p <- p - delta, delta read off the tensor that reaches the bias at ``node`` (additive absorbers)
-    """
-
-    param: str
-    role: str
-    axis: int = 0
-    coords: np.ndarray | None = None     # global coordinate id per index along axis (-1: untouched)
-    offset: float = 0.0
-    axes: tuple[int, ...] = ()          # broadcast axes for role "shift"
-    node: str = ""                       # graph node where the leg was found
-    site: str = ""                       # node name of the tensor an absorber reads (role "absorb")
-    site_index: np.ndarray | None = None  # flat positions of that tensor giving each bias element (role "absorb")
-    select: np.ndarray | None = None      # role "shift": the entries of t that move (None: all)
-
-
-@dataclasses.dataclass
-class Probe:
-    id: int
-    kind: str                 # "mult" | "add"
-    seed: str                 # seed kind: "gl" | "diag" | "row_shift" | "translation"
-    node: torch.fx.Node
-    initial: np.ndarray
-    coord_base: int = 0
-    coord_count: int = 0
-    legs: list = dataclasses.field(default_factory=list)
-    tags: set = dataclasses.field(default_factory=set)
-    citations: list = dataclasses.field(default_factory=list)   # (lemma id, node name, coordinate arrays or None)
-    refusals: list = dataclasses.field(default_factory=list)    # (node name, reason)
-    dead: bool = False
-    sinks: list = dataclasses.field(default_factory=list)       # (node name, what)
-    describe: str = ""
-
-
-class Constraints:
-    """Everything the rules learn, over global coordinate ids (kept as arrays: full-size models have millions)."""
-
-    def __init__(self):
-        self.n_coords = 0
-        self.ranges: list[tuple[int, int, int, str]] = []   # (base, count, probe id, "gl" | "scalar")
-        self.fibres: list[np.ndarray] = []
-        self._fibre_keys: set = set()
-        self.kinds: list[tuple[str, np.ndarray]] = []      # ("pos" | "scalar", coords) or ("rot2", [k, 2] pairs)
-        self.kills: list[tuple[np.ndarray, str, str]] = []  # (coords, reason, node)
-        self.half_edges: dict[str, dict[str, list]] = {}    # node -> side -> [(probe id, C)]
-        self.tags: dict[str, list[np.ndarray]] = {}         # tag -> coordinates that met it (families are per block)
-
-    def new_coords(self, n: int, probe_id: int, kind: str) -> int:
-        base = self.n_coords
-        self.n_coords += n
-        self.ranges.append((base, n, probe_id, kind))
-        return base
-
-    def add_fibres(self, C: np.ndarray, axes: list[int]):
-        axes = [norm_dim(a, C.ndim) for a in axes]
-        rest = [a for a in range(C.ndim) if a not in axes]
-        rows = np.transpose(C, rest + axes).reshape(-1, int(np.prod([C.shape[a] for a in axes], dtype=np.int64)))
-        if rows.shape[0] > 1:
-            rows = unique_rows(rows)
-        for row in rows:
-            row = np.unique(row[row >= 0])
-            if len(row) > 1:
-                key = row.tobytes()     # the exact coordinate set: a hash collision must never drop a fibre
-                if key not in self._fibre_keys:
-                    self._fibre_keys.add(key)
-                    self.fibres.append(row)
-
-    def kill(self, coords, reason: str, where: str = ""):
-        coords = np.asarray(coords).reshape(-1)
-        coords = coords[coords >= 0]
-        if coords.size:
-            self.kills.append((np.unique(coords), reason, where))
-
-    def restrict(self, coords, kind: str):
-        coords = np.unique(np.asarray(coords))
-        self.kinds.append((kind, coords[coords >= 0]))
-
-    def tag(self, coords, tag: str):
-        coords = np.unique(np.asarray(coords))
-        self.tags.setdefault(tag, []).append(coords[coords >= 0])
-
-
-def unique_rows(rows: np.ndarray) -> np.ndarray:
-    """The distinct rows of an integer matrix (as np.unique(rows, axis=0), in first-seen order)."""
-    if rows.shape[0] <= 1 or rows.shape[1] == 0:
-        return rows
-    cls = row_classes(rows)
-    _, first = np.unique(cls, return_index=True)
-    return rows[np.sort(first)]
-
-
-@functools.lru_cache(maxsize=64)
-def _row_hash_weights(width: int) -> np.ndarray:
-    rng = np.random.default_rng(0x9A06EC)
-    return rng.integers(1, 2 ** 62, size=width, dtype=np.int64).astype(np.uint64)
-
-
-def _row_hash(rows: np.ndarray) -> np.ndarray:
-    w = _row_hash_weights(rows.shape[1])
-    return (rows.astype(np.uint64) * w).sum(axis=1) + (rows.astype(np.uint64) ^ (w >> np.uint64(7))).sum(axis=1)
-
-
-def row_classes(rows: np.ndarray) -> np.ndarray:
-    """A class id per row, equal for equal rows (np.unique(rows, axis=0, return_inverse=True)[1], faster)."""
-    if rows.shape[0] == 0:
-        return np.zeros(0, dtype=np.int64)
-    _, first, inv = np.unique(_row_hash(rows), return_index=True, return_inverse=True)
-    inv = inv.reshape(-1)
-    if not np.array_equal(rows[first[inv]], rows):   # a hash collision: never trust it, use the exact route
-        _, inv = np.unique(rows, axis=0, return_inverse=True)
-        inv = inv.reshape(-1)
-    return inv
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# rule registry
-
-MULT_RULES: dict[str, Callable] = {}
-ADD_RULES: dict[str, Callable] = {}
-INDEX_RULES: dict[str, Callable] = {}     # pure array maps shared by every probe kind and by parameter views
-SEED_RULES: dict[str, Callable] = {}
-BARRIERS: dict[str, str] = {}             # op -> reason (explicit refusals, shown by --explain)
-
-
-def rule(*names: str, kind: str):
-    """Register ``fn(ctx, node) -> state | None`` for ops ``names``; kind is "mult", "add", "both" or "seed"."""
-
-    def deco(fn):
-        tables = {"mult": [MULT_RULES], "add": [ADD_RULES], "both": [MULT_RULES, ADD_RULES],
-                  "seed": [SEED_RULES], "index": [INDEX_RULES]}[kind]
-        for table in tables:
-            for n in names:
-                table[n] = fn
-        return fn
-
-    return deco
-
-
-def barrier(reason: str, *names: str):
-    for n in names:
-        BARRIERS[n] = reason
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# parameter views: tensors that are a parameter moved by index ops (W.t(), gamma.view(1, C, 1, 1), 1 + w)
-
-
-@dataclasses.dataclass
-class ParamView:
-    """A tensor that is a parameter moved by index ops: ``idx[k]`` gives, per position of the view, the index
-    along parameter axis k. Each is kept broadcastable (zero-copy for transposes and expands), so full-size
-    weights never materialise a per-element array; ``P`` (flat index per position) is built on demand."""
-
-    param: str
-    idx: tuple              # one integer array per parameter axis, broadcastable to the view's shape
-    pshape: tuple           # the parameter's shape
-    offset: float = 0.0     # the view is (offset + w), e.g. Gemma gains
-
-    @classmethod
-    def of(cls, param: str, pshape: tuple) -> "ParamView":
-        nd = len(pshape)
-        idx = tuple(np.arange(s).reshape([s if a == k else 1 for a in range(nd)]) for k, s in enumerate(pshape))
-        shape = tuple(pshape)
-        return cls(param, tuple(np.broadcast_to(i, shape) for i in idx), shape)
-
-    @property
-    def shape(self) -> tuple:
-        return np.broadcast_shapes(*[i.shape for i in self.idx]) if self.idx else ()
-
-    @property
-    def ndim(self) -> int:
-        return len(self.shape)
-
-    def _flat_index(self, per_axis) -> np.ndarray:
-        """Row-major flat parameter index from one index array per parameter axis."""
-        flat, stride = 0, 1
-        for k in reversed(range(len(self.pshape))):
-            flat = flat + per_axis[k] * stride
-            stride *= self.pshape[k]
-        return np.asarray(flat, dtype=np.int64)
-
-    @property
-    def P(self) -> np.ndarray:
-        shape = self.shape
-        return self._flat_index([np.broadcast_to(i, shape) for i in self.idx])
-
-    def fibre(self, axis: int) -> np.ndarray:
-        """Flat parameter index along ``axis`` of the view, at index 0 of every other axis."""
-        sl = tuple(slice(None) if a == axis else 0 for a in range(self.ndim))
-        shape = self.shape
-        return self._flat_index([np.broadcast_to(i, shape)[sl] for i in self.idx])
-
-
-@dataclasses.dataclass
-class RopeMacro:
-    """q * cos + rotate_half(q) * sin, recognised as one rotary op on ``x`` along ``axis``."""
-
-    add: torch.fx.Node
-    x: torch.fx.Node
-    axis: int
-    pairs: list            # (i, j): positions along axis rotated together, J e_i = e_j
-    style: str             # "half" | "interleaved"
-    internal: set
+from gaugec.discover import rules  # noqa: F401  (registers the rules and patterns)
+from gaugec.discover.fx import arg, node_shape, op_name, varying_axes
+from gaugec.discover.registry import (ADD_RULES, BARRIERS, INDEX_RULES, MULT_RULES, PATTERNS, SEED_RULES,
+                                      PatternMatch, RuleError, strict_default)
+from gaugec.discover.rules.index import apply_index_op
+from gaugec.discover.state import Constraints, ParamView, Probe, row_classes
+from gaugec.plan.gauge import Leg
 
 
 class Engine:
-    def __init__(self, gg: GaugeGraph, loss: str | None, f_leaves: list[int] | None = None):
+    def __init__(self, gg: GaugeGraph, loss: str | None, f_leaves: list[int] | None = None,
+                 strict: bool | None = None):
         self.gg = gg
         self.loss = loss
         self.graph = gg.graph
@@ -297,8 +31,8 @@ class Engine:
         self.cons = Constraints()
         self.probes: list[Probe] = []
         self.param_views: dict[torch.fx.Node, ParamView] = {}
-        self.rope: dict[torch.fx.Node, RopeMacro] = {}
-        self.rope_internal: dict[torch.fx.Node, RopeMacro] = {}
+        self.strict = strict_default() if strict is None else strict
+        self.matches: dict[torch.fx.Node, PatternMatch] = {}   # every node of a recognised multi-node op
         self.unknown_ops: dict[str, int] = {}
         self.output_node = next(n for n in reversed(self.topo) if n.op == "output")
         # what f is: these output nodes must be left unchanged; the loss's shift invariance applies to a single one
@@ -307,6 +41,7 @@ class Engine:
         self.reaches_f = self._ancestors(self.f_outputs)   # a branch that never reaches f constrains nothing
         self._fresh = 0
         self._build_param_views()
+        self._find_patterns()
 
     @staticmethod
     def _ancestors(nodes) -> set:
@@ -348,8 +83,6 @@ class Engine:
         return uses
 
     def _build_param_views(self):
-        from gaugec.discover.rules.index import apply_index_op
-
         for n in self.topo:
             if n.op == "placeholder":
                 pname = self.gg.param_of(n)
@@ -378,6 +111,12 @@ class Engine:
                 shape = node_shape(n)
                 self.param_views[n] = ParamView(src.param, tuple(np.broadcast_to(i, shape) for i in src.idx),
                                                 src.pshape, float(arg(n, 1, "other")))
+
+    def _find_patterns(self):
+        for find in PATTERNS.values():
+            for match in find(self):
+                for node in match.internal:
+                    self.matches[node] = match
 
     # -- seeding and running -----------------------------------------------------------------------------------
     def seed_all(self):
@@ -420,15 +159,15 @@ class Engine:
             if node.op == "output":
                 self._at_output(probe, node, state)
                 continue
-            macro = self.rope_internal.get(node)
-            if macro is not None and node is not macro.add:
-                # inside a recognised rotary op: the whole op is evaluated at its output node
-                if macro.add not in pending:
-                    pending.add(macro.add)
-                    heapq.heappush(heap, self.index[macro.add])
+            match = self.matches.get(node)
+            if match is not None and node is not match.output:
+                # inside a recognised multi-node op: the whole op is evaluated at its output node
+                if match.output not in pending:
+                    pending.add(match.output)
+                    heapq.heappush(heap, self.index[match.output])
                 continue
             ctx = RuleCtx(self, probe, node, state)
-            out = ctx.dispatch(macro)
+            out = ctx.dispatch(match)
             if isinstance(out, np.ndarray) and not (out >= 0).any():
                 out = None      # nothing acted on here (e.g. the untouched part of a split): no state
             if out is not None and not probe.dead:
@@ -491,16 +230,14 @@ class RuleCtx:
     def carried(self) -> list[torch.fx.Node]:
         return [a for a in self.node.all_input_nodes if a in self._state]
 
-    def dispatch(self, macro: "RopeMacro | None" = None):
-        """Apply the node's rule (or the recognised rotary op ending here); no rule means a barrier."""
-        from gaugec.discover.rules.index import apply_index_op
-        from gaugec.discover.rules.rope import rope_rule
-
-        name = "rotary embedding" if macro is not None else op_name(self.node)
+    def dispatch(self, match: PatternMatch | None = None):
+        """Apply the node's rule (or the recognised multi-node op ending here); no rule means a barrier, and a rule
+        that raises is a barrier too (in strict mode it re-raises)."""
+        name = match.name if match is not None else op_name(self.node)
         fn = None
         try:
-            if macro is not None:
-                return rope_rule(self, self.node, macro)
+            if match is not None:
+                return match.apply(self, self.node)
             if name in INDEX_RULES:
                 self.cite("index_transport")
                 return apply_index_op(self.engine, self.node, self._state, fill=-1)
@@ -509,6 +246,9 @@ class RuleCtx:
             if fn is not None:
                 return fn(self, self.node)
         except Exception as exc:  # noqa: BLE001 - a rule that cannot handle this node is a barrier, never a crash
+            if self.engine.strict:
+                raise RuleError(f"the rule for '{name}' raised at node {self.node.name} (strict mode): "
+                                f"{type(exc).__name__}: {exc}") from exc
             return self.kill_all(f"the rule for '{name}' could not handle this node ({type(exc).__name__}: "
                                  f"{str(exc)[:120]})")
         if fn is None:
@@ -600,25 +340,3 @@ class SeedCtx:
             p.legs.append(lg)
         p.tags.update(tags)
         return p
-
-
-def param_axis_coords(P: np.ndarray, C: np.ndarray, shape: tuple[int, ...]):
-    """Find the parameter axis that carries the coordinates C, for a parameter view P used beside C.
-
-    P and C broadcast together (P: flat parameter index per position). Returns (axis, coordinate per index along
-    that axis, -1 where untouched) or None when no single axis carries them consistently.
-    """
-    P, C = np.broadcast_arrays(P, C)
-    flatP, flatC = P.reshape(-1), C.reshape(-1)
-    if not (flatC >= 0).any():
-        return None
-    idx = np.unravel_index(flatP, shape)
-    for ax in range(len(shape)):
-        keys, first, inv = np.unique(idx[ax], return_index=True, return_inverse=True)
-        if not np.array_equal(flatC[first][inv.reshape(-1)], flatC):
-            continue  # one parameter index meets two coordinates along this axis
-        coords = np.full(shape[ax], -1, dtype=np.int64)
-        coords[keys] = flatC[first]
-        if (coords >= 0).any():
-            return ax, coords
-    return None

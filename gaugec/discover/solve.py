@@ -5,21 +5,25 @@
 2. Blocks: the coordinates of a GL seed start as one block; every fibre F a rule imposed (a tensor slice the action
    must not leave) refines blocks into B ∩ F and B \\ F. Two coordinates share a final block iff they start
    together and lie in exactly the same fibres.
-3. Kinds: a block is GL(m) unless a rule restricted it: "pos" (R+, ReLU), "scalar" (R*, elementwise products and
-   gains) on single coordinates, "rot2" (a I + b J, the RoPE commutant) on a rotary pair.
+3. Kinds (:mod:`gaugec.groups`): a block is GL(m) unless a rule restricted it: "pos" (R+, ReLU), "scalar" (R*,
+   elementwise products and gains) on single coordinates, "rot2" (a I + b J, the RoPE commutant) on a rotary pair.
 4. Kills: a block with a killed coordinate is fixed at the identity; a parameter whose uses are not all covered by
    the gauge's legs (tied weights) kills the blocks that move it.
-5. Components of probes joined by ties are the gauge instances; each gets a family from what its rules saw.
+5. Components of probes joined by ties are the gauge instances; each gets a family from what its rules saw
+   (:mod:`gaugec.discover.families`), and its legs the (block, local index, parity) of every index they move.
 """
 from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Callable
 
 import numpy as np
 
-from gaugec.discover.engine import Engine, Leg
+from gaugec.discover.engine import Engine
+from gaugec.discover.families import additive_family, block_families
+from gaugec.groups import BLOCK_KINDS
+from gaugec.plan.gauge import Gauge, Leg
+from gaugec.prove import Proof
 
 
 class UnionFind:
@@ -70,35 +74,37 @@ class UnionFind:
             P = PP
 
 
-KIND_NAMES = ("gl", "rot2", "scalar", "pos")
-BLOCK_DIM = {"gl": lambda m: m * m, "rot2": lambda m: 2, "scalar": lambda m: 1, "pos": lambda m: 1}
-
-
-@dataclasses.dataclass
-class FoundGauge:
-    family: str
-    kind: str                        # "mult" | "add"
-    block_kinds: list[str]
-    block_sizes: list[int]
-    legs: list[Leg]
-    citations: list[tuple[str, str]]
-    probes: list[str]
-    tags: set
-    additive_dim: int = 0
-    entries_of: Callable[[np.ndarray], np.ndarray] | None = None   # coords -> [len, 3] (block, local, parity)
-
-    @property
-    def dim(self) -> int:
-        if self.kind == "add":
-            return self.additive_dim
-        return sum(BLOCK_DIM[k](m) for k, m in zip(self.block_kinds, self.block_sizes))
-
-
 @dataclasses.dataclass
 class Refusal:
     where: str
     probe: str
     reason: str
+
+
+class Reasons:
+    """Why coordinates or blocks are fixed: a list of (reason, node) addressed by integer codes (first one wins)."""
+
+    def __init__(self):
+        self.items: list[tuple[str, str]] = []
+
+    def code(self, why: str, where: str = "") -> int:
+        self.items.append((why, where))
+        return len(self.items) - 1
+
+
+@dataclasses.dataclass
+class Blocks:
+    """The solver's block table: every coordinate's block, local index and parity; every block's kind, size, tags
+    and the code of the reason it is fixed (-1: alive)."""
+
+    block_of_coord: np.ndarray
+    local_of_coord: np.ndarray
+    parity: np.ndarray
+    kind: np.ndarray          # [n_blocks] kind names (gaugec.groups)
+    size: np.ndarray
+    dead: np.ndarray
+    tags: dict[str, np.ndarray]
+    probe_comp: np.ndarray    # component id of each probe (probes joined by contraction ties)
 
 
 def _mix(x: np.ndarray, salt: int) -> np.ndarray:
@@ -110,21 +116,45 @@ def _mix(x: np.ndarray, salt: int) -> np.ndarray:
         return z ^ (z >> np.uint64(31))
 
 
-def solve(engine: Engine) -> tuple[list[FoundGauge], list[Refusal]]:
+def solve(engine: Engine) -> tuple[list[Gauge], list[Refusal]]:
+    """The five steps of the module docstring; returns the gauges (unnamed, proofs not yet checked) and the
+    refusals."""
+    reasons = Reasons()
+    blocks = _block_table(engine, reasons)
+    gauges, refusals = _multiplicative_gauges(engine, blocks, reasons)
+    more, more_refusals = _additive_gauges(engine)
+    if os.environ.get("GAUGEC_DEBUG"):
+        for p in engine.probes:
+            print("probe", p.id, p.describe, p.tags, p.refusals[:3])
+    return gauges + more, refusals + more_refusals
+
+
+def _block_table(engine: Engine, reasons: Reasons) -> Blocks:
     cons = engine.cons
     n = cons.n_coords
-    n_probes = len(engine.probes)
     coord_probe = np.zeros(n, dtype=np.int64)
     seed_scalar = np.zeros(n, dtype=bool)
     for base, count, pid, kind in cons.ranges:
         coord_probe[base:base + count] = pid
         seed_scalar[base:base + count] = kind == "scalar"
-    reasons: list[tuple[str, str]] = []   # (reason, where), indexed by the kill codes below
-    kills = list(cons.kills)
+    uf, probe_uf, kills = _contraction_ties(cons, coord_probe, len(engine.probes))
+    roots, parity = uf.roots_and_parities()
+    for r in uf.conflict:
+        kills.append((np.array([r]), "a coordinate contracted with itself (A = A^-T): orthogonal groups are not "
+                                     "derived yet", ""))
+    root_kill = _root_kills(kills, roots, n, reasons)
+    probe_comp = np.array([probe_uf.find(p)[0] for p in range(len(engine.probes))], dtype=np.int64)
+    start = np.zeros(n, dtype=np.int64)
+    start[roots] = probe_comp[coord_probe]
+    return _refine_blocks(cons, roots, parity, start, seed_scalar, root_kill, reasons, probe_comp)
 
-    # 1. contraction ties: A on one factor, A^-T on the other; the probes involved form one gauge instance
-    uf = UnionFind(n)
+
+def _contraction_ties(cons, coord_probe: np.ndarray, n_probes: int):
+    """1. Ties from contractions: A on one factor, A^-T on the other; the probes involved form one gauge instance.
+    Returns the coordinate union-find (with parity), the probe union-find and the kills found on the way."""
+    uf = UnionFind(cons.n_coords)
     probe_uf = UnionFind(n_probes)
+    kills = list(cons.kills)
     for node_name, sides in cons.half_edges.items():
         merged = {}
         for side in ("a", "b"):
@@ -149,28 +179,74 @@ def solve(engine: Engine) -> tuple[list[FoundGauge], list[Refusal]]:
         for pa, pb in np.unique(coord_probe[pairs[both]], axis=0):
             probe_uf.union(int(pa), int(pb), 0)
         kills.append((pairs[~both].max(axis=1), "one factor of a contraction is fixed", node_name))
-    roots, parity = uf.roots_and_parities()
-    for r in uf.conflict:
-        kills.append((np.array([r]), "a coordinate contracted with itself (A = A^-T): orthogonal groups are not "
-                                     "derived yet", ""))
+    return uf, probe_uf, kills
 
-    # kills, first reason wins, per root
+
+def _root_kills(kills, roots: np.ndarray, n: int, reasons: Reasons) -> np.ndarray:
+    """The reason code that fixes each root (-1: none); the first reason wins."""
     root_kill = np.full(n, -1, dtype=np.int64)
     for coords, why, where in kills:
         coords = np.asarray(coords).reshape(-1)
         coords = coords[coords >= 0]
         if not coords.size:
             continue
-        reasons.append((why, where))
+        code = reasons.code(why, where)
         rs = roots[coords]
         rs = rs[root_kill[rs] < 0]
-        root_kill[rs] = len(reasons) - 1
+        root_kill[rs] = code
+    return root_kill
 
-    # 2. blocks. A root's block is fixed by its start component (the GL seeds it came from, joined by ties), the
-    # set of fibres it lies in (hashed), and whether a kind made it a singleton.
-    probe_comp = np.array([probe_uf.find(p)[0] for p in range(n_probes)], dtype=np.int64)
-    start = np.zeros(n, dtype=np.int64)
-    start[roots] = probe_comp[coord_probe]
+
+def _refine_blocks(cons, roots, parity, start, seed_scalar, root_kill, reasons: Reasons, probe_comp) -> Blocks:
+    """2.–4. A root's block is fixed by its start component (the GL seeds it came from, joined by ties), the set of
+    fibres it lies in (hashed), and whether a kind made it a singleton; then kinds, and why a block is fixed."""
+    n = cons.n_coords
+    acc, single, flag, rot_order = _fibre_keys(cons, roots, seed_scalar)
+    uroots = np.unique(roots)
+    with np.errstate(over="ignore"):
+        key = acc[uroots] ^ _mix(start[uroots], 1) ^ np.where(single[uroots], _mix(uroots, 2), np.uint64(0))
+    _, first, block_of_u = np.unique(key, return_index=True, return_inverse=True)
+    block_of_u = block_of_u.reshape(-1)
+    exact = np.stack([start[uroots], acc[uroots].view(np.int64), np.where(single[uroots], uroots, -1)], 1)
+    if not np.array_equal(exact[first[block_of_u]], exact):   # a hash collision: use the exact keys
+        _, block_of_u = np.unique(exact, axis=0, return_inverse=True)
+        block_of_u = block_of_u.reshape(-1)
+    nb = int(block_of_u.max()) + 1 if len(block_of_u) else 0
+    block_of_root = np.full(n, -1, dtype=np.int64)
+    block_of_root[uroots] = block_of_u
+    size = np.bincount(block_of_u, minlength=nb)
+    has = {k: np.bincount(block_of_u, weights=flag[k][uroots], minlength=nb) > 0 for k in flag}
+
+    # 3. kinds (a restricted singleton is "pos" or "scalar"; a rotary pair "rot2"; otherwise GL), and why a block is
+    # fixed (-1: alive)
+    kind = np.where(size > 1, "gl", np.where(has["pos"], "pos", "scalar")).astype(object)
+    kind[has["rot2"]] = "rot2"
+    assert set(kind.tolist()) <= set(BLOCK_KINDS), "the solver assigned a kind gaugec.groups does not define"
+    dead = np.full(nb, -1, dtype=np.int64)
+    dead[has["rot2"] & ((size != 2) | has["pos"] | has["scalar"])] = \
+        reasons.code("a rotary pair that other ops split or restrict")
+    dead[(size > 1) & (has["pos"] | has["scalar"]) & ~has["rot2"]] = \
+        reasons.code("a block wider than one coordinate with a diagonal restriction")
+    killed_blocks = block_of_root[uroots[root_kill[uroots] >= 0]]
+    kill_codes = root_kill[uroots[root_kill[uroots] >= 0]]
+    fresh = dead[killed_blocks] < 0
+    dead[killed_blocks[fresh]] = kill_codes[fresh]
+
+    local_of_root = _local_indices(uroots, block_of_u, size, kind, dead, rot_order, n)
+    block_of_coord = block_of_root[roots]
+    tags = {}
+    for t, arrs in cons.tags.items():
+        mask = np.zeros(nb, dtype=bool)
+        if arrs:
+            mask[block_of_coord[np.concatenate(arrs)]] = True
+        tags[t] = mask
+    return Blocks(block_of_coord, local_of_root[roots], parity, kind, size, dead, tags, probe_comp)
+
+
+def _fibre_keys(cons, roots, seed_scalar):
+    """Per root: a hash of the fibres (and rotary pairs) it lies in, whether it is a singleton, and which
+    restrictions it met; and each rotary pair's orientation."""
+    n = cons.n_coords
     acc = np.zeros(n, dtype=np.uint64)
     rng = np.random.default_rng(20261123)
     with np.errstate(over="ignore"):
@@ -199,103 +275,111 @@ def solve(engine: Engine) -> tuple[list[FoundGauge], list[Refusal]]:
     rs = roots[seed_scalar]
     single[rs] = True
     flag["scalar"][rs] = True
+    return acc, single, flag, rot_order
 
-    uroots = np.unique(roots)
-    with np.errstate(over="ignore"):
-        key = acc[uroots] ^ _mix(start[uroots], 1) ^ np.where(single[uroots], _mix(uroots, 2), np.uint64(0))
-    _, first, block_of_u = np.unique(key, return_index=True, return_inverse=True)
-    block_of_u = block_of_u.reshape(-1)
-    exact = np.stack([start[uroots], acc[uroots].view(np.int64), np.where(single[uroots], uroots, -1)], 1)
-    if not np.array_equal(exact[first[block_of_u]], exact):   # a hash collision: use the exact keys
-        _, block_of_u = np.unique(exact, axis=0, return_inverse=True)
-        block_of_u = block_of_u.reshape(-1)
-    nb = int(block_of_u.max()) + 1 if len(block_of_u) else 0
-    block_of_root = np.full(n, -1, dtype=np.int64)
-    block_of_root[uroots] = block_of_u
-    size = np.bincount(block_of_u, minlength=nb)
-    has = {k: np.bincount(block_of_u, weights=flag[k][uroots], minlength=nb) > 0 for k in flag}
 
-    # 3. kinds, and why a block is fixed (-1: alive)
-    kind = np.where(size > 1, 0, np.where(has["pos"], 3, 2))          # gl | pos | scalar
-    kind = np.where(has["rot2"], 1, kind)
-    dead = np.full(nb, -1, dtype=np.int64)
-    bad_rot = has["rot2"] & ((size != 2) | has["pos"] | has["scalar"])
-    reasons.append(("a rotary pair that other ops split or restrict", ""))
-    dead[bad_rot] = len(reasons) - 1
-    bad_diag = (size > 1) & (has["pos"] | has["scalar"]) & ~has["rot2"]
-    reasons.append(("a block wider than one coordinate with a diagonal restriction", ""))
-    dead[bad_diag] = len(reasons) - 1
-    killed_blocks = block_of_root[uroots[root_kill[uroots] >= 0]]
-    kill_codes = root_kill[uroots[root_kill[uroots] >= 0]]
-    fresh = dead[killed_blocks] < 0
-    dead[killed_blocks[fresh]] = kill_codes[fresh]
-
-    # local index of each root inside its block (rotary pairs in their rotation's orientation)
+def _local_indices(uroots, block_of_u, size, kind, dead, rot_order, n) -> np.ndarray:
+    """Each root's index inside its block (rotary pairs in their rotation's orientation)."""
     order = np.argsort(block_of_u, kind="stable")
     starts = np.concatenate([[0], np.cumsum(size)[:-1]])
     local_u = np.empty(len(uroots), dtype=np.int64)
     local_u[order] = np.arange(len(uroots)) - starts[block_of_u[order]]
     local_of_root = np.full(n, -1, dtype=np.int64)
     local_of_root[uroots] = local_u
-    for b in np.nonzero((kind == 1) & (dead < 0))[0]:
+    for b in np.nonzero((kind == "rot2") & (dead < 0))[0]:
         members = uroots[order[starts[b]:starts[b] + 2]]
         f, sec = rot_order[(int(members.min()), int(members.max()))]
         local_of_root[f], local_of_root[sec] = 0, 1
+    return local_of_root
 
-    block_of_coord = block_of_root[roots]
-    local_of_coord = local_of_root[roots]
-    block_tag = {}
-    for t, arrs in cons.tags.items():
-        mask = np.zeros(nb, dtype=bool)
-        if arrs:
-            mask[block_of_coord[np.concatenate(arrs)]] = True
-        block_tag[t] = mask
 
-    # 4. components of probes: one gauge instance each (split by family below)
+def _multiplicative_gauges(engine: Engine, bt: Blocks, reasons: Reasons) -> tuple[list[Gauge], list[Refusal]]:
+    """5. Components of probes: one gauge instance each, split by family; tied parameters fix their blocks."""
     uses = engine.param_uses()
     comps: dict[int, list] = {}
     for p in engine.probes:
         if p.kind == "mult":
-            comps.setdefault(int(probe_comp[p.id]), []).append(p)
-
-    gauges: list[FoundGauge] = []
+            comps.setdefault(int(bt.probe_comp[p.id]), []).append(p)
+    gauges: list[Gauge] = []
     refusals: list[Refusal] = []
     for probes in comps.values():
         legs = [lg for p in probes for lg in p.legs]
-        for param in {lg.param for lg in legs}:      # tied / shared parameters: every use must be a leg
-            missing = uses.get(param, set()) - {lg.node for lg in legs if lg.param == param}
-            if missing:
-                reasons.append((f"parameter {param} is also used where the group does not act (tied or shared)",
-                                sorted(missing)[0]))
-                for lg in legs:
-                    if lg.param == param and lg.coords is not None:
-                        bs = block_of_coord[lg.coords[lg.coords >= 0]]
-                        bs = bs[dead[bs] < 0]
-                        dead[bs] = len(reasons) - 1
+        _kill_shared_parameters(legs, uses, bt, reasons)
         coords = np.concatenate([np.arange(p.coord_base, p.coord_base + p.coord_count) for p in probes])
-        bids = np.unique(block_of_coord[coords])
-        for code in np.unique(dead[bids][dead[bids] >= 0]):
-            why, where = reasons[code]
+        bids = np.unique(bt.block_of_coord[coords])
+        for code in np.unique(bt.dead[bids][bt.dead[bids] >= 0]):
+            why, where = reasons.items[code]
             refusals.append(Refusal(where or probes[0].node.name, probes[0].describe, why))
-        live = bids[dead[bids] < 0]
+        live = bids[bt.dead[bids] < 0]
         if not len(live):
             continue
         # families are per block: a fused QKV probe holds Q/K blocks and V/O blocks
-        seed_gain = "norm_gain" in set().union(*[p.tags for p in probes])
-        fam = block_families(live, block_tag, seed_gain)
+        tags = set().union(*[p.tags for p in probes])
+        fam = block_families(live, bt.tags, tags)
         families = list(dict.fromkeys(fam.tolist()))
         for fam_name in families:
             fam_blocks = live[fam == fam_name]   # sorted, as live is
             if len(families) == 1:
                 cites = sorted({(lid, nd) for p in probes for lid, nd, _ in p.citations})
             else:   # only the lemmas applied where this family's coordinates went
-                mine = coords[np.isin(block_of_coord[coords], fam_blocks)]
+                mine = coords[np.isin(bt.block_of_coord[coords], fam_blocks)]
                 cites = sorted({(lid, nd) for p in probes for lid, nd, cs in p.citations
                                 if cs is None or any(np.isin(c, mine).any() for c in cs)})
-            gauges.append(FoundGauge(
-                fam_name, "mult", [KIND_NAMES[k] for k in kind[fam_blocks]], size[fam_blocks].tolist(), legs, cites,
-                [p.describe for p in probes], set().union(*[p.tags for p in probes]),
-                entries_of=_entries_fn(fam_blocks, block_of_coord, local_of_coord, parity)))
+            gauges.append(Gauge("", fam_name, "mult", list(zip(bt.kind[fam_blocks].tolist(),
+                                                                bt.size[fam_blocks].tolist())),
+                                _plan_legs(legs, fam_blocks, bt), proof=Proof(cites),
+                                description=[p.describe for p in probes]))
+    return gauges, refusals
+
+
+def _kill_shared_parameters(legs, uses, bt: Blocks, reasons: Reasons):
+    """Tied / shared parameters: every use must be a leg, or the blocks that move the parameter are fixed."""
+    for param in {lg.param for lg in legs}:
+        missing = uses.get(param, set()) - {lg.node for lg in legs if lg.param == param}
+        if not missing:
+            continue
+        code = reasons.code(f"parameter {param} is also used where the group does not act (tied or shared)",
+                            sorted(missing)[0])
+        for lg in legs:
+            if lg.param == param and lg.coords is not None:
+                bs = bt.block_of_coord[lg.coords[lg.coords >= 0]]
+                bt.dead[bs[bt.dead[bs] < 0]] = code
+
+
+def _plan_legs(legs, fam_blocks: np.ndarray, bt: Blocks) -> list[Leg]:
+    """The probe legs as plan legs of one family's gauge: coordinates become (block, local, parity) entries, legs
+    that move none of the family's blocks are dropped."""
+    out = []
+    for lg in legs:
+        entries = None
+        if lg.coords is not None:
+            entries = _entries(lg.coords, fam_blocks, bt)
+            if not (entries[:, 0] >= 0).any():
+                continue
+        out.append(dataclasses.replace(lg, entries=entries, coords=None, axes=tuple(lg.axes)))
+    return out
+
+
+def _entries(coords: np.ndarray, fam_blocks: np.ndarray, bt: Blocks) -> np.ndarray:
+    """[len(coords), 3]: (block index within the gauge, local index, parity), -1 where untouched."""
+    coords = np.asarray(coords, dtype=np.int64)
+    out = np.full((len(coords), 3), -1, dtype=np.int64)
+    ok = coords >= 0
+    b = np.full(len(coords), -1, dtype=np.int64)
+    b[ok] = bt.block_of_coord[coords[ok]]
+    pos = np.searchsorted(fam_blocks, b)
+    hit = ok & (pos < len(fam_blocks)) & (fam_blocks[np.minimum(pos, len(fam_blocks) - 1)] == b)
+    out[hit, 0] = pos[hit]
+    out[hit, 1] = bt.local_of_coord[coords[hit]]
+    out[hit, 2] = bt.parity[coords[hit]]
+    return out
+
+
+def _additive_gauges(engine: Engine) -> tuple[list[Gauge], list[Refusal]]:
+    """Every additive probe that reached an absorber alive and moves no parameter used elsewhere is a gauge."""
+    uses = engine.param_uses()
+    gauges: list[Gauge] = []
+    refusals: list[Refusal] = []
     for p in engine.probes:
         if p.kind != "add":
             continue
@@ -316,65 +400,12 @@ def solve(engine: Engine) -> tuple[list[FoundGauge], list[Refusal]]:
             refusals.append(Refusal(bad[1], p.describe, bad[0]))
             continue
         dim = sum(_shift_dim(engine, lg) for lg in p.legs if lg.role == "shift")
-        gauges.append(FoundGauge(additive_family(p), "add", [], [], list(p.legs),
-                                 sorted({(lid, nd) for lid, nd, _ in p.citations}),
-                                 [p.describe], set(p.tags), additive_dim=dim))
-    if os.environ.get("GAUGEC_DEBUG"):
-        for p in engine.probes:
-            print("probe", p.id, p.describe, p.tags, p.refusals[:3])
+        family = additive_family(p.seed, p.tags, {what for _, what in p.sinks})
+        gauges.append(Gauge("", family, "add", [], [dataclasses.replace(lg, axes=tuple(lg.axes)) for lg in p.legs],
+                            proof=Proof(sorted({(lid, nd) for lid, nd, _ in p.citations})), additive_dim=dim,
+                            description=[p.describe]))
     return gauges, refusals
 
 
-def block_families(blocks: np.ndarray, block_tag: dict, seed_gain: bool) -> np.ndarray:
-    """The family of each block, from what its coordinates met (Q/K over V/O over gains over GLU over ReLU)."""
-    def has(t):
-        m = block_tag.get(t)
-        return m[blocks] if m is not None else np.zeros(len(blocks), dtype=bool)
-
-    fam = np.full(len(blocks), "linear_linear", dtype=object)
-    for t, name in (("relu", "positive_rescale"), ("glu", "glu_rescale")):
-        fam[has(t)] = name
-    if seed_gain:
-        fam[:] = "norm_gain"
-    fam[has("attn_vo")] = "attention_vo"
-    qk = has("attn_qk")
-    fam[qk] = "attention_qk"
-    fam[qk & has("rope")] = "attention_qk_rope"
-    return fam
-
-
-def _entries_fn(fam_blocks, block_of_coord, local_of_coord, parity):
-    def entries(coords: np.ndarray) -> np.ndarray:
-        coords = np.asarray(coords, dtype=np.int64)
-        out = np.full((len(coords), 3), -1, dtype=np.int64)
-        ok = coords >= 0
-        b = np.full(len(coords), -1, dtype=np.int64)
-        b[ok] = block_of_coord[coords[ok]]
-        pos = np.searchsorted(fam_blocks, b)
-        hit = ok & (pos < len(fam_blocks)) & (fam_blocks[np.minimum(pos, len(fam_blocks) - 1)] == b)
-        out[hit, 0] = pos[hit]
-        out[hit, 1] = local_of_coord[coords[hit]]
-        out[hit, 2] = parity[coords[hit]]
-        return out
-
-    return entries
-
-
 def _shift_dim(engine, lg: Leg) -> int:
-    if lg.select is not None:
-        return len(lg.select)
-    shape = engine.gg.params[lg.param].shape
-    return int(np.prod([s for i, s in enumerate(shape) if i not in lg.axes], dtype=np.int64))
-
-
-def additive_family(p) -> str:
-    sinks = {what for _, what in p.sinks}
-    if "key_translation" in p.tags:
-        return "key_bias"
-    if "attn_value_translation" in p.tags:
-        return "value_bias"
-    if p.seed == "row_shift" and ("cross_entropy" in sinks or "softmax" in sinks):
-        return "logit_shift"
-    if "layer_norm" in sinks or "centring" in sinks:
-        return "norm_input_shift"
-    return "bias_translation"
+    return lg.shift_dim(tuple(engine.gg.params[lg.param].shape))

@@ -1,3 +1,3 @@
-from gaugec.experiments import main
+from gaugec.experiments.cli import main
 
 main()

@@ -16,7 +16,7 @@ import warnings
 import torch
 import torch.nn.functional as F
 
-from gaugec.experiments import by_config, metric_table, plot_curves, reference_config, sweep
+from gaugec.experiments.common import by_config, metric_table, plot_curves, reference_config, sweep
 
 P, TRAIN_FRACTION = 23, 0.8
 DEPTH, D = 8, 32

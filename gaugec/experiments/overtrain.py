@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import warnings
 
-from gaugec.experiments import best_configs, by_config, mean, metric_table, plot_curves, reference_config, \
+from gaugec.experiments.common import best_configs, by_config, mean, metric_table, plot_curves, reference_config, \
     sweep, verdict
 
 TEXT_CHARS = 20_000

@@ -20,7 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from gaugec.experiments.overtrain import ARMS, _arms
-from gaugec.experiments import best_configs, by_config, mean, metric_table, plot_curves, reference_config, \
+from gaugec.experiments.common import best_configs, by_config, mean, metric_table, plot_curves, reference_config, \
     sweep, verdict
 
 GRID = [(lr, wd) for lr in (1e-3, 3e-3) for wd in (0.0, 0.1)]

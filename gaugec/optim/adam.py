@@ -1,6 +1,6 @@
 """DDCAdam: AdamW run in the canonical frame of every gauge orbit.
 
-Let s be the canonical section of the plan's group G (gaugec.plan.executor: the Kempf–Ness minimum-norm point of
+Let s be the canonical section of the plan's group G (gaugec.optim.section: the Kempf–Ness minimum-norm point of
 the multiplicative gauges with its compact part fixed, and zero-mean seeds for the translations). s is constant on
 orbits: s(g·θ) = s(θ) for every g in G. DDCAdam
 

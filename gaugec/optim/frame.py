@@ -12,7 +12,7 @@ import warnings
 import torch
 
 from gaugec.plan import PlanMismatchError
-from gaugec.plan.executor import OrbitExecutor
+from gaugec.optim.section import OrbitExecutor
 
 
 class CanonicalFrameOptimizer(torch.optim.Optimizer):

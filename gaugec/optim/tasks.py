@@ -198,7 +198,7 @@ def float64_zoo(name: str):
 
 def label_batches(model, inputs, plan, n: int, seed: int = 5) -> list[torch.Tensor]:
     """``n`` batches of random class labels shaped like f's (all but its class axis), for ``run_from``."""
-    from gaugec.pipeline import model_f
+    from gaugec.functional import model_f
 
     with torch.no_grad():
         out = model_f(model, inputs, plan.loss, plan.f_leaves)
@@ -212,7 +212,7 @@ def run_from(model, inputs, plan, batches, element, make_optimizer):
     (stacked), the trained copy and its optimizer: the equivariance experiment of design section 6."""
     import copy
 
-    from gaugec.pipeline import model_f
+    from gaugec.functional import model_f
 
     m = copy.deepcopy(model)
     bound = plan.bind(m)

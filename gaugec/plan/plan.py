@@ -7,8 +7,10 @@ import numpy as np
 import torch
 
 from gaugec.capture import param_offsets, unique_named_parameters
-from gaugec.plan import Gauge, PlanLeg, PlanMismatchError, apply_mult_leg, shift_from_vector
+from gaugec.plan import Gauge, Leg, PlanMismatchError, apply_mult_leg, shift_from_vector
 from gaugec.plan.runner import GraphRunner
+from gaugec.prove import Proof
+from gaugec.prove.numeric import numeric_check
 
 PLAN_FORMAT = "gaugec-plan/1"
 
@@ -30,7 +32,7 @@ class GaugePlan:
         self.rejected = rejected or []       # gauges whose numeric check or proof failed: never in .gauges
         self.unknown_ops = unknown_ops or {}
         self.timings = timings or {}
-        self.f_leaves = f_leaves             # which output leaves f is made of (None: gaugec.pipeline.output_leaves)
+        self.f_leaves = f_leaves             # which output leaves f is made of (None: gaugec.functional.output_leaves)
         self._param_info = unique_named_parameters(model)
         self._check_model()
 
@@ -79,6 +81,11 @@ class GaugePlan:
         return GaugePlan(model, self.gauges, loss=self.loss, graph=self.graph, example_inputs=self.example_inputs,
                          refusals=self.refusals, rejected=self.rejected, unknown_ops=self.unknown_ops,
                          timings=self.timings, f_leaves=self.f_leaves)
+
+    def reject(self, gauges: list[Gauge]):
+        """Move ``gauges`` (whose proof failed) from ``.gauges`` to ``.rejected``: they are never acted on."""
+        self.rejected += [g for g in gauges if g not in self.rejected]
+        self.gauges = [g for g in self.gauges if g not in gauges]
 
     def model_is_meta(self) -> bool:
         return any(p.is_meta for p in self.model.parameters())
@@ -247,8 +254,6 @@ class GaugePlan:
         return plan
 
     def _verify_loaded(self, graph_signature):
-        from gaugec.pipeline import numeric_check
-
         if graph_signature != self.graph.signature():
             raise PlanMismatchError("the plan was compiled from another graph (other ops or shapes, e.g. GELU where "
                                     "it had ReLU, or another torch version's decompositions): recompile it")
@@ -286,10 +291,8 @@ def gauge_to_dict(g: Gauge) -> dict:
 
 
 def gauge_from_dict(d: dict) -> Gauge:
-    from gaugec.prove import Proof
-
     g = Gauge(d["name"], d["family"], d["kind"], [(str(k), int(m)) for k, m in d["blocks"]],
-              [PlanLeg.from_dict(x) for x in d["legs"]], additive_dim=int(d.get("additive_dim", 0)),
+              [Leg.from_dict(x) for x in d["legs"]], additive_dim=int(d.get("additive_dim", 0)),
               numeric_residual=d.get("numeric_residual"), exact=bool(d.get("exact", True)),
               description=list(d.get("description", [])))
     if d.get("proof") is not None:

@@ -13,7 +13,8 @@ from __future__ import annotations
 import numpy as np
 import sympy as sp
 
-from gaugec.discover.engine import arg, barrier, node_shape, norm_dim, rule, varying_axes
+from gaugec.discover.fx import arg, node_shape, norm_dim, varying_axes
+from gaugec.discover.registry import barrier, rule
 from gaugec.prove.lemmas import lemma
 
 

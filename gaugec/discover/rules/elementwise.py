@@ -19,8 +19,11 @@ import numbers
 import numpy as np
 import sympy as sp
 
-from gaugec.discover.engine import Leg, arg, barrier, node_shape, rule, varying_axes
+from gaugec.discover.fx import arg, node_shape, varying_axes
+from gaugec.discover.registry import barrier, rule
+from gaugec.discover.state import param_axis_coords
 from gaugec.discover.rules.linear import _absorb_bias
+from gaugec.plan.gauge import Leg
 from gaugec.prove.lemmas import lemma
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -224,7 +227,6 @@ def add_mult(ctx, node):
     if pv is not None:
         pshape = ctx.engine.gg.params[pv.param].shape
         Pb = _broadcast(pv.P, shape)
-        from gaugec.discover.engine import param_axis_coords
 
         found = param_axis_coords(Pb, C, pshape)
         if found is not None and not ((Pb[C < 0]).size and np.isin(Pb[C < 0], Pb[C >= 0]).any()):
@@ -276,7 +278,6 @@ def seed_gain(sc, node):
         pshape = sc.engine.gg.params[pv.param].shape
         _, C = np.unique(P, return_inverse=True)
         C = C.reshape(shape)
-        from gaugec.discover.engine import param_axis_coords
 
         found = param_axis_coords(P, C, pshape)
         if found is None:

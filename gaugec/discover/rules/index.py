@@ -11,7 +11,8 @@ import operator
 import numpy as np
 import torch.fx
 
-from gaugec.discover.engine import INDEX_RULES, arg, node_shape, norm_dim, rule
+from gaugec.discover.fx import arg, node_shape, norm_dim, op_name
+from gaugec.discover.registry import INDEX_RULES, rule
 
 
 def _src(state, a):
@@ -24,7 +25,6 @@ def apply_index_op(engine, node: torch.fx.Node, state: dict, fill: int = -1):
 
 
 def _name(node):
-    from gaugec.discover.engine import op_name
 
     return op_name(node)
 

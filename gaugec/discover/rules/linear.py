@@ -10,9 +10,11 @@ from __future__ import annotations
 import numpy as np
 import sympy as sp
 
+from gaugec.discover.fx import arg, node_shape, norm_dim, op_name, varying_axes
+from gaugec.discover.registry import rule
+from gaugec.discover.state import param_axis_coords, row_classes
+from gaugec.plan.gauge import Leg
 from gaugec.prove.lemmas import lemma, sym_matrix, sym_vector
-from gaugec.discover.engine import (Leg, arg, node_shape, norm_dim, param_axis_coords, row_classes, rule,
-                                    varying_axes)
 
 
 @lemma("row_shift", "(W + 1 a^T) x + (b + s 1) = W x + b + (a.x + s) 1: a row shift adds a per-sample multiple of "
@@ -108,7 +110,6 @@ def seed_writer(sc, node, W, b, out_axis: int, what: str, w_out_view_axis: int =
 
 def output_segments(node, axis: int, n: int) -> list[tuple[int, int]]:
     """The segments a later split / chunk / slice cuts the output into along ``axis`` (one segment if none)."""
-    from gaugec.discover.engine import op_name
 
     cuts = {0, n}
     todo = [(u, axis) for u in node.users]       # (user, the feature axis in that user's input)
@@ -352,7 +353,6 @@ def matmul_add(ctx, node):
 
 def _row_stochastic(ctx, a) -> bool:
     """Is ``a`` a softmax over its last axis (possibly cast, copied or passed through eval dropout)?"""
-    from gaugec.discover.engine import op_name
 
     seen = 0
     while seen < 8:

@@ -13,7 +13,9 @@ from __future__ import annotations
 import numpy as np
 import sympy as sp
 
-from gaugec.discover.engine import Leg, arg, node_shape, rule
+from gaugec.discover.fx import arg, node_shape
+from gaugec.discover.registry import rule
+from gaugec.plan.gauge import Leg
 from gaugec.prove.lemmas import lemma
 
 

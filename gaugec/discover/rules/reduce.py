@@ -9,7 +9,9 @@ from __future__ import annotations
 import numpy as np
 import sympy as sp
 
-from gaugec.discover.engine import arg, node_shape, norm_dim, row_classes, rule, varying_axes
+from gaugec.discover.fx import arg, node_shape, norm_dim, varying_axes
+from gaugec.discover.registry import rule
+from gaugec.discover.state import row_classes
 from gaugec.prove.lemmas import lemma
 
 

@@ -8,10 +8,14 @@ with the position.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import sympy as sp
+import torch.fx
 
-from gaugec.discover.engine import RopeMacro, arg, node_shape, norm_dim, op_name
+from gaugec.discover.fx import arg, node_shape, norm_dim, op_name
+from gaugec.discover.registry import PatternMatch, pattern
 from gaugec.prove.lemmas import lemma
 
 
@@ -33,6 +37,23 @@ def _rope_half():
     rot_half = sp.Matrix([-x1, x0])
     R = sp.Matrix([[c, -s], [s, c]])
     return [x * c + rot_half * s - R * x]
+
+
+@dataclasses.dataclass
+class RopeMacro(PatternMatch):
+    """q * cos + rotate_half(q) * sin, recognised as one rotary op on ``x`` along ``axis``."""
+
+    output: torch.fx.Node  # the final add
+    x: torch.fx.Node
+    axis: int
+    pairs: list            # (i, j): positions along axis rotated together, J e_i = e_j
+    style: str             # "half" | "interleaved"
+    internal: set
+
+    name = "rotary embedding"
+
+    def apply(self, ctx, node):
+        return rope_rule(ctx, node, self)
 
 
 _PASS = ("_to_copy", "to", "clone", "contiguous", "alias", "type_as")
@@ -114,7 +135,10 @@ def _match_rotate_half(r, x):
     return None
 
 
-def find_rope_macros(engine):
+@pattern("rotary embedding")
+def find_rope_macros(engine) -> list[RopeMacro]:
+    """Every ``x cos + rotate_half(x) sin`` whose internal nodes feed only the op itself."""
+    found_macros = []
     for n in engine.topo:
         if n.op != "call_function" or op_name(n) not in ("add", "add_") or len(n.args) < 2:
             continue
@@ -143,10 +167,8 @@ def find_rope_macros(engine):
         # every internal node must feed only the macro
         if any(u not in internal and u is not n for i in internal for u in i.users):
             continue
-        macro = RopeMacro(n, x, len(node_shape(x)) - 1, pairs, style, internal | {n})
-        engine.rope[n] = macro
-        for i in internal | {n}:
-            engine.rope_internal[i] = macro
+        found_macros.append(RopeMacro(n, x, len(node_shape(x)) - 1, pairs, style, internal | {n}))
+    return found_macros
 
 
 def rope_rule(ctx, node, macro: RopeMacro):

@@ -34,12 +34,9 @@ import networkx as nx
 import numpy as np
 import torch
 
-from gaugec.plan import Gauge, PlanMismatchError, _groups
+from gaugec.groups import kind as block_kind
+from gaugec.plan import Gauge, PlanMismatchError, groups_of_entries
 
-# A GL block counts as stable when both Grams are positive definite with λ_min > STABLE_RTOL · (mean eigenvalue):
-# far above the rounding of an exactly rank-deficient Gram (~1e-16 in float64, ~1e-7 in float32) and far below the
-# conditioning of a generic block.
-STABLE_RTOL = {torch.float64: 1e-11, torch.float32: 1e-4}
 MAX_NORM_RATIO = 1e8      # canonicalisation never rescales a non-zero parameter's norm by more than this
 
 
@@ -155,7 +152,7 @@ class OrbitExecutor:
                 st["n"] += 1
                 st["owners"].append((g.name, b))
             for lg in g.legs:
-                for b, copies in _groups(lg.entries).items():
+                for b, copies in groups_of_entries(lg.entries).items():
                     st, local_block = first_block[b]
                     m = g.blocks[b][1]
                     for pos, loc, parity in copies:
@@ -290,7 +287,7 @@ class OrbitExecutor:
             moved.append(y)
             if rg.orient and exact:
                 moment.index_add_(0, rg.blocks, y @ _probe(y.shape[-1], y))
-        sign = _orientation(st.kind if exact else "pos", moment)   # [nb, m] of ±1
+        sign = _orientation(st.kind, moment, exact)   # [nb, m] of ±1
         sign = torch.where(held[:, None], torch.ones_like(sign), sign)
         for rg, y in zip(st.groups, moved):
             if exact:
@@ -340,7 +337,7 @@ class OrbitExecutor:
         for rg, total in zip(st.groups, sums):
             if total is not None:
                 moment.index_add_(0, rg.blocks, (c_dual if rg.dual else c)[rg.blocks] * total)
-        sign = _orientation(st.kind if exact else "pos", moment.view(nb, 1)).view(nb)
+        sign = _orientation(st.kind, moment.view(nb, 1), exact).view(nb)
         sign = torch.where(held, one, sign)
         for rg in st.groups:
             p = params[rg.param]
@@ -445,60 +442,26 @@ class OrbitExecutor:
         return report
 
 
-def _sym_pows(M: torch.Tensor, *powers: float) -> list[torch.Tensor]:
-    """M^p for a batch of symmetric positive definite M, one eigendecomposition for all powers."""
-    w, U = torch.linalg.eigh(M)
-    w = w.clamp_min(torch.finfo(M.dtype).tiny)
-    return [(U * w.pow(p).unsqueeze(-2)) @ U.mT for p in powers]
-
-
 def _solve(kind: str, P: torch.Tensor, Q: torch.Tensor):
-    """The balancing element A of each block and the map A^-T applied to dual rows."""
-    tiny = torch.finfo(P.dtype).tiny
-    trP = torch.diagonal(P, dim1=-2, dim2=-1).sum(-1).clamp_min(tiny)
-    trQ = torch.diagonal(Q, dim1=-2, dim2=-1).sum(-1).clamp_min(tiny)
-    if kind in ("pos", "scalar"):
-        c = (trQ / trP).pow(0.25).reshape(-1, 1, 1)
-        return c, 1.0 / c
-    if kind == "rot2":
-        s = (trQ / trP).pow(0.25)
-        C = s[:, None, None] ** 2 * P + s[:, None, None] ** -2 * Q
-        theta = 0.5 * torch.atan2(2 * C[:, 0, 1], C[:, 0, 0] - C[:, 1, 1])
-        cos, sin = torch.cos(theta), torch.sin(theta)
-        R = torch.stack([torch.stack([cos, sin], -1), torch.stack([-sin, cos], -1)], -2)
-        return s[:, None, None] * R, R / s[:, None, None]
-    Ph, Pmh = _sym_pows(P, 0.5, -0.5)
-    M = Ph @ Q @ Ph
-    (Mh,) = _sym_pows(0.5 * (M + M.mT), 0.5)
-    S = Pmh @ Mh @ Pmh
-    A0, A0_inv = _sym_pows(0.5 * (S + S.mT), 0.5, -0.5)
-    bal = A0 @ P @ A0.mT
-    _, U = torch.linalg.eigh(0.5 * (bal + bal.mT))
-    Ut = U.flip(-1).mT                                        # balanced Gram diagonal, decreasing
-    return Ut @ A0, Ut @ A0_inv                               # A and A^-T = U^T S^-1/2 (A0 symmetric)
+    """The balancing element A of each block of ``kind`` and the map A^-T applied to dual rows (gaugec.groups)."""
+    return block_kind(kind).solve(P, Q)
+
+
+def _first_order(kind: str, P: torch.Tensor, Q: torch.Tensor):
+    """The per-step balancing element, for a block near balance (gaugec.groups: no eigensolver)."""
+    return block_kind(kind).first_order(P, Q)
 
 
 def stable_blocks(kind: str, P: torch.Tensor, Q: torch.Tensor) -> torch.Tensor:
     """[n_blocks] bool: the block's orbit is closed with a finite stabiliser, so its minimum-norm point exists and
-    moves no live row to zero or infinity (docs/ddc.md, "Stable and unstable orbits").
+    moves no live row to zero or infinity (docs/ddc.md, "Stable and unstable orbits"; the test per kind:
+    gaugec.groups). It is G-invariant, so it gives the same answer at θ and at g·θ."""
+    return block_kind(kind).stable(P, Q)
 
-    For GL(m) acting by (X, Y) ↦ (A X, A^-T Y) the orbit is stable iff P = X Xᵀ ≻ 0 and Q = Y Yᵀ ≻ 0 (both legs of
-    full rank m); for R*, R+ and R+ × SO(2) (non-compact part: one scale) iff tr P > 0 and tr Q > 0. Rank is a
-    G-invariant, so the test gives the same answer at θ and at g·θ; numerically, λ_min > STABLE_RTOL · tr/m
-    (tested by a batched Cholesky, no eigensolver and no host synchronisation)."""
-    tiny = torch.finfo(P.dtype).tiny
-    trP = torch.diagonal(P, dim1=-2, dim2=-1).sum(-1)
-    trQ = torch.diagonal(Q, dim1=-2, dim2=-1).sum(-1)
-    ok = (trP > tiny) & (trQ > tiny)
-    if kind != "gl":
-        return ok
-    m = P.shape[-1]
-    rtol = STABLE_RTOL.get(P.dtype, STABLE_RTOL[torch.float32])
-    eye = torch.eye(m, dtype=P.dtype, device=P.device)
-    for G, tr in ((P, trP), (Q, trQ)):
-        _, info = torch.linalg.cholesky_ex(G - (rtol * tr / m)[:, None, None] * eye)
-        ok = ok & (info == 0)
-    return ok
+
+def _orientation(kind: str, moment: torch.Tensor, exact: bool) -> torch.Tensor:
+    """±1 per row fixing the compact part (gaugec.groups); the per-step sweep keeps every sign."""
+    return block_kind(kind).orientation(moment) if exact else torch.ones_like(moment)
 
 
 def _probe(k: int, like: torch.Tensor) -> torch.Tensor:
@@ -506,35 +469,3 @@ def _probe(k: int, like: torch.Tensor) -> torch.Tensor:
     vanish on the zero-mean sections of the translations."""
     j = torch.arange(k, dtype=like.dtype, device=like.device)
     return torch.cos(j * (math.pi * 1.618033988749895) + 0.5)
-
-
-def _first_order(kind: str, P: torch.Tensor, Q: torch.Tensor):
-    """The per-step balancing element, for a block near balance. Scalars: the closed form. rot2: its scale only
-    (the rotation is compact: nothing to balance). GL: a damped Newton step on log‖g·θ‖² from the identity,
-    X = (Q - P) / (2 ‖P + Q‖_F) (the scalar case to first order; ‖X‖ < ½ keeps I ± X/2 well conditioned), applied
-    as the Cayley transform A = (I - X/2)^-1 (I + X/2): symmetric, with A^-T = (I + X/2)^-1 (I - X/2) exact — no
-    eigensolver."""
-    if kind in ("pos", "scalar"):
-        return _solve("pos", P, Q)
-    m = P.shape[-1]
-    trP = torch.diagonal(P, dim1=-2, dim2=-1).sum(-1).clamp_min(torch.finfo(P.dtype).tiny)
-    trQ = torch.diagonal(Q, dim1=-2, dim2=-1).sum(-1).clamp_min(torch.finfo(P.dtype).tiny)
-    eye = torch.eye(m, dtype=P.dtype, device=P.device)
-    if kind == "rot2":
-        s = (trQ / trP).pow(0.25)[:, None, None]
-        return s * eye, eye / s
-    # Newton would solve X (P + Q) + (P + Q) X = Q - P; dividing by ‖P + Q‖_F ≥ λ_max instead never overshoots
-    # (a contraction in every eigendirection) and needs no eigensolver.
-    X = 0.5 * (Q - P) / torch.linalg.matrix_norm(P + Q).clamp_min(torch.finfo(P.dtype).tiny)[:, None, None]
-    X = 0.5 * (X + X.mT)
-    return torch.linalg.solve(eye - 0.5 * X, eye + 0.5 * X), torch.linalg.solve(eye + 0.5 * X, eye - 0.5 * X)
-
-
-def _orientation(kind: str, moment: torch.Tensor) -> torch.Tensor:
-    """±1 per row fixing the compact part: positive ⟨row, r⟩ (rot2: of the principal row, for both rows)."""
-    sign = torch.where(moment < 0, -1.0, 1.0).to(moment.dtype)
-    if kind == "rot2":
-        return sign[:, :1].expand_as(sign)
-    if kind == "pos":
-        return torch.ones_like(sign)
-    return sign

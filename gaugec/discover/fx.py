@@ -1,0 +1,45 @@
+"""torch.fx helpers the engine and the rules share: op names, shapes, arguments, axes."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.fx
+
+
+def op_name(node: torch.fx.Node) -> str:
+    """'view', 'linear', 'add', ... for ATen call_function nodes; '<builtin getitem>' style names otherwise."""
+    if node.op != "call_function":
+        return node.op
+    t = node.target
+    schema = getattr(t, "_schema", None)
+    if schema is not None:
+        return schema.name.split("::")[-1]
+    return getattr(t, "__name__", str(t))
+
+
+def node_shape(node) -> tuple[int, ...] | None:
+    val = node.meta.get("val") if isinstance(node, torch.fx.Node) else None
+    if isinstance(val, torch.Tensor):
+        return tuple(int(s) for s in val.shape)
+    return None
+
+
+def arg(node: torch.fx.Node, i: int, name: str, default=None):
+    if len(node.args) > i:
+        return node.args[i]
+    return node.kwargs.get(name, default)
+
+
+def norm_dim(d: int, ndim: int) -> int:
+    return d + ndim if d < 0 else d
+
+
+def varying_axes(a: np.ndarray) -> set[int]:
+    """Axes along which the array is not constant."""
+    out = set()
+    for ax in range(a.ndim):
+        if a.shape[ax] > 1:
+            first = np.take(a, [0], axis=ax)
+            if not np.all(a == first):
+                out.add(ax)
+    return out

@@ -1,0 +1,76 @@
+"""The rule registry: per-op rules by probe kind, index rules, seeds, explicit barriers, and multi-node patterns.
+
+A rule is ``fn(ctx, node) -> state | None`` (``ctx``: :class:`gaugec.discover.engine.RuleCtx`), registered with
+``@rule("op", kind=...)``. A *pattern* is an op spread over several nodes (RoPE's ``x cos + rotate_half(x) sin``):
+``@pattern(name)`` registers ``find(engine) -> [PatternMatch]``, run once per graph before seeding; the engine then
+evaluates each match as one op at its output node. Rules and patterns import this module, never the engine.
+
+Strict mode (``GAUGEC_STRICT=1``, or ``gaugec.compile(..., strict=True)``): a rule that raises re-raises as
+:class:`RuleError` instead of becoming a barrier, so a typo in a new rule fails loudly instead of showing up only as
+a missing gauge. The test suite runs in strict mode.
+"""
+from __future__ import annotations
+
+import os
+from typing import Callable
+
+import torch.fx
+
+
+MULT_RULES: dict[str, Callable] = {}
+ADD_RULES: dict[str, Callable] = {}
+INDEX_RULES: dict[str, Callable] = {}     # pure array maps shared by every probe kind and by parameter views
+SEED_RULES: dict[str, Callable] = {}
+BARRIERS: dict[str, str] = {}             # op -> reason (explicit refusals, shown by --explain)
+
+
+def rule(*names: str, kind: str):
+    """Register ``fn(ctx, node) -> state | None`` for ops ``names``; kind is "mult", "add", "both" or "seed"."""
+
+    def deco(fn):
+        tables = {"mult": [MULT_RULES], "add": [ADD_RULES], "both": [MULT_RULES, ADD_RULES],
+                  "seed": [SEED_RULES], "index": [INDEX_RULES]}[kind]
+        for table in tables:
+            for n in names:
+                table[n] = fn
+        return fn
+
+    return deco
+
+
+def barrier(reason: str, *names: str):
+    for n in names:
+        BARRIERS[n] = reason
+
+
+PATTERNS: dict[str, Callable] = {}      # name -> find(engine) -> list[PatternMatch]
+
+
+class PatternMatch:
+    """One recognised multi-node op: ``output`` (the node whose value the op produces), ``internal`` (every node
+    of the op, ``output`` included) and ``apply(ctx, node)``, its rule, evaluated at ``output``."""
+
+    name = "pattern"
+    output: torch.fx.Node
+    internal: set
+
+    def apply(self, ctx, node):
+        raise NotImplementedError(f"pattern {self.name!r} has no rule")
+
+
+def pattern(name: str):
+    """Register ``find(engine) -> list[PatternMatch]`` under ``name``."""
+
+    def deco(find):
+        PATTERNS[name] = find
+        return find
+
+    return deco
+
+
+class RuleError(RuntimeError):
+    """A rule raised while handling a node (strict mode only; otherwise the node is a barrier)."""
+
+
+def strict_default() -> bool:
+    return os.environ.get("GAUGEC_STRICT", "") not in ("", "0")

@@ -1,0 +1,222 @@
+"""The block kinds a multiplicative gauge is made of: one registry entry per kind, with everything a kind needs.
+
+A multiplicative gauge is a product of blocks, each a matrix group acting on a few coordinates:
+
+  gl     GL(m)          A (m x m invertible)
+  rot2   R+ x SO(2)     a I + b J on a rotary pair (the RoPE commutant)
+  scalar R*             c != 0 on one coordinate
+  pos    R+             c > 0 on one coordinate
+
+Each :class:`BlockKind` says how big its group is (``dim``), how it is written (``label``), how to draw a large
+random element and a Lie-algebra basis (the numeric checks and the generators), and how to balance a block on the
+canonical section of the DDC optimizers (``gaugec.optim.section``): for a block acting on rows by A ("direct"
+rows X) and by A^-T ("dual" rows Y), with P = Σ X Xᵀ and Q = Σ Y Yᵀ,
+
+  ``solve(P, Q)``        the minimum-norm point's A and A^-T (Kempf–Ness: min ‖A X‖² + ‖A^-T Y‖²),
+  ``first_order(P, Q)``  the per-step balancing element for a block near balance (no eigensolver),
+  ``stable(P, Q)``       whether the orbit is closed with a finite stabiliser (the minimum exists),
+  ``orientation(m)``     the convention that fixes the compact part (O(m), SO(2), ±1) from the rows' moments.
+
+Adding a kind is one :func:`block_kind` entry here plus its tests; the discovery solver assigns kinds from the rules'
+restrictions (``gaugec.discover.solve``), the plan and the executor look them up here.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Callable, Iterator
+
+import torch
+
+# A GL block counts as stable when both Grams are positive definite with λ_min > STABLE_RTOL · (mean eigenvalue):
+# far above the rounding of an exactly rank-deficient Gram (~1e-16 in float64, ~1e-7 in float32) and far below the
+# conditioning of a generic block.
+STABLE_RTOL = {torch.float64: 1e-11, torch.float32: 1e-4}
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockKind:
+    name: str
+    label: Callable[[int], str]                          # m -> "GL(m)"
+    dim: Callable[[int], int]                            # m -> dimension of the group
+    random_element: Callable[..., torch.Tensor]          # (m, gen, log_spread, gl_log_spread) -> [m, m] float64
+    algebra_basis: Callable[[int], Iterator[torch.Tensor]]
+    solve: Callable                                      # (P, Q) -> (A, A^-T), batched [nb, m, m]
+    first_order: Callable                                # (P, Q) -> (A, A^-T), batched
+    stable: Callable                                     # (P, Q) -> [nb] bool
+    orientation: Callable                                # moment [nb, m] -> sign [nb, m] of ±1
+    singleton: bool = False                              # one coordinate per block
+
+
+BLOCK_KINDS: dict[str, BlockKind] = {}
+
+
+def block_kind(kind: BlockKind) -> BlockKind:
+    BLOCK_KINDS[kind.name] = kind
+    return kind
+
+
+def kind(name: str) -> BlockKind:
+    try:
+        return BLOCK_KINDS[name]
+    except KeyError:
+        raise ValueError(f"unknown block kind {name!r}; known: {', '.join(BLOCK_KINDS)}") from None
+
+
+# -- shared pieces ------------------------------------------------------------------------------------------------
+
+def _uniform(gen, shape, log_spread):
+    return (torch.rand(*shape, generator=gen, dtype=torch.float64) * 2 - 1) * log_spread
+
+
+def _traces(P, Q):
+    tiny = torch.finfo(P.dtype).tiny
+    trP = torch.diagonal(P, dim1=-2, dim2=-1).sum(-1).clamp_min(tiny)
+    trQ = torch.diagonal(Q, dim1=-2, dim2=-1).sum(-1).clamp_min(tiny)
+    return trP, trQ
+
+
+def _traces_positive(P, Q):
+    """tr P > 0 and tr Q > 0: the stability test of every kind whose non-compact part is one scale."""
+    tiny = torch.finfo(P.dtype).tiny
+    return (torch.diagonal(P, dim1=-2, dim2=-1).sum(-1) > tiny) & (torch.diagonal(Q, dim1=-2, dim2=-1).sum(-1) > tiny)
+
+
+def _sym_pows(M: torch.Tensor, *powers: float) -> list[torch.Tensor]:
+    """M^p for a batch of symmetric positive definite M, one eigendecomposition for all powers."""
+    w, U = torch.linalg.eigh(M)
+    w = w.clamp_min(torch.finfo(M.dtype).tiny)
+    return [(U * w.pow(p).unsqueeze(-2)) @ U.mT for p in powers]
+
+
+def _unit(*entries):
+    return torch.tensor(entries, dtype=torch.float64)
+
+
+# -- scalars: R* and R+ -------------------------------------------------------------------------------------------
+
+def _scalar_solve(P, Q):
+    """c⁴ = Q / P (tr for a 1 x 1 block)."""
+    trP, trQ = _traces(P, Q)
+    c = (trQ / trP).pow(0.25).reshape(-1, 1, 1)
+    return c, 1.0 / c
+
+
+def _sign_per_row(moment):
+    """±1 per row: a positive projection ⟨row, r⟩ on the executor's fixed probe vector."""
+    return torch.where(moment < 0, -1.0, 1.0).to(moment.dtype)
+
+
+block_kind(BlockKind(
+    "scalar", label=lambda m: "R*", dim=lambda m: 1,
+    random_element=lambda m, gen, ls, gls: (1.0 if float(torch.rand(1, generator=gen)[0]) < 0.5 else -1.0)
+    * torch.exp(_uniform(gen, (1, 1), ls)),
+    algebra_basis=lambda m: iter([torch.ones(1, 1, dtype=torch.float64)]),
+    solve=_scalar_solve, first_order=_scalar_solve, stable=_traces_positive, orientation=_sign_per_row,
+    singleton=True))
+
+block_kind(BlockKind(
+    "pos", label=lambda m: "R+", dim=lambda m: 1,
+    random_element=lambda m, gen, ls, gls: torch.exp(_uniform(gen, (1, 1), ls)),
+    algebra_basis=lambda m: iter([torch.ones(1, 1, dtype=torch.float64)]),
+    solve=_scalar_solve, first_order=_scalar_solve, stable=_traces_positive,
+    orientation=lambda moment: torch.ones_like(moment), singleton=True))
+
+
+# -- rot2: R+ x SO(2), the RoPE commutant ---------------------------------------------------------------------------
+
+def _rotation(phi: float) -> torch.Tensor:
+    return _unit([math.cos(phi), -math.sin(phi)], [math.sin(phi), math.cos(phi)])
+
+
+def _rot2_random(m, gen, ls, gls):
+    s = torch.exp(_uniform(gen, (1,), ls))[0]
+    return s * _rotation(float(torch.rand(1, generator=gen, dtype=torch.float64)[0]) * 2 * math.pi)
+
+
+def _rot2_solve(P, Q):
+    """A = s R, s⁴ = tr Q / tr P; R diagonalises the balanced Gram (its compact part, by convention)."""
+    trP, trQ = _traces(P, Q)
+    s = (trQ / trP).pow(0.25)
+    C = s[:, None, None] ** 2 * P + s[:, None, None] ** -2 * Q
+    theta = 0.5 * torch.atan2(2 * C[:, 0, 1], C[:, 0, 0] - C[:, 1, 1])
+    cos, sin = torch.cos(theta), torch.sin(theta)
+    R = torch.stack([torch.stack([cos, sin], -1), torch.stack([-sin, cos], -1)], -2)
+    return s[:, None, None] * R, R / s[:, None, None]
+
+
+def _rot2_first_order(P, Q):
+    """Its scale only: the rotation is compact, nothing to balance."""
+    trP, trQ = _traces(P, Q)
+    eye = torch.eye(P.shape[-1], dtype=P.dtype, device=P.device)
+    s = (trQ / trP).pow(0.25)[:, None, None]
+    return s * eye, eye / s
+
+
+block_kind(BlockKind(
+    "rot2", label=lambda m: "(R+ x SO(2))", dim=lambda m: 2, random_element=_rot2_random,
+    algebra_basis=lambda m: iter([torch.eye(2, dtype=torch.float64), _unit([0.0, -1.0], [1.0, 0.0])]),
+    solve=_rot2_solve, first_order=_rot2_first_order, stable=_traces_positive,
+    orientation=lambda moment: _sign_per_row(moment)[:, :1].expand_as(moment)))   # the principal row's sign
+
+
+# -- gl: GL(m) ----------------------------------------------------------------------------------------------------
+
+def _gl_random(m, gen, ls, gls):
+    """Singular values log-uniform in [e^-gls, e^gls], between two random rotations."""
+    q1, _ = torch.linalg.qr(torch.randn(m, m, generator=gen, dtype=torch.float64))
+    q2, _ = torch.linalg.qr(torch.randn(m, m, generator=gen, dtype=torch.float64))
+    return q1 @ torch.diag(torch.exp(_uniform(gen, (m,), gls))) @ q2
+
+
+def _gl_basis(m):
+    for i in range(m):
+        for j in range(m):
+            X = torch.zeros(m, m, dtype=torch.float64)
+            X[i, j] = 1.0
+            yield X
+
+
+def _gl_solve(P, Q):
+    """AᵀA = S, S P S = Q ⇒ S = P^-½ (P^½ Q P^½)^½ P^-½ (the matrix geometric mean of P⁻¹ and Q); A = Uᵀ S^½ with
+    U diagonalising the balanced Gram (decreasing), so A^-T = Uᵀ S^-½."""
+    Ph, Pmh = _sym_pows(P, 0.5, -0.5)
+    M = Ph @ Q @ Ph
+    (Mh,) = _sym_pows(0.5 * (M + M.mT), 0.5)
+    S = Pmh @ Mh @ Pmh
+    A0, A0_inv = _sym_pows(0.5 * (S + S.mT), 0.5, -0.5)
+    bal = A0 @ P @ A0.mT
+    _, U = torch.linalg.eigh(0.5 * (bal + bal.mT))
+    Ut = U.flip(-1).mT                                        # balanced Gram diagonal, decreasing
+    return Ut @ A0, Ut @ A0_inv
+
+
+def _gl_first_order(P, Q):
+    """A damped Newton step on log‖g·θ‖² from the identity, X = (Q - P) / (2 ‖P + Q‖_F) (the scalar case to first
+    order; ‖X‖ < ½ keeps I ± X/2 well conditioned), applied as the Cayley transform A = (I - X/2)^-1 (I + X/2):
+    symmetric, with A^-T = (I + X/2)^-1 (I - X/2) exact — no eigensolver. Newton would solve
+    X (P + Q) + (P + Q) X = Q - P; dividing by ‖P + Q‖_F ≥ λ_max instead never overshoots."""
+    eye = torch.eye(P.shape[-1], dtype=P.dtype, device=P.device)
+    X = 0.5 * (Q - P) / torch.linalg.matrix_norm(P + Q).clamp_min(torch.finfo(P.dtype).tiny)[:, None, None]
+    X = 0.5 * (X + X.mT)
+    return torch.linalg.solve(eye - 0.5 * X, eye + 0.5 * X), torch.linalg.solve(eye + 0.5 * X, eye - 0.5 * X)
+
+
+def _gl_stable(P, Q):
+    """GL(m) acting by (X, Y) ↦ (A X, A^-T Y) has a stable orbit iff P ≻ 0 and Q ≻ 0 (both legs of full rank m).
+    Rank is G-invariant; numerically λ_min > STABLE_RTOL · tr/m, tested by a batched Cholesky (no eigensolver, no
+    host synchronisation)."""
+    ok = _traces_positive(P, Q)
+    m = P.shape[-1]
+    rtol = STABLE_RTOL.get(P.dtype, STABLE_RTOL[torch.float32])
+    eye = torch.eye(m, dtype=P.dtype, device=P.device)
+    for G in (P, Q):
+        tr = torch.diagonal(G, dim1=-2, dim2=-1).sum(-1)
+        _, info = torch.linalg.cholesky_ex(G - (rtol * tr / m)[:, None, None] * eye)
+        ok = ok & (info == 0)
+    return ok
+
+
+block_kind(BlockKind(
+    "gl", label=lambda m: f"GL({m})", dim=lambda m: m * m, random_element=_gl_random, algebra_basis=_gl_basis,
+    solve=_gl_solve, first_order=_gl_first_order, stable=_gl_stable, orientation=_sign_per_row))

@@ -1,0 +1,74 @@
+"""Group elements acting on parameters: a multiplicative leg moved by its blocks' matrices (or their Lie-algebra
+elements, for tangents), and the broadcast shift of an additive leg."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from gaugec.plan.gauge import Leg, PlanMismatchError
+
+
+def groups_of_entries(entries: np.ndarray):
+    """Per block: lists of (positions, locals) copies; a copy holds each local index at most once."""
+    out: dict[int, list] = {}
+    blocks = entries[:, 0]
+    for b in np.unique(blocks[blocks >= 0]):
+        pos = np.nonzero(blocks == b)[0]
+        copies: list[tuple[list, list, int]] = []
+        seen_count: dict[int, int] = {}
+        for p in pos:
+            loc = int(entries[p, 1])
+            c = seen_count.get(loc, 0)
+            seen_count[loc] = c + 1
+            while len(copies) <= c:
+                copies.append(([], [], int(entries[p, 2])))
+            copies[c][0].append(int(p))
+            copies[c][1].append(loc)
+            if copies[c][2] != int(entries[p, 2]):
+                raise PlanMismatchError("a leg mixes a block and its dual within one copy")
+        out[int(b)] = copies
+    return out
+
+
+def apply_mult_leg(p: torch.Tensor, leg: Leg, mats: list[torch.Tensor], tangent: bool = False) -> torch.Tensor:
+    """Return the moved parameter (or, with tangent=True and mats = Lie algebra elements, the tangent)."""
+    x = p.detach().to(torch.float64).movedim(leg.axis, 0)
+    flat = x.reshape(x.shape[0], -1)
+    out = torch.zeros_like(flat) if tangent else flat.clone()
+    for b, copies in groups_of_entries(leg.entries).items():
+        A = mats[b]
+        if A is None:
+            continue
+        for pos, loc, parity in copies:
+            if sorted(loc) != list(range(A.shape[0])):
+                raise PlanMismatchError(f"leg {leg.param} covers part of a block (locals {sorted(loc)})")
+            M = A[loc][:, loc]
+            if parity:
+                M = -M.T if tangent else torch.linalg.inv(A).T[loc][:, loc]
+            idx = torch.tensor(pos)
+            if leg.role == "out":
+                out[idx] = M @ flat[idx]
+            elif leg.role == "in":
+                out[idx] = (-M.T if tangent else torch.linalg.inv(M).T) @ flat[idx]
+            elif leg.role == "gain":
+                d = torch.diagonal(M)
+                if tangent:
+                    out[idx] = d[:, None] * (flat[idx] + leg.offset)
+                else:
+                    out[idx] = d[:, None] * (flat[idx] + leg.offset) - leg.offset
+            else:
+                raise PlanMismatchError(f"unknown role {leg.role!r} for a multiplicative leg")
+    return out.reshape(x.shape).movedim(0, leg.axis)
+
+
+def shift_from_vector(shape: tuple, axes: tuple, vec: torch.Tensor, select=None) -> torch.Tensor:
+    """1 (x) t over the broadcast ``axes``; with ``select``, vec fills only those entries of t (the rest stay 0)."""
+    free = [i for i in range(len(shape)) if i not in axes]
+    if select is not None:
+        full = torch.zeros(int(np.prod([shape[i] for i in free], dtype=np.int64)), dtype=vec.dtype)
+        full[torch.as_tensor(select)] = vec
+        vec = full
+    t = vec.reshape([shape[i] for i in free]) if free else vec.reshape(())
+    for a in sorted(axes):
+        t = t.unsqueeze(a)
+    return t.expand(shape).clone()

@@ -1,0 +1,142 @@
+"""One gauge model from discovery to plan: a :class:`Gauge` is a group acting on a few parameters through its
+:class:`Leg` s, with f(g·θ, x) = f(θ, x).
+
+A multiplicative gauge is a product of blocks (kinds: :mod:`gaugec.groups`). Each leg says how one parameter moves:
+rows/entries with A ("out"), columns with A^-1 ("in": W <- W A^-1), a gain g <- c (g + offset) - offset ("gain").
+Coordinates tied by a contraction with parity 1 take A^-T. An additive gauge is a vector space of translations:
+seed legs move by t ("shift": p <- p + 1 (x) t), absorbing biases move by minus the translation that reaches them
+("absorb"), read off the graph at the current parameters.
+
+Generators at θ (the tangent vectors, ``GaugePlan.tangent_basis``) are d/dt exp(tX)·θ for a basis X of each block's
+Lie algebra and the unit translations for additive gauges.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import numpy as np
+import torch
+
+from gaugec.groups import kind as block_kind
+
+
+class PlanMismatchError(ValueError):
+    """The plan does not match the model (missing parameters, wrong shapes) or the JSON is corrupted."""
+
+
+@dataclasses.dataclass
+class Leg:
+    """How one parameter moves under a gauge.
+
+    role "out":    p <- M p along ``axis`` (the writer side; M built from the blocks)
+    role "in":     p <- M^-T p along ``axis`` (the reader side; W <- W M^-1 for a linear)
+    role "gain":   p <- m (p + offset) - offset, M diagonal (Gemma-style (offset + w) gains; offset 0: a plain gain)
+    role "shift":  p <- p + 1 (x) t, t a free vector over the axes not in ``axes`` (broadcast over ``axes``)
+    role "absorb": p <- p - delta, delta read off the tensor ``site`` that reaches the bias (additive absorbers)
+
+    Which block moves each index along ``axis``: in a plan, ``entries`` [n_axis, 3] = (block, local index, parity),
+    block -1 untouched; during discovery, ``coords`` (a global coordinate id per index, -1 untouched), which the
+    solver turns into entries once the blocks are known."""
+
+    param: str
+    role: str                       # out | in | gain | shift | absorb
+    axis: int = 0
+    entries: np.ndarray | None = None   # [n_axis, 3]: (block, local, parity), block -1 = untouched
+    offset: float = 0.0
+    axes: tuple = ()
+    site: str = ""
+    site_index: np.ndarray | None = None
+    node: str = ""
+    select: np.ndarray | None = None    # role "shift": which entries of t move (None: all)
+    coords: np.ndarray | None = None    # discovery only: global coordinate id per index along axis
+
+    def shift_dim(self, shape: tuple) -> int:
+        if self.select is not None:
+            return len(self.select)
+        return int(np.prod([s for i, s in enumerate(shape) if i not in self.axes], dtype=np.int64))
+
+    def to_dict(self) -> dict:
+        d = {"param": self.param, "role": self.role, "axis": self.axis, "node": self.node}
+        if self.entries is not None:
+            d["entries"] = self.entries.tolist()
+        if self.offset:
+            d["offset"] = self.offset
+        if self.role == "shift":
+            d["axes"] = list(self.axes)
+            if self.select is not None:
+                d["select"] = self.select.tolist()
+        if self.role == "absorb":
+            d["site"] = self.site
+            d["site_index"] = self.site_index.tolist()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Leg":
+        e, si, sel = d.get("entries"), d.get("site_index"), d.get("select")
+        return cls(d["param"], d["role"], int(d.get("axis", 0)),
+                   None if e is None else np.asarray(e, dtype=np.int64).reshape(-1, 3),
+                   float(d.get("offset", 0.0)), tuple(d.get("axes", ())), d.get("site", ""),
+                   None if si is None else np.asarray(si, dtype=np.int64), d.get("node", ""),
+                   None if sel is None else np.asarray(sel, dtype=np.int64))
+
+
+@dataclasses.dataclass
+class Gauge:
+    """One gauge family instance: a group G acting on a few parameters with f(g·θ, x) = f(θ, x)."""
+
+    name: str
+    family: str
+    kind: str                        # "mult" | "add"
+    blocks: list[tuple[str, int]]    # (block kind, size): the kinds of gaugec.groups
+    legs: list[Leg]
+    proof: Any = None                # gaugec.prove.Proof
+    additive_dim: int = 0
+    numeric_residual: float | None = None
+    exact: bool = True
+    description: list[str] = dataclasses.field(default_factory=list)
+
+    @property
+    def dim(self) -> int:
+        if self.kind == "add":
+            return self.additive_dim
+        return sum(block_kind(k).dim(m) for k, m in self.blocks)
+
+    @property
+    def params(self) -> list[str]:
+        out = []
+        for lg in self.legs:
+            if lg.param not in out:
+                out.append(lg.param)
+        return out
+
+    @property
+    def group(self) -> str:
+        if self.kind == "add":
+            return f"R^{self.additive_dim}"
+        counts: dict[str, int] = {}
+        for k, m in self.blocks:
+            label = block_kind(k).label(m)
+            counts[label] = counts.get(label, 0) + 1
+        return " x ".join(lab if c == 1 else f"{lab}^{c}" for lab, c in counts.items())
+
+    # -- group elements ------------------------------------------------------------------------------------------
+    def random_element(self, gen: torch.Generator, spread: float = 10.0, gl_spread: float | None = None):
+        """A large random element: scales log-uniform in [1/spread, spread]; GL singular values in
+        [1/gl_spread, gl_spread] (default ``spread``), between two random rotations."""
+        if self.kind == "add":
+            return ("add", torch.randn(self.additive_dim, generator=gen, dtype=torch.float64) * spread)
+        ls, gls = math.log(spread), math.log(gl_spread or spread)
+        return ("mult", [block_kind(k).random_element(m, gen, ls, gls) for k, m in self.blocks])
+
+    def identity_element(self):
+        if self.kind == "add":
+            return ("add", torch.zeros(self.additive_dim, dtype=torch.float64))
+        return ("mult", [torch.eye(m, dtype=torch.float64) for _, m in self.blocks])
+
+    def algebra_basis(self):
+        """(block index, X) for a basis of the Lie algebra of each block."""
+        for b, (k, m) in enumerate(self.blocks):
+            for X in block_kind(k).algebra_basis(m):
+                yield b, X
