@@ -332,10 +332,10 @@ def _check_finite(state: dict, where: str):
 
 def _measure_setup(args, model, inputs):
     """float64 model and inputs, a wide batch for the Fisher, the likelihood, and the layers to read."""
+    from gaugec.functional import float64_twin
     from gaugec.oracle import sample_inputs
 
-    model = model.double().eval()
-    inputs = tuple(x.double() if isinstance(x, torch.Tensor) and x.is_floating_point() else x for x in inputs)
+    model, inputs = float64_twin(model.eval(), inputs, copy_model=False)
     # the example batch is tiny: read the Fisher on many more inputs drawn like it (tokens over the vocabulary)
     wide = sample_inputs(model, inputs, torch.Generator().manual_seed(0), batch_mult=args.samples)
     likelihood = "categorical" if _loss(args.loss) == "cross_entropy" else "gaussian"

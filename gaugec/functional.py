@@ -94,9 +94,9 @@ class Float64Mode(torch.overrides.TorchFunctionMode):
         return out
 
 
-def float64_twin(model: torch.nn.Module, inputs: tuple, copy_model: bool = True):
-    """(model, inputs) in float64: a deep copy of the model (``copy_model=False`` converts it in place) in eval mode,
-    and every floating-point input cast; integer inputs (token ids) are kept."""
-    twin = (copy.deepcopy(model) if copy_model else model).to(torch.float64).eval()
+def float64_twin(model: torch.nn.Module, inputs: tuple = (), copy_model: bool = True):
+    """(model, inputs) in float64: a deep copy of the model (``copy_model=False`` converts it in place; the train /
+    eval mode is kept), and every floating-point input cast; integer inputs (token ids) are kept."""
+    twin = (copy.deepcopy(model) if copy_model else model).to(torch.float64)
     return twin, tuple(x.to(torch.float64) if isinstance(x, torch.Tensor) and x.is_floating_point() else x
                        for x in inputs)

@@ -13,7 +13,6 @@ and for analytic networks the null space is spanned by symmetry generators. The 
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 import math
 
@@ -22,7 +21,8 @@ import torch
 from torch.func import functional_call, jacrev
 
 from gaugec.capture import unflatten_params, unique_named_parameters
-from gaugec.functional import Float64Mode, f_value
+from gaugec.functional import Float64Mode, f_value, float64_twin
+from gaugec.pipeline import compile as gaugec_compile
 
 
 @dataclasses.dataclass
@@ -149,14 +149,13 @@ def verify(model, example_inputs, plan=None, loss: str | None = "cross_entropy",
     ``soundness_only``: check ‖Jξ‖/(‖J‖‖ξ‖) on a few batches and skip the nullity (a true generator is in the
     null space of any rows of J, so soundness needs no full-rank Jacobian). The report then has nullity -1.
     """
-    from gaugec.pipeline import compile as gaugec_compile
-
     if not isinstance(example_inputs, tuple):
         example_inputs = (example_inputs,)
     if plan is None:
         plan = gaugec_compile(model, example_inputs, loss=loss)
     loss = plan.loss
-    model64 = copy.deepcopy(model).to(torch.float64).eval()
+    model64, _ = float64_twin(model)
+    model64.eval()
     generic_init_(model64, seed)
     bound = plan.bind(model64)
 

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 import gaugec
 from gaugec import zoo
-from gaugec.functional import model_f
+from gaugec.functional import float64_twin, model_f
 
 from .conftest import family_dims
 
@@ -71,8 +71,7 @@ def test_family_dims_and_invariance(case):
 
 @torch.no_grad()
 def _check_whole_plan_invariance(model, inputs, plan, seed=3):
-    m64 = copy.deepcopy(model).to(torch.float64)
-    inputs = tuple(x.double() if x.is_floating_point() else x for x in inputs)
+    m64, inputs = float64_twin(model, inputs)
     bound = gaugec.GaugePlan(m64, plan.gauges, loss=plan.loss, graph=plan.graph, example_inputs=inputs)
     f0 = model_f(m64, inputs, plan.loss)
     g = bound.random_element(torch.Generator().manual_seed(seed), spread=10.0)

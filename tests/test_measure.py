@@ -7,6 +7,7 @@ import torch
 import torch.nn as nn
 
 import gaugec
+from gaugec.functional import float64_twin
 from gaugec import measure, zoo
 
 
@@ -53,8 +54,7 @@ def test_product_separates_the_read_direction_from_the_approach():
 def test_every_gauge_of_the_zoo_reads_as_gauge(name):
     model, inputs = zoo.load(name)
     plan = gaugec.compile(model, inputs)
-    m = copy.deepcopy(model).double()
-    inputs = tuple(x.double() if x.is_floating_point() else x for x in inputs)
+    m, inputs = float64_twin(model, inputs)
     bound = gaugec.GaugePlan(m, plan.gauges, loss=plan.loss, graph=plan.graph, example_inputs=inputs)
     B = bound.tangent_basis()
     rows, o = [], 0

@@ -16,14 +16,14 @@ import torch.nn.functional as F
 import gaugec
 from gaugec import zoo
 from gaugec.optim import DDCAdam, tasks
-from gaugec.functional import model_f
+from gaugec.functional import float64_twin, model_f
 from gaugec.optim.section import CanonicalisationError
 
 STEPS, LR, WD = 30, 1e-2, 0.1
 
 
 def _double(model, inputs):
-    return model.double(), tuple(x.double() if x.is_floating_point() else x for x in inputs)
+    return float64_twin(model, inputs, copy_model=False)
 
 
 def _ddc(model, plan, **kw):

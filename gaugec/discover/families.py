@@ -43,7 +43,7 @@ MULTIPLICATIVE: list[Family] = [
 
 ADDITIVE: list[Family] = [
     Family("key_bias", "a translation of the keys, absorbed by the softmax over keys",
-           probe_tags=("key_translation",), lemmas=("key_bias_shift",)),
+           probe_tags=("key_translation",), lemmas=("key_bias_shift", "softmax_shift")),
     Family("value_bias", "a translation of the values, absorbed by the output projection's bias",
            probe_tags=("attn_value_translation",), lemmas=("value_bias_rows",)),
     Family("logit_shift", "a row shift of the head, absorbed by the softmax of the loss", seeds=("row_shift",),

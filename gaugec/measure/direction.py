@@ -2,7 +2,6 @@
 classified as gauge, singular or regular."""
 from __future__ import annotations
 
-import copy
 import dataclasses
 import math
 
@@ -12,7 +11,7 @@ from torch.func import functional_call, jvp
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from gaugec.capture import unflatten_params
-from gaugec.functional import first_tensor
+from gaugec.functional import first_tensor, float64_twin
 from gaugec.measure.common import flat_params, params_of
 from gaugec.measure.layers import loglog_slope
 
@@ -57,9 +56,7 @@ def directional_order(model, inputs, direction, approach=None, likelihood: str =
     inputs = inputs if isinstance(inputs, tuple) else (inputs,)
     info, params = params_of(model)
     theta = flat_params(info, params).to(torch.float64)
-    model64 = copy.deepcopy(model).to(torch.float64)     # never change the caller's model
-    inputs = tuple(x.to(torch.float64) if isinstance(x, torch.Tensor) and x.is_floating_point() else x
-                   for x in inputs)
+    model64, inputs = float64_twin(model, inputs)     # never change the caller's model
     u = torch.as_tensor(direction, dtype=torch.float64).reshape(-1)
     if u.numel() != theta.numel():
         raise ValueError(f"direction has {u.numel()} entries, the model has {theta.numel()} parameters")

@@ -14,6 +14,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from gaugec import zoo
+from gaugec.functional import float64_twin, model_f
+from gaugec.optim.adam import DDCAdam
+from gaugec.optim.muon import DDCMuon, muon_parameters
+from gaugec.pipeline import compile as compile_plan
+from gaugec.zoo import TinyLlama
+
 STDLIB_FILES = ("textwrap.py", "argparse.py", "functools.py", "dataclasses.py", "inspect.py")
 
 
@@ -41,7 +48,6 @@ def char_corpus(path: str | None = None, max_bytes: int = 400_000) -> torch.Tens
 
 def char_llama(vocab: int = 128, d: int = 48, n_layers: int = 2, n_heads: int = 4, n_kv_heads: int = 2,
                d_ff: int = 96, seed: int = 0, eps: float = 1e-6):
-    from gaugec.zoo import TinyLlama
 
     torch.manual_seed(seed)
     return TinyLlama(vocab=vocab, d=d, n_layers=n_layers, n_heads=n_heads, n_kv_heads=n_kv_heads, d_ff=d_ff,
@@ -190,15 +196,13 @@ def adamw_factory(**hp) -> Callable:
 def float64_zoo(name: str):
     """A zoo model of the equivariance experiments (the 2-layer Llama-GQA at eps 1e-6 for "llama_gqa") and its inputs,
     in float64."""
-    from gaugec import zoo
 
     model, inputs = {"llama_gqa": lambda: zoo.llama_gqa(n_layers=2, eps=1e-6)}.get(name, zoo.ZOO[name])()
-    return model.double(), tuple(x.double() if x.is_floating_point() else x for x in inputs)
+    return float64_twin(model, inputs, copy_model=False)
 
 
 def label_batches(model, inputs, plan, n: int, seed: int = 5) -> list[torch.Tensor]:
     """``n`` batches of random class labels shaped like f's (all but its class axis), for ``run_from``."""
-    from gaugec.functional import model_f
 
     with torch.no_grad():
         out = model_f(model, inputs, plan.loss, plan.f_leaves)
@@ -212,7 +216,6 @@ def run_from(model, inputs, plan, batches, element, make_optimizer):
     (stacked), the trained copy and its optimizer: the equivariance experiment of design section 6."""
     import copy
 
-    from gaugec.functional import model_f
 
     m = copy.deepcopy(model)
     bound = plan.bind(m)
@@ -242,7 +245,6 @@ class MuonAdamW:
 
     def __init__(self, model, plan, lr=0.02, momentum=0.95, nesterov=True, ns_steps=5, weight_decay=0.1,
                  adjust_lr_fn=None, adamw_lr=3e-4, adamw_betas=(0.9, 0.95), adamw_eps=1e-8, adamw_weight_decay=None):
-        from gaugec.optim import muon_parameters
 
         names = muon_parameters(plan)
         hidden = [p for n, p in model.named_parameters() if n in names and p.requires_grad]
@@ -269,29 +271,24 @@ class MuonAdamW:
 
 def muon_factory(**hp) -> Callable:
     def make(model, inputs):
-        import gaugec
 
-        return MuonAdamW(model, gaugec.compile(model, inputs, loss="cross_entropy"), **hp)
+        return MuonAdamW(model, compile_plan(model, inputs, loss="cross_entropy"), **hp)
 
     return make
 
 
 def ddcmuon_factory(**hp) -> Callable:
     def make(model, inputs):
-        import gaugec
-        from gaugec.optim import DDCMuon
 
-        return DDCMuon(model.parameters(), gaugec.compile(model, inputs, loss="cross_entropy"), **hp)
+        return DDCMuon(model.parameters(), compile_plan(model, inputs, loss="cross_entropy"), **hp)
 
     return make
 
 
 def ddcadam_factory(**hp) -> Callable:
     def make(model, inputs):
-        import gaugec
-        from gaugec.optim import DDCAdam
 
-        plan = gaugec.compile(model, inputs, loss="cross_entropy")
+        plan = compile_plan(model, inputs, loss="cross_entropy")
         return DDCAdam(model.parameters(), plan, **hp)
 
     return make

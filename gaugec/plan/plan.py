@@ -6,7 +6,7 @@ import json
 import numpy as np
 import torch
 
-from gaugec.capture import param_offsets, unique_named_parameters
+from gaugec.capture import capture, param_offsets, unique_named_parameters
 from gaugec.plan import Gauge, Leg, PlanMismatchError, apply_mult_leg, shift_from_vector
 from gaugec.plan.runner import GraphRunner
 from gaugec.prove import Proof
@@ -242,8 +242,6 @@ class GaugePlan:
                                     "(or trust=True to skip the checks)")
         graph = None
         if example_inputs is not None:
-            from gaugec.capture import capture
-
             if not isinstance(example_inputs, tuple):
                 example_inputs = (example_inputs,)
             graph = capture(model, example_inputs, tracer=data.get("tracer", "export"))

@@ -18,6 +18,7 @@ def numeric_check(plan, seed: int = 0, spread: float = 10.0):
     """Apply a large random element of each gauge of ``plan`` (a :class:`gaugec.plan.plan.GaugePlan`) to a float64
     copy of the model: f must not change. Records the residual, the tolerance and any note in each gauge's proof."""
     model64, inputs = float64_twin(plan.model, plan.example_inputs)
+    model64.eval()
     bound = plan.bind(model64)
 
     def f():
