@@ -17,8 +17,10 @@ rows X) and by A^-T ("dual" rows Y), with P = Σ X Xᵀ and Q = Σ Y Yᵀ,
   ``stable(P, Q)``       whether the orbit is closed with a finite stabiliser (the minimum exists),
   ``orientation(m)``     the convention that fixes the compact part (O(m), SO(2), ±1) from the rows' moments.
 
-Adding a kind is one :func:`block_kind` entry here plus its tests; the discovery solver assigns kinds from the rules'
-restrictions (``gaugec.discover.solve``), the plan and the executor look them up here.
+Adding a kind is one :func:`block_kind` entry here plus its tests. A *singleton* kind (one coordinate per block) is
+reached by a rule calling ``ctx.restrict(C, name)``; the solver gives a block the restriction it met that lies
+``within`` every other it met (R+ within R*: ReLU after a diagonal product is R+), and fixes a block whose
+restrictions have no such common kind. The plan and the executor look every kind up here.
 """
 from __future__ import annotations
 
@@ -45,7 +47,8 @@ class BlockKind:
     first_order: Callable                                # (P, Q) -> (A, A^-T), batched
     stable: Callable                                     # (P, Q) -> [nb] bool
     orientation: Callable                                # moment [nb, m] -> sign [nb, m] of ±1
-    singleton: bool = False                              # one coordinate per block
+    singleton: bool = False                              # one coordinate per block, from a rule's restriction
+    within: tuple[str, ...] = ()                         # singleton kinds whose group contains this one's
 
 
 BLOCK_KINDS: dict[str, BlockKind] = {}
@@ -120,7 +123,7 @@ block_kind(BlockKind(
     random_element=lambda m, gen, ls, gls: torch.exp(_uniform(gen, (1, 1), ls)),
     algebra_basis=lambda m: iter([torch.ones(1, 1, dtype=torch.float64)]),
     solve=_scalar_solve, first_order=_scalar_solve, stable=_traces_positive,
-    orientation=lambda moment: torch.ones_like(moment), singleton=True))
+    orientation=lambda moment: torch.ones_like(moment), singleton=True, within=("scalar",)))
 
 
 # -- rot2: R+ x SO(2), the RoPE commutant ---------------------------------------------------------------------------

@@ -138,3 +138,54 @@ def test_a_rule_that_raises_is_loud_in_strict_mode_and_a_barrier_otherwise(monke
     plan = gaugec.compile(model, (x,), strict=False)
     assert "positive_rescale" not in {g.family for g in plan.gauges}
     assert any("could not handle" in r.reason for r in plan.refusals)
+
+
+def test_a_new_block_kind_is_one_registry_entry(monkeypatch):
+    """The worked example of docs/concepts.md: a singleton kind registered in gaugec.groups, reached by a rule's
+    ``ctx.restrict``, flows through the solver, the proofs, the numeric check, the plan's generators and the DDC
+    executor with no other change."""
+    import dataclasses
+
+    from gaugec.discover.registry import MULT_RULES
+    from gaugec.optim import DDCAdam
+
+    # the one entry (setitem: the registry is restored after the test)
+    monkeypatch.setitem(BLOCK_KINDS, "halfline", dataclasses.replace(
+        BLOCK_KINDS["pos"], name="halfline", label=lambda m: "(0, inf)", within=("pos", "scalar")))
+    relu = MULT_RULES["relu"]
+
+    def relu_on_the_halfline(ctx, node):
+        restrict = ctx.restrict
+        ctx.restrict = lambda C, kind: restrict(C, "halfline" if kind == "pos" else kind)
+        return relu(ctx, node)
+
+    monkeypatch.setitem(MULT_RULES, "relu", relu_on_the_halfline)
+    model, inputs = zoo.relu_mlp()
+    plan = gaugec.compile(model, inputs)
+    rescale = [g for g in plan.gauges if g.family == "positive_rescale"]
+    # the ReLU's rescale is on the new kind, the LeakyReLU's (another rule) keeps R+
+    assert [g.group for g in rescale] == ["(0, inf)^6", "R+^5"]
+    assert all(g.proof.status == "proved" for g in rescale)
+    assert plan.dim == sum(g.dim for g in plan.gauges)
+    opt = DDCAdam(model.parameters(), plan, lr=1e-2)
+    torch.nn.functional.cross_entropy(model(*inputs), torch.zeros(len(inputs[0]), dtype=torch.long)).backward()
+    opt.step()
+
+
+def test_the_readme_layout_matches_the_tree():
+    import re
+
+    text = (PACKAGE.parent / "README.md").read_text()
+    block = text[text.index("## Layout"):]
+    block = block[block.index("```") + 3:]
+    block = block[:block.index("```")]
+    named = set(re.findall(r"^(gaugec/\S+)", block, flags=re.M))
+    for path in named:
+        assert (PACKAGE.parent / path).exists(), f"README layout names {path}, which does not exist"
+    top = {f"gaugec/{p.name}" + ("/" if p.is_dir() else "") for p in PACKAGE.iterdir()
+           if not p.name.startswith(("_", ".")) and (p.is_dir() or p.suffix == ".py")}
+    assert top - named == set(), f"not in the README layout: {sorted(top - named)}"
+    for line in block.splitlines():     # the files a package's line lists exist in it
+        m = re.match(r"^(gaugec/\S+/)\s+(.*)$", line)
+        for f in re.findall(r"\b([a-z_]+\.py)\b", m.group(2) if m else ""):
+            assert (PACKAGE.parent / m.group(1) / f).exists(), f"{m.group(1)}{f}"

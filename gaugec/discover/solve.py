@@ -217,16 +217,28 @@ def _refine_blocks(cons, roots, parity, start, seed_scalar, root_kill, reasons: 
     size = np.bincount(block_of_u, minlength=nb)
     has = {k: np.bincount(block_of_u, weights=flag[k][uroots], minlength=nb) > 0 for k in flag}
 
-    # 3. kinds (a restricted singleton is "pos" or "scalar"; a rotary pair "rot2"; otherwise GL), and why a block is
-    # fixed (-1: alive)
-    kind = np.where(size > 1, "gl", np.where(has["pos"], "pos", "scalar")).astype(object)
+    # 3. kinds (a restricted singleton takes the restriction lying within all the others it met; a rotary pair
+    # "rot2"; an unrestricted block GL, GL(1) being R* "scalar"), and why a block is fixed (-1: alive)
+    kind = np.where(size > 1, "gl", "scalar").astype(object)
+    singles = [k for k, bk in BLOCK_KINDS.items() if bk.singleton]
+    restricted = np.zeros(nb, dtype=bool)
+    chosen = np.zeros(nb, dtype=bool)
+    for k in singles:
+        restricted |= has[k]
+        inside_others = np.ones(nb, dtype=bool)
+        for j in singles:
+            if j != k and j not in BLOCK_KINDS[k].within:
+                inside_others &= ~has[j]
+        pick = (size == 1) & has[k] & inside_others
+        kind[pick] = k
+        chosen |= pick
     kind[has["rot2"]] = "rot2"
-    assert set(kind.tolist()) <= set(BLOCK_KINDS), "the solver assigned a kind gaugec.groups does not define"
     dead = np.full(nb, -1, dtype=np.int64)
-    dead[has["rot2"] & ((size != 2) | has["pos"] | has["scalar"])] = \
-        reasons.code("a rotary pair that other ops split or restrict")
-    dead[(size > 1) & (has["pos"] | has["scalar"]) & ~has["rot2"]] = \
+    dead[has["rot2"] & ((size != 2) | restricted)] = reasons.code("a rotary pair that other ops split or restrict")
+    dead[(size > 1) & restricted & ~has["rot2"]] = \
         reasons.code("a block wider than one coordinate with a diagonal restriction")
+    dead[(size == 1) & restricted & ~chosen & (dead < 0)] = \
+        reasons.code("restrictions to kinds with no common subgroup")
     killed_blocks = block_of_root[uroots[root_kill[uroots] >= 0]]
     kill_codes = root_kill[uroots[root_kill[uroots] >= 0]]
     fresh = dead[killed_blocks] < 0
@@ -253,7 +265,8 @@ def _fibre_keys(cons, roots, seed_scalar):
         for fib in cons.fibres:
             acc[np.unique(roots[fib])] += rng.integers(1, 2 ** 63, dtype=np.int64).astype(np.uint64)
     single = np.zeros(n, dtype=bool)
-    flag = {k: np.zeros(n, dtype=bool) for k in ("pos", "scalar", "rot2")}
+    flag = {k: np.zeros(n, dtype=bool) for k, bk in BLOCK_KINDS.items() if bk.singleton}
+    flag["rot2"] = np.zeros(n, dtype=bool)
     rot_order: dict[tuple[int, int], tuple[int, int]] = {}
     for kind, arr in cons.kinds:
         if kind == "rot2":
@@ -269,6 +282,9 @@ def _fibre_keys(cons, roots, seed_scalar):
             for f, sec in rp.tolist():
                 rot_order.setdefault((min(f, sec), max(f, sec)), (f, sec))
         else:
+            if kind not in flag:
+                raise ValueError(f"a rule restricted coordinates to {kind!r}, which is not a singleton kind of "
+                                 f"gaugec.groups ({', '.join(k for k in flag if k != 'rot2')})")
             rs = roots[arr]
             single[rs] = True
             flag[kind][rs] = True
