@@ -6,6 +6,7 @@ A multiplicative gauge is a product of blocks, each a matrix group acting on a f
   rot2   R+ x SO(2)     a I + b J on a rotary pair (the RoPE commutant)
   scalar R*             c != 0 on one coordinate
   pos    R+             c > 0 on one coordinate
+  scale  R+             c I_m, c > 0, on m coordinates at once (what passes a normalisation at eps = 0)
 
 Each :class:`BlockKind` says how big its group is (``dim``), how it is written (``label``), how to draw a large
 random element and a Lie-algebra basis (the numeric checks and the generators), and how to balance a block on the
@@ -223,3 +224,21 @@ def _gl_stable(P, Q):
 block_kind(BlockKind(
     "gl", label=lambda m: f"GL({m})", dim=lambda m: m * m, random_element=_gl_random, algebra_basis=_gl_basis,
     solve=_gl_solve, first_order=_gl_first_order, stable=_gl_stable, orientation=_sign_per_row))
+
+
+# -- scale: R+ acting as c I_m --------------------------------------------------------------------------------------
+
+def _scale_solve(P, Q):
+    """c⁴ = tr Q / tr P, A = c I (the only non-compact direction is the common scale)."""
+    trP, trQ = _traces(P, Q)
+    eye = torch.eye(P.shape[-1], dtype=P.dtype, device=P.device)
+    c = (trQ / trP).pow(0.25)[:, None, None]
+    return c * eye, eye / c
+
+
+block_kind(BlockKind(
+    "scale", label=lambda m: f"R+ (c I_{m})", dim=lambda m: 1,
+    random_element=lambda m, gen, ls, gls: torch.exp(_uniform(gen, (1,), ls))[0] * torch.eye(m, dtype=torch.float64),
+    algebra_basis=lambda m: iter([torch.eye(m, dtype=torch.float64)]),
+    solve=_scale_solve, first_order=_scale_solve, stable=_traces_positive,
+    orientation=lambda moment: torch.ones_like(moment)))

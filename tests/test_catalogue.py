@@ -33,9 +33,12 @@ CASES = [
     ("llama-gemma-gains", lambda: zoo.llama(offset_gain=True), "cross_entropy", LLAMA_BASE),
     # QK-norm (RMSNorm over d_head before RoPE) stops the projection maps; without RoPE the q-norm gain pairs with
     # the inverse k-norm gain (a diagonal Q/K map, d_head = 4)
-    ("llama-qk-norm", lambda: zoo.llama(qk_norm=True), "cross_entropy", {**LLAMA_BASE, "attention_qk_rope": 0}),
+    ("llama-qk-norm", lambda: zoo.llama(qk_norm=True), "cross_entropy",
+     {**LLAMA_BASE, "attention_qk_rope": 0, "norm_input_scale": 4}),
     ("llama-qk-norm-no-rope", lambda: zoo.llama(qk_norm=True, rope=False), "cross_entropy",
-     {**LLAMA_BASE, "attention_qk_rope": 0, "attention_qk": 4}),
+     {**LLAMA_BASE, "attention_qk_rope": 0, "attention_qk": 4, "norm_input_scale": 4}),
+    ("llama-qk-norm-eps", lambda: zoo.llama(qk_norm=True, eps=1e-6), "cross_entropy",
+     {**LLAMA_BASE, "attention_qk_rope": 0}),
     ("llama-2-layers", lambda: zoo.llama(n_layers=2), "cross_entropy",
      {"norm_gain": 40, "attention_qk_rope": 16, "attention_vo": 64, "glu_rescale": 24, "logit_shift": 8}),
     ("llama-mse", lambda: zoo.llama(), "mse", {**LLAMA_BASE, "logit_shift": 0}),
@@ -52,7 +55,8 @@ CASES = [
     ("relu-mlp", zoo.relu_mlp, "cross_entropy", {"positive_rescale": 11, "logit_shift": 6}),
     ("gelu-mlp", zoo.gelu_mlp, "cross_entropy", {"logit_shift": 7}),
     ("convnet-batchnorm", zoo.convnet, "cross_entropy", {"norm_gain": 4, "positive_rescale": 6, "logit_shift": 7}),
-    ("layernorm-mlp", zoo.ln_mlp, None, {"norm_gain": 6, "norm_input_shift": 5, "bias_translation": 6}),
+    ("layernorm-mlp", zoo.ln_mlp, None, {"norm_gain": 6, "norm_input_shift": 5, "bias_translation": 6,
+                                         "norm_input_scale": 1}),
 ]
 
 

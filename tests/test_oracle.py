@@ -31,22 +31,24 @@ def test_layernorm_example_has_31_dimensions():
     model, inputs = zoo.ln_mlp()
     rep = gaugec.verify(model, inputs, loss=None)
     assert rep.nullity == 31          # design section 4
-    assert rep.found_rank == 17       # gain 6 + input shift 5 + bias translation 6
-    assert rep.missed == 14           # input scale 1 + LayerNorm kernel 3 + rotation of the centred space 10
+    assert rep.found_rank == 18       # gain 6 + input shift 5 + bias translation 6 + input scale 1
+    assert rep.missed == 13           # LayerNorm kernel 3 + rotation of the centred space 10
 
 
 def test_layernorm_eps_breaks_the_input_scale():
-    """With eps > 0 the input scale is no longer a gauge. (The input must span the centred space: with a narrower
-    input the bias component orthogonal to the data trades off against eps, an exact data-dependent symmetry.)"""
+    """With eps > 0 the input scale is no longer a gauge, and it is found only at eps = 0. (The input must span the
+    centred space: with a narrower input the bias component orthogonal to the data trades off against eps, an exact
+    data-dependent symmetry.)"""
     inputs = (torch.randn(4, 8),)
-    nullity = {}
+    nullity, found = {}, {}
     for eps in (0.0, 1e-2):
         torch.manual_seed(0)
         model = nn.Sequential(nn.Linear(8, 6), nn.LayerNorm(6, eps=eps), nn.Linear(6, 3))
         rep = gaugec.verify(model, inputs, loss=None)
-        assert rep.found_rank == 6 + 9 + 6
-        nullity[eps] = rep.nullity
+        nullity[eps], found[eps] = rep.nullity, rep.found_rank
+        assert rep.sound
     assert nullity[0.0] == nullity[1e-2] + 1
+    assert found == {0.0: 6 + 9 + 6 + 1, 1e-2: 6 + 9 + 6}
 
 
 @pytest.mark.parametrize("name", ["llama_gqa", "gpt2", "gelu_mlp"])
@@ -84,9 +86,10 @@ def test_oracle_catches_an_unsound_generator(llama_plan):
 
 
 def test_qk_norm_claims_nothing_false():
-    """QK-norm with RoPE: the per-pair gain scalars and the per-head projection scales (absorbed by the norm at
-    eps 0) are true gauges the rules do not derive yet; what is claimed must be sound."""
+    """QK-norm with RoPE: the per-head projection scales (absorbed by the norm at eps 0) are found (4: one per
+    query and key head); the per-pair gain scalars are true gauges the rules do not derive yet; what is claimed
+    must be sound."""
     model, inputs = zoo.llama(qk_norm=True)
     rep = gaugec.verify(model, inputs)
     assert rep.sound
-    assert rep.found_rank == 76 and rep.nullity == 111
+    assert rep.found_rank == 80 and rep.nullity == 111

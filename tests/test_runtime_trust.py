@@ -315,3 +315,22 @@ def test_a_meta_parameter_is_a_clear_error():
     plan = gaugec.compile(model_real, inputs)
     with pytest.raises(CanonicalisationError, match="meta device"):
         DDCAdam(model.parameters(), plan.bind(model))
+
+
+def test_a_one_sided_norm_input_scale_is_held_with_a_reason():
+    """Linear → LayerNorm(eps 0) → Linear: the writer's common scale passes the norm, but nothing moves inversely,
+    so ‖g·θ‖ → 0 along the orbit: no minimum-norm point. The frame holds the block (bit for bit) and says why."""
+    model, inputs = zoo.ln_mlp()
+    model, inputs = _double(model, inputs)
+    plan = gaugec.compile(model, inputs, loss=None)
+    assert [g.group for g in plan.gauges if g.family == "norm_input_scale"] == ["R+ (c I_6)"]
+    writer = model[0].weight.detach().clone()
+    with pytest.warns(UserWarning, match="norm_input_scale@0: the group moves one side only"):
+        opt = DDCAdam(model.parameters(), plan, lr=1e-2)
+    assert opt.held_blocks()["norm_input_scale@0"] == [0]
+    for _ in range(3):
+        opt.zero_grad()
+        model(*inputs).square().sum().backward()
+        opt.step()
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert not torch.equal(model[0].weight, writer)      # trained, not frozen: only the scale is held

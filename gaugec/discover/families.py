@@ -39,6 +39,8 @@ MULTIPLICATIVE: list[Family] = [
            lemmas=("bilinear_contract",)),
     Family("attention_qk_rope", "a query-key block inside a rotary embedding: only the commutant survives",
            block_tags=("attn_qk", "rope"), lemmas=("rope_commutant",)),
+    Family("norm_input_scale", "a block tied to one positive scale by a normalisation at eps = 0",
+           block_tags=("norm_scale",), lemmas=("rmsnorm_scale", "layernorm_scale")),
 ]
 
 ADDITIVE: list[Family] = [

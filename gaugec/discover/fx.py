@@ -43,3 +43,13 @@ def varying_axes(a: np.ndarray) -> set[int]:
             if not np.all(a == first):
                 out.add(ax)
     return out
+
+
+CAST_OPS = ("_to_copy", "to", "clone", "contiguous", "alias", "type_as")
+
+
+def strip_casts(n):
+    """The node under any chain of casts and copies (``x.to(float32)``, ``.contiguous()``)."""
+    while isinstance(n, torch.fx.Node) and n.op == "call_function" and op_name(n) in CAST_OPS:
+        n = n.args[0]
+    return n

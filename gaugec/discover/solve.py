@@ -121,8 +121,9 @@ def solve(engine: Engine) -> tuple[list[Gauge], list[Refusal]]:
     refusals."""
     reasons = Reasons()
     blocks = _block_table(engine, reasons)
-    gauges, refusals = _multiplicative_gauges(engine, blocks, reasons)
-    more, more_refusals = _additive_gauges(engine)
+    uses = engine.param_uses()
+    gauges, refusals = _multiplicative_gauges(engine, blocks, reasons, uses)
+    more, more_refusals = _additive_gauges(engine, uses)
     if os.environ.get("GAUGEC_DEBUG"):
         for p in engine.probes:
             print("probe", p.id, p.describe, p.tags, p.refusals[:3])
@@ -201,7 +202,7 @@ def _refine_blocks(cons, roots, parity, start, seed_scalar, root_kill, reasons: 
     """2.–4. A root's block is fixed by its start component (the GL seeds it came from, joined by ties), the set of
     fibres it lies in (hashed), and whether a kind made it a singleton; then kinds, and why a block is fixed."""
     n = cons.n_coords
-    acc, single, flag, rot_order = _fibre_keys(cons, roots, seed_scalar)
+    acc, single, flag, rot_order, scale_rows = _fibre_keys(cons, roots, seed_scalar)
     uroots = np.unique(roots)
     with np.errstate(over="ignore"):
         key = acc[uroots] ^ _mix(start[uroots], 1) ^ np.where(single[uroots], _mix(uroots, 2), np.uint64(0))
@@ -217,8 +218,11 @@ def _refine_blocks(cons, roots, parity, start, seed_scalar, root_kill, reasons: 
     size = np.bincount(block_of_u, minlength=nb)
     has = {k: np.bincount(block_of_u, weights=flag[k][uroots], minlength=nb) > 0 for k in flag}
 
-    # 3. kinds (a restricted singleton takes the restriction lying within all the others it met; a rotary pair
-    # "rot2"; an unrestricted block GL, GL(1) being R* "scalar"), and why a block is fixed (-1: alive)
+    # 3. kinds (a restricted singleton takes the restriction lying within all the others it met; a block tied to one
+    # scale by a normalisation "scale" (one coordinate: R+); a rotary pair "rot2"; an unrestricted block GL, GL(1)
+    # being R* "scalar"), and why a block is fixed (-1: alive)
+    scale = has["scale"] & (size > 1)
+    has["pos"] = has["pos"] | (has["scale"] & (size == 1))
     kind = np.where(size > 1, "gl", "scalar").astype(object)
     singles = [k for k, bk in BLOCK_KINDS.items() if bk.singleton]
     restricted = np.zeros(nb, dtype=bool)
@@ -232,13 +236,21 @@ def _refine_blocks(cons, roots, parity, start, seed_scalar, root_kill, reasons: 
         pick = (size == 1) & has[k] & inside_others
         kind[pick] = k
         chosen |= pick
+    kind[scale] = "scale"
     kind[has["rot2"]] = "rot2"
     dead = np.full(nb, -1, dtype=np.int64)
-    dead[has["rot2"] & ((size != 2) | restricted)] = reasons.code("a rotary pair that other ops split or restrict")
-    dead[(size > 1) & restricted & ~has["rot2"]] = \
+    dead[has["rot2"] & ((size != 2) | restricted | has["scale"])] = \
+        reasons.code("a rotary pair that other ops split or restrict")
+    dead[(size > 1) & restricted & ~has["rot2"] & ~scale] = \
         reasons.code("a block wider than one coordinate with a diagonal restriction")
     dead[(size == 1) & restricted & ~chosen & (dead < 0)] = \
         reasons.code("restrictions to kinds with no common subgroup")
+    for rows in scale_rows:     # one normalised vector moved by several blocks: they would need one common scale
+        rows_blocks = block_of_root[rows]
+        split = np.unique(rows_blocks[(rows_blocks != rows_blocks[:, :1]).any(1)])
+        if split.size:
+            dead[split[dead[split] < 0]] = reasons.code("a normalised vector moved by several independent blocks "
+                                                        "(one common scale across blocks is not derived yet)")
     killed_blocks = block_of_root[uroots[root_kill[uroots] >= 0]]
     kill_codes = root_kill[uroots[root_kill[uroots] >= 0]]
     fresh = dead[killed_blocks] < 0
@@ -267,6 +279,8 @@ def _fibre_keys(cons, roots, seed_scalar):
     single = np.zeros(n, dtype=bool)
     flag = {k: np.zeros(n, dtype=bool) for k, bk in BLOCK_KINDS.items() if bk.singleton}
     flag["rot2"] = np.zeros(n, dtype=bool)
+    flag["scale"] = np.zeros(n, dtype=bool)
+    scale_rows = []
     rot_order: dict[tuple[int, int], tuple[int, int]] = {}
     for kind, arr in cons.kinds:
         if kind == "rot2":
@@ -281,6 +295,10 @@ def _fibre_keys(cons, roots, seed_scalar):
             flag["rot2"][rp.reshape(-1)] = True
             for f, sec in rp.tolist():
                 rot_order.setdefault((min(f, sec), max(f, sec)), (f, sec))
+        elif kind == "scale":
+            rr = roots[arr]
+            flag["scale"][rr.reshape(-1)] = True
+            scale_rows.append(rr)
         else:
             if kind not in flag:
                 raise ValueError(f"a rule restricted coordinates to {kind!r}, which is not a singleton kind of "
@@ -291,7 +309,7 @@ def _fibre_keys(cons, roots, seed_scalar):
     rs = roots[seed_scalar]
     single[rs] = True
     flag["scalar"][rs] = True
-    return acc, single, flag, rot_order
+    return acc, single, flag, rot_order, scale_rows
 
 
 def _local_indices(uroots, block_of_u, size, kind, dead, rot_order, n) -> np.ndarray:
@@ -309,9 +327,10 @@ def _local_indices(uroots, block_of_u, size, kind, dead, rot_order, n) -> np.nda
     return local_of_root
 
 
-def _multiplicative_gauges(engine: Engine, bt: Blocks, reasons: Reasons) -> tuple[list[Gauge], list[Refusal]]:
-    """5. Components of probes: one gauge instance each, split by family; tied parameters fix their blocks."""
-    uses = engine.param_uses()
+def _multiplicative_gauges(engine: Engine, bt: Blocks, reasons: Reasons, uses: dict[str, set[str]]) \
+        -> tuple[list[Gauge], list[Refusal]]:
+    """5. Components of probes: one gauge instance each, split by family; tied parameters (``uses``: every node a
+    parameter feeds) fix their blocks."""
     comps: dict[int, list] = {}
     for p in engine.probes:
         if p.kind == "mult":
@@ -391,9 +410,8 @@ def _entries(coords: np.ndarray, fam_blocks: np.ndarray, bt: Blocks) -> np.ndarr
     return out
 
 
-def _additive_gauges(engine: Engine) -> tuple[list[Gauge], list[Refusal]]:
+def _additive_gauges(engine: Engine, uses: dict[str, set[str]]) -> tuple[list[Gauge], list[Refusal]]:
     """Every additive probe that reached an absorber alive and moves no parameter used elsewhere is a gauge."""
-    uses = engine.param_uses()
     gauges: list[Gauge] = []
     refusals: list[Refusal] = []
     for p in engine.probes:
@@ -415,13 +433,9 @@ def _additive_gauges(engine: Engine) -> tuple[list[Gauge], list[Refusal]]:
         if bad:
             refusals.append(Refusal(bad[1], p.describe, bad[0]))
             continue
-        dim = sum(_shift_dim(engine, lg) for lg in p.legs if lg.role == "shift")
+        dim = sum(lg.shift_dim(tuple(engine.gg.params[lg.param].shape)) for lg in p.legs if lg.role == "shift")
         family = additive_family(p.seed, p.tags, {what for _, what in p.sinks})
         gauges.append(Gauge("", family, "add", [], [dataclasses.replace(lg, axes=tuple(lg.axes)) for lg in p.legs],
                             proof=Proof(sorted({(lid, nd) for lid, nd, _ in p.citations})), additive_dim=dim,
                             description=[p.describe]))
     return gauges, refusals
-
-
-def _shift_dim(engine, lg: Leg) -> int:
-    return lg.shift_dim(tuple(engine.gg.params[lg.param].shape))

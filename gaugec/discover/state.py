@@ -83,6 +83,13 @@ class Constraints:
         coords = np.unique(np.asarray(coords))
         self.kinds.append((kind, coords[coords >= 0]))
 
+    def tie_scale(self, rows: np.ndarray):
+        """Each row's coordinates may only move together, by one common positive scale c I (a normalisation at
+        eps = 0 over those coordinates)."""
+        rows = np.asarray(rows, dtype=np.int64).reshape(len(rows), -1)
+        if rows.size:
+            self.kinds.append(("scale", rows))
+
     def tag(self, coords, tag: str):
         coords = np.unique(np.asarray(coords))
         self.tags.setdefault(tag, []).append(coords[coords >= 0])

@@ -83,7 +83,8 @@ barrier("the activation is not positively homogeneous: no rescale passes it", "g
         "softplus", "elu", "selu", "celu", "mish", "hardswish", "hardsigmoid", "exp", "log", "sin", "cos",
         "sqrt", "rsqrt", "pow", "reciprocal", "abs", "sign", "erf", "clamp", "clamp_min", "clamp_max", "hardtanh",
         "gelu_", "silu_", "tanh_", "sigmoid_", "logsigmoid", "square", "log1p", "expm1")
-barrier("a norm over the acted axis (norm input scale and residual rotations are not yet derived)",
+barrier("a norm over the acted axis (only a common positive scale passes a layer / RMS norm, at eps = 0; residual "
+        "rotations are not derived yet)",
         "layer_norm", "rms_norm", "native_layer_norm", "group_norm", "batch_norm", "instance_norm",
         "_native_batch_norm_legit_no_training", "native_batch_norm", "_native_batch_norm_legit")
 barrier("a data-dependent index or comparison", "index", "index_select", "gather", "scatter", "where", "masked_fill",

@@ -4,17 +4,23 @@
   b_i <- c_i b_i, column i of every reader / c_i (``norm_gain``; sign allowed).
 * The normalised input of a LayerNorm is centred, so a translation along the all-ones direction of its normalised
   axes is absorbed (``layernorm_shift``); the bias b seeds a translation that a reader's bias can absorb.
-* A scaling of the input is a gauge only at eps = 0 (``rmsnorm_scale``: the exact breaking term for eps > 0 is
-  part of the lemma); it and the residual-stream rotations are the next family to derive, so a multiplicative
-  probe stops at a norm.
+* A common positive scaling of the input, c I on the normalised axes, is a gauge only at eps = 0
+  (``rmsnorm_scale``, ``layernorm_scale``: the exact breaking term for eps > 0 is part of each lemma). A
+  multiplicative probe reaching a norm at eps = 0 is tied to one such scale per normalised vector
+  (``norm_input_scale``) and stops there: the norm's output does not move. At eps > 0, and for any other map (the
+  residual-stream rotations are not derived yet), the norm is a barrier. The aten ``layer_norm`` / ``rms_norm``
+  ops have a rule; the hand-written RMSNorm ``x * rsqrt(mean(x²) + eps)`` is recognised as a pattern.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import sympy as sp
+import torch.fx
 
-from gaugec.discover.fx import arg, node_shape
-from gaugec.discover.registry import rule
+from gaugec.discover.fx import arg, node_shape, norm_dim, op_name, strip_casts
+from gaugec.discover.registry import PatternMatch, pattern, rule
 from gaugec.plan.gauge import Leg
 from gaugec.prove.lemmas import lemma
 
@@ -41,6 +47,24 @@ def _rms_scale():
     exact = c * x / sp.sqrt(c ** 2 * m) - x / sp.sqrt(m)
     breaking = c * x / sp.sqrt(c ** 2 * m + e) - x / sp.sqrt(m + e / c ** 2)
     return [exact, breaking]
+
+
+@lemma("layernorm_scale", "LN(c x) = LN(x) for c > 0 at eps = 0; with eps the breaking term is "
+       "c x / sqrt(c^2 v + e) - x / sqrt(v + e/c^2) = 0 evaluated at e/c^2 != e")
+def _ln_scale():
+    xs = sp.symbols("x0:3", real=True)
+    c = sp.Symbol("c", positive=True)
+    e = sp.Symbol("e", positive=True)
+
+    def ln(v, eps):
+        m = sum(v) / 3
+        var = sum((vi - m) ** 2 for vi in v) / 3
+        return [(vi - m) / sp.sqrt(var + eps) for vi in v]
+
+    scaled = ln([c * x for x in xs], 0)
+    plain = ln(list(xs), 0)
+    breaking = [a - b for a, b in zip(ln([c * x for x in xs], e), ln(list(xs), e / c ** 2))]
+    return [sp.simplify(a - b) for a, b in zip(scaled, plain)] + breaking
 
 
 def _normalised_axes(node, shape, nshape_arg):
@@ -111,3 +135,107 @@ def layer_norm_add(ctx, node):
 @rule("rms_norm", "batch_norm", "_native_batch_norm_legit_no_training", "group_norm", kind="add")
 def other_norm_add(ctx, node):
     return ctx.kill_all("a translation entering a norm that does not centre its input")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the input side: a common positive scale passes a norm at eps = 0
+
+
+def _tie_input_scale(ctx, node, x, axes, eps, lemma_id: str):
+    """The probe's coordinates on ``x`` may only move by c I per normalised vector (c > 0) at eps = 0; the norm's
+    output does not move, so nothing is carried past it."""
+    if any(ctx.state(a) is not None for a in node.all_input_nodes if a is not x):
+        return ctx.kill_all("the group reaches a norm's gain or bias")
+    C = ctx.state(x)
+    if C is None:
+        return None
+    if eps != 0:
+        return ctx.kill_all(f"a map on a norm's input: only a common positive scale passes, and only at eps = 0 "
+                            f"(eps = {eps})")
+    shape = node_shape(node)
+    C = np.broadcast_to(C.reshape((1,) * (len(shape) - C.ndim) + C.shape), shape)
+    ctx.tie_scale(C, axes)
+    ctx.cite(lemma_id, C)
+    ctx.tag("norm_scale", C)
+    return None
+
+
+@rule("layer_norm", kind="mult")
+def layer_norm_mult(ctx, node):
+    x = arg(node, 0, "input")
+    axes = _normalised_axes(node, node_shape(node), arg(node, 1, "normalized_shape"))
+    return _tie_input_scale(ctx, node, x, axes, arg(node, 4, "eps", 1e-5), "layernorm_scale")
+
+
+@rule("rms_norm", kind="mult")
+def rms_norm_mult(ctx, node):
+    x = arg(node, 0, "input")
+    axes = _normalised_axes(node, node_shape(node), arg(node, 1, "normalized_shape"))
+    eps = arg(node, 3, "eps", None)
+    return _tie_input_scale(ctx, node, x, axes, 1.0 if eps is None else eps, "rmsnorm_scale")  # None: dtype's eps
+
+
+@dataclasses.dataclass
+class RmsNormalisation(PatternMatch):
+    """``x * rsqrt(mean(x ** 2, axes, keepdim=True) + eps)``, written out (as the zoo's and Hugging Face's
+    RMSNorm are), recognised as one normalisation of ``x`` over ``axes``."""
+
+    output: torch.fx.Node
+    x: torch.fx.Node
+    axes: list
+    eps: float
+    internal: set
+
+    name = "RMS normalisation"
+
+    def apply(self, ctx, node):
+        outside = {a for i in self.internal for a in i.all_input_nodes if a not in self.internal and a is not self.x}
+        if any(ctx.state(a) is not None for a in outside):
+            return ctx.kill_all("the group reaches an RMS normalisation's eps")
+        if not ctx.mult:
+            return ctx.kill_all("a translation entering a norm that does not centre its input")
+        return _tie_input_scale(ctx, node, self.x, self.axes, self.eps, "rmsnorm_scale")
+
+
+def _rms_parts(mul: torch.fx.Node):
+    """(x, axes, eps, internal) when ``mul`` is x * rsqrt(mean(x ** 2) + eps), else None."""
+    for x, r in (mul.args[:2], mul.args[1::-1]):
+        if not (isinstance(x, torch.fx.Node) and isinstance(r, torch.fx.Node) and op_name(r) == "rsqrt"):
+            continue
+        v, eps, internal = r.args[0], 0.0, {mul, r}
+        if isinstance(v, torch.fx.Node) and op_name(v) == "add" and isinstance(arg(v, 1, "other"), (int, float)):
+            internal.add(v)
+            v, eps = v.args[0], float(arg(v, 1, "other"))
+        if not (isinstance(v, torch.fx.Node) and op_name(v) == "mean" and arg(v, 2, "keepdim", False)):
+            continue
+        sq = v.args[0]
+        if not (isinstance(sq, torch.fx.Node) and op_name(sq) == "pow" and sq.args[1] == 2
+                and strip_casts(sq.args[0]) is strip_casts(x)):
+            continue
+        shape = node_shape(x)
+        dims = arg(v, 1, "dim")
+        if shape is None or dims is None:
+            continue
+        axes = sorted(norm_dim(d, len(shape)) for d in (dims if isinstance(dims, (list, tuple)) else [dims]))
+        if axes != list(range(len(shape) - len(axes), len(shape))):
+            continue
+        internal |= {v, sq}
+        return x, axes, eps, internal
+    return None
+
+
+@pattern("RMS normalisation")
+def find_rms_normalisations(engine) -> list[RmsNormalisation]:
+    """Every written-out RMS normalisation whose inner nodes feed only the normalisation itself."""
+    found = []
+    for n in engine.topo:
+        if n.op != "call_function" or op_name(n) != "mul" or len(n.args) < 2:
+            continue
+        parts = _rms_parts(n)
+        if parts is None:
+            continue
+        x, axes, eps, internal = parts
+        if any(u not in internal for i in internal - {n} for u in i.users):
+            continue
+        found.append(RmsNormalisation(n, x, axes, eps, internal))
+    return found

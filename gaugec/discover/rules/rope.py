@@ -14,7 +14,7 @@ import numpy as np
 import sympy as sp
 import torch.fx
 
-from gaugec.discover.fx import arg, node_shape, norm_dim, op_name
+from gaugec.discover.fx import arg, node_shape, norm_dim, op_name, strip_casts
 from gaugec.discover.registry import PatternMatch, pattern
 from gaugec.prove.lemmas import lemma
 
@@ -56,15 +56,6 @@ class RopeMacro(PatternMatch):
         return rope_rule(ctx, node, self)
 
 
-_PASS = ("_to_copy", "to", "clone", "contiguous", "alias", "type_as")
-
-
-def _strip(n):
-    while isinstance(n, type(n)) and hasattr(n, "op") and n.op == "call_function" and op_name(n) in _PASS:
-        n = n.args[0]
-    return n
-
-
 def _mul_operands(n):
     if not hasattr(n, "op") or op_name(n) not in ("mul", "mul_"):
         return None
@@ -103,7 +94,7 @@ def _match_rotate_half(r, x):
                 internal.add(p)
                 p, neg = p.args[0], True
             info = _slice_info(p)
-            if info is None or _strip(info[0]) is not _strip(x) or info[1] != last or info[4] != 1:
+            if info is None or strip_casts(info[0]) is not strip_casts(x) or info[1] != last or info[4] != 1:
                 return None
             internal.add(p)
             parts.append((info[2], info[3], neg))
@@ -125,7 +116,7 @@ def _match_rotate_half(r, x):
                 internal.add(p)
                 p, neg = p.args[0], True
             info = _slice_info(p)
-            if info is None or _strip(info[0]) is not _strip(x) or info[1] != last or info[4] != 2:
+            if info is None or strip_casts(info[0]) is not strip_casts(x) or info[1] != last or info[4] != 2:
                 return None
             internal.add(p)
             parts.append((info[2], neg))
