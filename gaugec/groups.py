@@ -149,18 +149,19 @@ def _rot2_solve(P, Q):
     return s[:, None, None] * R, R / s[:, None, None]
 
 
-def _rot2_first_order(P, Q):
-    """Its scale only: the rotation is compact, nothing to balance."""
+def _common_scale(P, Q):
+    """A = c I with c⁴ = tr Q / tr P: the minimum over the common scale alone (rot2's per-step step, whose rotation
+    is compact and has nothing to balance; the whole solve of a "scale" block)."""
     trP, trQ = _traces(P, Q)
     eye = torch.eye(P.shape[-1], dtype=P.dtype, device=P.device)
-    s = (trQ / trP).pow(0.25)[:, None, None]
-    return s * eye, eye / s
+    c = (trQ / trP).pow(0.25)[:, None, None]
+    return c * eye, eye / c
 
 
 block_kind(BlockKind(
     "rot2", label=lambda m: "(R+ x SO(2))", dim=lambda m: 2, random_element=_rot2_random,
     algebra_basis=lambda m: iter([torch.eye(2, dtype=torch.float64), _unit([0.0, -1.0], [1.0, 0.0])]),
-    solve=_rot2_solve, first_order=_rot2_first_order, stable=_traces_positive,
+    solve=_rot2_solve, first_order=_common_scale, stable=_traces_positive,
     orientation=lambda moment: _sign_per_row(moment)[:, :1].expand_as(moment)))   # the principal row's sign
 
 
@@ -228,17 +229,9 @@ block_kind(BlockKind(
 
 # -- scale: R+ acting as c I_m --------------------------------------------------------------------------------------
 
-def _scale_solve(P, Q):
-    """c⁴ = tr Q / tr P, A = c I (the only non-compact direction is the common scale)."""
-    trP, trQ = _traces(P, Q)
-    eye = torch.eye(P.shape[-1], dtype=P.dtype, device=P.device)
-    c = (trQ / trP).pow(0.25)[:, None, None]
-    return c * eye, eye / c
-
-
 block_kind(BlockKind(
     "scale", label=lambda m: f"R+ (c I_{m})", dim=lambda m: 1,
     random_element=lambda m, gen, ls, gls: torch.exp(_uniform(gen, (1,), ls))[0] * torch.eye(m, dtype=torch.float64),
     algebra_basis=lambda m: iter([torch.eye(m, dtype=torch.float64)]),
-    solve=_scale_solve, first_order=_scale_solve, stable=_traces_positive,
+    solve=_common_scale, first_order=_common_scale, stable=_traces_positive,
     orientation=lambda moment: torch.ones_like(moment)))
