@@ -55,7 +55,7 @@ def run(quick: bool = False, seeds: int | None = None, progress=print, checkpoin
     """Every arm × config × seed; ``checkpoint(rows)`` after each run (the partial rows survive an interruption).
     ``steps`` overrides the budget, ``reference_only`` runs the reference config alone (``depth``: grokking's),
     ``jobs`` runs that many at once."""
-    budget, every = (200, 50) if quick else (1000, 50)
+    budget, every = (200, 50) if quick else (3000, 50)
     grid = [(3e-3, 0.1)] if quick or reference_only else GRID
     return sweep("overtrain", seeds or (1 if quick else 3), grid, ARMS, train,
                  {"steps": steps or budget, "every": every}, describe, progress, checkpoint, jobs)
