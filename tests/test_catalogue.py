@@ -12,7 +12,8 @@ from gaugec.functional import float64_twin, model_f
 
 from .conftest import family_dims
 
-LLAMA_BASE = {"norm_gain": 24, "attention_qk_rope": 8, "attention_vo": 32, "glu_rescale": 12, "logit_shift": 8}
+LLAMA_BASE = {"norm_gain": 24, "attention_qk_rope": 8, "attention_vo": 32, "glu_rescale": 12, "logit_shift": 8,
+              "norm_input_scale": 1}
 
 CASES = [
     # (id, factory, loss, expected family -> total dim)
@@ -25,7 +26,7 @@ CASES = [
     ("llama-interleaved-rope", lambda: zoo.llama(interleaved=True), "cross_entropy", LLAMA_BASE),
     # tied embeddings kill the logit shift and the final norm's gain (its reader is the embedding)
     ("llama-tied", lambda: zoo.llama(tie=True), "cross_entropy",
-     {**LLAMA_BASE, "logit_shift": 0, "norm_gain": 16}),
+     {**LLAMA_BASE, "logit_shift": 0, "norm_gain": 16, "norm_input_scale": 0}),
     # q/k/v biases move with their maps; with RoPE the key bias is no translation gauge
     ("llama-bias-rope", lambda: zoo.llama(bias=True), "cross_entropy", LLAMA_BASE),
     ("llama-bias-no-rope", lambda: zoo.llama(bias=True, rope=False), "cross_entropy",
@@ -33,18 +34,21 @@ CASES = [
     ("llama-gemma-gains", lambda: zoo.llama(offset_gain=True), "cross_entropy", LLAMA_BASE),
     # QK-norm (RMSNorm over d_head before RoPE) stops the projection maps; without RoPE the q-norm gain pairs with
     # the inverse k-norm gain (a diagonal Q/K map, d_head = 4)
+    # at eps 0 each query and key head's projection scale passes its norm (4), beside the stream's scale (1)
     ("llama-qk-norm", lambda: zoo.llama(qk_norm=True), "cross_entropy",
-     {**LLAMA_BASE, "attention_qk_rope": 0, "norm_input_scale": 4}),
+     {**LLAMA_BASE, "attention_qk_rope": 0, "norm_input_scale": 5}),
     ("llama-qk-norm-no-rope", lambda: zoo.llama(qk_norm=True, rope=False), "cross_entropy",
-     {**LLAMA_BASE, "attention_qk_rope": 0, "attention_qk": 4, "norm_input_scale": 4}),
+     {**LLAMA_BASE, "attention_qk_rope": 0, "attention_qk": 4, "norm_input_scale": 5}),
     ("llama-qk-norm-eps", lambda: zoo.llama(qk_norm=True, eps=1e-6), "cross_entropy",
-     {**LLAMA_BASE, "attention_qk_rope": 0}),
+     {**LLAMA_BASE, "attention_qk_rope": 0, "norm_input_scale": 0}),
     ("llama-2-layers", lambda: zoo.llama(n_layers=2), "cross_entropy",
-     {"norm_gain": 40, "attention_qk_rope": 16, "attention_vo": 64, "glu_rescale": 24, "logit_shift": 8}),
+     {"norm_gain": 40, "attention_qk_rope": 16, "attention_vo": 64, "glu_rescale": 24, "logit_shift": 8,
+      "norm_input_scale": 1}),
     ("llama-mse", lambda: zoo.llama(), "mse", {**LLAMA_BASE, "logit_shift": 0}),
     # GQA: one map per KV head (2 KV heads of d_head 4 under 4 query heads)
     ("llama-gqa", lambda: zoo.llama_gqa(), "cross_entropy",
-     {"norm_gain": 48, "attention_qk_rope": 8, "attention_vo": 32, "glu_rescale": 12, "logit_shift": 16}),
+     {"norm_gain": 48, "attention_qk_rope": 8, "attention_vo": 32, "glu_rescale": 12, "logit_shift": 16,
+      "norm_input_scale": 1}),
     ("gpt2-untied", lambda: zoo.gpt2(tie=False), "cross_entropy",
      {"norm_gain": 24, "attention_qk": 32, "attention_vo": 32, "norm_input_shift": 66, "bias_translation": 16,
       "key_bias": 8, "value_bias": 8, "logit_shift": 8}),

@@ -19,7 +19,7 @@ def test_tangent_basis_shape_rank_and_dim(llama_plan):
     B = plan.tangent_basis()
     n = sum(p.numel() for p in model.parameters())
     assert B.shape == (sum(g.dim for g in plan.gauges), n)
-    assert int(torch.linalg.matrix_rank(B)) == plan.dim == 84
+    assert int(torch.linalg.matrix_rank(B)) == plan.dim == 85
 
 
 def test_generators_are_derivatives_of_the_action(llama_plan):

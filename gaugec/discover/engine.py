@@ -295,8 +295,9 @@ class RuleCtx:
             self.probe.dead = True
         return None
 
-    def leg(self, param: str, role: str, **kw):
-        self.probe.legs.append(Leg(param, role, node=self.node.name, **kw))
+    def leg(self, param: str, role: str, at: torch.fx.Node | None = None, **kw):
+        """A leg on ``param``, used at node ``at`` (default: this node; the tied-use check compares them)."""
+        self.probe.legs.append(Leg(param, role, node=(at or self.node).name, **kw))
 
     def fibres(self, C, axes):
         self.cons.add_fibres(C, axes)

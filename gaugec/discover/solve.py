@@ -368,7 +368,10 @@ def _multiplicative_gauges(engine: Engine, bt: Blocks, reasons: Reasons, uses: d
 
 
 def _kill_shared_parameters(legs, uses, bt: Blocks, reasons: Reasons):
-    """Tied / shared parameters: every use must be a leg, or the blocks that move the parameter are fixed."""
+    """Tied / shared parameters: every use must be a leg, or the blocks that move the parameter are fixed; and no
+    entry may be moved by two different legs (a tied embedding read back as the head: A on its columns as a
+    writer, A^-1 as a reader, which only an orthogonal A satisfies)."""
+    _kill_doubly_moved(legs, bt, reasons)
     for param in {lg.param for lg in legs}:
         missing = uses.get(param, set()) - {lg.node for lg in legs if lg.param == param}
         if not missing:
@@ -378,6 +381,25 @@ def _kill_shared_parameters(legs, uses, bt: Blocks, reasons: Reasons):
         for lg in legs:
             if lg.param == param and lg.coords is not None:
                 bs = bt.block_of_coord[lg.coords[lg.coords >= 0]]
+                bt.dead[bs[bt.dead[bs] < 0]] = code
+
+
+def _kill_doubly_moved(legs, bt: Blocks, reasons: Reasons):
+    by_axis: dict[tuple[str, int], list] = {}
+    for lg in legs:
+        if lg.coords is not None:
+            by_axis.setdefault((lg.param, lg.axis), []).append(lg)
+    for (param, _), group in by_axis.items():
+        for i, a in enumerate(group):
+            for b in group[i + 1:]:
+                both = (a.coords >= 0) & (b.coords >= 0)
+                if not both.any() or (a.role == b.role and a.offset == b.offset
+                                      and np.array_equal(a.coords[both], b.coords[both])):
+                    continue
+                code = reasons.code(f"parameter {param} is moved by two legs along one axis (a tied weight used "
+                                    "on both sides of the map would need A = A^-T: orthogonal groups are not derived "
+                                    "yet)", b.node)
+                bs = bt.block_of_coord[np.concatenate([a.coords[both], b.coords[both]])]
                 bt.dead[bs[bt.dead[bs] < 0]] = code
 
 

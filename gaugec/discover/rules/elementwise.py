@@ -19,7 +19,7 @@ import numbers
 import numpy as np
 import sympy as sp
 
-from gaugec.discover.fx import arg, node_shape, varying_axes
+from gaugec.discover.fx import arg, node_shape, op_name, varying_axes
 from gaugec.discover.registry import barrier, rule
 from gaugec.discover.state import param_axis_coords
 from gaugec.discover.rules.linear import _absorb_bias
@@ -235,7 +235,44 @@ def add_mult(ctx, node):
             ctx.leg(pv.param, "out", axis=ax, coords=coords)
             ctx.cite("linear_writer")
             return C
-    return ctx.kill_all("adds a tensor the group does not act on (a residual stream: not yet derived)")
+    if node.target._schema.name.split("::")[-1].startswith("add") and _move_writer(ctx, other, C, shape):
+        return C
+    return ctx.kill_all("adds a tensor the group does not act on (a residual stream whose other writer cannot be "
+                        "moved with it)")
+
+
+@lemma("residual_sum", "A x + ((A W) z + A b) = A (x + W z + b): a residual sum carries the map when its other "
+       "writer moves with it")
+def _residual_sum():
+    A, W = sp.Matrix(2, 2, sp.symbols("a0:4")), sp.Matrix(2, 2, sp.symbols("w0:4"))
+    x, z, b = sp.Matrix(sp.symbols("x0:2")), sp.Matrix(sp.symbols("z0:2")), sp.Matrix(sp.symbols("b0:2"))
+    return [A * x + ((A * W) * z + A * b) - A * (x + W * z + b)]
+
+
+def _move_writer(ctx, other, C: np.ndarray, shape) -> bool:
+    """A residual sum x + W z + b with the group on x: move the other writer too, A (x + W z + b) = A x + (A W) z +
+    A b, when ``other`` is a linear whose output feeds only this sum and whose input the group leaves unchanged (its
+    state is None: never reached, absorbed by a reader, or tied by a norm; a block killed on the way is fixed
+    anyway). The action must cover the whole feature axis, the same at every position."""
+    if not (hasattr(other, "op") and other.op == "call_function" and op_name(other) == "linear"
+            and len(other.users) == 1 and ctx.state(arg(other, 0, "input")) is None):
+        return False
+    pvW, pvb = ctx.param_view(arg(other, 1, "weight")), ctx.param_view(arg(other, 2, "bias"))
+    n = shape[-1]
+    rows = C.reshape(-1, n)
+    if pvW is None or pvW.ndim != 2 or (rows < 0).any() or not (rows == rows[:1]).all():
+        return False
+    coords = rows[0]
+    wl = param_axis_coords(pvW.fibre(0), coords, ctx.engine.gg.params[pvW.param].shape)
+    bl = None if pvb is None else param_axis_coords(pvb.P.reshape(-1), coords, ctx.engine.gg.params[pvb.param].shape)
+    if wl is None or (pvb is not None and bl is None):
+        return False
+    ctx.leg(pvW.param, "out", at=other, axis=wl[0], coords=wl[1])
+    if bl is not None:
+        ctx.leg(pvb.param, "out", at=other, axis=bl[0], coords=bl[1])
+    ctx.cite("linear_writer")
+    ctx.cite("residual_sum")
+    return True
 
 
 @rule("add", "add_", "sub", "sub_", "rsub", kind="add")
