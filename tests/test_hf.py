@@ -83,3 +83,22 @@ def test_hf_llama_misses_only_the_residual_stream():
     rep = gaugec.verify(model, inputs, plan)
     assert rep.found_rank == 128
     assert rep.missed == 16 * 15 // 2 + 1     # O(16) rotation + scale of the stream, the next family to derive
+
+
+@pytest.mark.parametrize("parallel", [True, False])
+def test_hf_gpt_neox_stream_scale_at_eps_0(parallel):
+    """GPT-NeoX with LayerNorm at eps 0: the stream's writers (the embedding, every dense and dense_4h_to_h, through
+    eval-mode dropout and, with a parallel residual, the sum of the attention and MLP outputs) move by one common
+    scale; at eps 1e-5 they do not. Nothing false is claimed either way."""
+    found = {}
+    for eps in (0.0, 1e-5):
+        cfg = transformers.GPTNeoXConfig(vocab_size=32, hidden_size=16, intermediate_size=24, num_hidden_layers=2,
+                                         num_attention_heads=2, max_position_embeddings=16, use_cache=False,
+                                         layer_norm_eps=eps, use_parallel_residual=parallel)
+        torch.manual_seed(0)
+        model = transformers.AutoModelForCausalLM.from_config(cfg).eval()
+        plan = gaugec.compile(model, _ids(32))
+        assert not plan.rejected, [(g.name, g.numeric_residual) for g in plan.rejected]
+        found[eps] = family_dims(plan).get("norm_input_scale", 0)
+        assert gaugec.verify(model, _ids(32), plan, soundness_only=True).sound
+    assert found == {0.0: 1, 1e-5: 0}

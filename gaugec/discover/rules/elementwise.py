@@ -19,7 +19,7 @@ import numbers
 import numpy as np
 import sympy as sp
 
-from gaugec.discover.fx import arg, node_shape, op_name, varying_axes
+from gaugec.discover.fx import CAST_OPS, arg, node_shape, op_name, varying_axes
 from gaugec.discover.registry import barrier, rule
 from gaugec.discover.state import param_axis_coords
 from gaugec.discover.rules.linear import _absorb_bias
@@ -250,29 +250,50 @@ def _residual_sum():
 
 
 def _move_writer(ctx, other, C: np.ndarray, shape) -> bool:
-    """A residual sum x + W z + b with the group on x: move the other writer too, A (x + W z + b) = A x + (A W) z +
-    A b, when ``other`` is a linear whose output feeds only this sum and whose input the group leaves unchanged (its
-    state is None: never reached, absorbed by a reader, or tied by a norm; a block killed on the way is fixed
-    anyway). The action must cover the whole feature axis, the same at every position."""
-    if not (hasattr(other, "op") and other.op == "call_function" and op_name(other) == "linear"
-            and len(other.users) == 1 and ctx.state(arg(other, 0, "input")) is None):
-        return False
-    pvW, pvb = ctx.param_view(arg(other, 1, "weight")), ctx.param_view(arg(other, 2, "bias"))
+    """A residual sum x + W z + b with the group on x: move the other writers too, A (x + W z + b) = A x + (A W) z +
+    A b. ``other`` must be linear writers (through casts, eval-mode dropout and sums of such writers: a parallel
+    attention + MLP block) whose outputs feed only this sum and whose inputs the group leaves unchanged (their state
+    is None: never reached, absorbed by a reader, or tied by a norm; a block killed on the way is fixed anyway). The
+    action must cover the whole feature axis, the same at every position."""
+    writers = _writers(ctx, other)
     n = shape[-1]
     rows = C.reshape(-1, n)
-    if pvW is None or pvW.ndim != 2 or (rows < 0).any() or not (rows == rows[:1]).all():
+    if not writers or (rows < 0).any() or not (rows == rows[:1]).all():
         return False
-    coords = rows[0]
-    wl = param_axis_coords(pvW.fibre(0), coords, ctx.engine.gg.params[pvW.param].shape)
-    bl = None if pvb is None else param_axis_coords(pvb.P.reshape(-1), coords, ctx.engine.gg.params[pvb.param].shape)
-    if wl is None or (pvb is not None and bl is None):
-        return False
-    ctx.leg(pvW.param, "out", at=other, axis=wl[0], coords=wl[1])
-    if bl is not None:
-        ctx.leg(pvb.param, "out", at=other, axis=bl[0], coords=bl[1])
+    legs = []
+    for lin in writers:
+        pvW, pvb = ctx.param_view(arg(lin, 1, "weight")), ctx.param_view(arg(lin, 2, "bias"))
+        if pvW is None or pvW.ndim != 2:
+            return False
+        wl = param_axis_coords(pvW.fibre(0), rows[0], ctx.engine.gg.params[pvW.param].shape)
+        bl = None if pvb is None else param_axis_coords(pvb.P.reshape(-1), rows[0],
+                                                         ctx.engine.gg.params[pvb.param].shape)
+        if wl is None or (pvb is not None and bl is None):
+            return False
+        legs.append((lin, pvW.param, wl))
+        if bl is not None:
+            legs.append((lin, pvb.param, bl))
+    for lin, param, (axis, coords) in legs:
+        ctx.leg(param, "out", at=lin, axis=axis, coords=coords)
     ctx.cite("linear_writer")
     ctx.cite("residual_sum")
     return True
+
+
+def _writers(ctx, node) -> list | None:
+    """The linear nodes whose outputs (summed, through casts and eval-mode dropout) make ``node``, each on a path
+    that feeds only ``node``'s user and that the probe has not reached; None when ``node`` is anything else."""
+    if not (hasattr(node, "op") and node.op == "call_function" and len(node.users) == 1 and ctx.state(node) is None):
+        return None
+    name = op_name(node)
+    if name in CAST_OPS or (name == "dropout" and not arg(node, 2, "train", True)):
+        return _writers(ctx, node.args[0])
+    if name == "linear":
+        return [node] if ctx.state(arg(node, 0, "input")) is None else None
+    if name == "add" and arg(node, 2, "alpha", 1) == 1 and all(hasattr(a, "op") for a in node.args[:2]):
+        parts = [_writers(ctx, a) for a in node.args[:2]]
+        return None if None in parts else parts[0] + parts[1]
+    return None
 
 
 @rule("add", "add_", "sub", "sub_", "rsub", kind="add")
