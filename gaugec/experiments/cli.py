@@ -8,13 +8,14 @@ import json
 import time
 
 from gaugec.bench.tables import write_section
-from gaugec.experiments.common import DATA, DOC
+from gaugec.experiments.common import DATA, DOC, run
 
 EXPERIMENTS = ("overtrain", "vit", "grokking")
 
 
 def load(name: str):
-    """The experiment module: ``run(quick, seeds, ...)``, ``table(rows)``, ``summary(rows)``, ``plot(rows, path)``."""
+    """The experiment module: what ``common.run`` sweeps (ARMS, GRID, BUDGET, SEEDS, QUICK_CONFIG, settings, train,
+    describe) and ``table(rows)``, ``summary(rows)``, ``plot(rows, path)``."""
     if name not in EXPERIMENTS:
         raise KeyError(f"unknown experiment {name!r}; known: {', '.join(EXPERIMENTS)}")
     return importlib.import_module(f"gaugec.experiments.{name}")
@@ -58,7 +59,7 @@ def main(argv=None):
             r.setdefault("command", command)      # --render then reports the command that produced the rows
         (DATA / f"{record}.json").write_text(json.dumps(rows, indent=1, default=float) + "\n")
 
-    rows = exp.run(quick=args.quick, seeds=args.seeds, progress=lambda s: print(s, flush=True),
+    rows = run(exp, quick=args.quick, seeds=args.seeds, progress=lambda s: print(s, flush=True),
                    checkpoint=save if args.write else None, steps=args.steps, reference_only=args.reference_only,
                    depth=args.depth, jobs=args.jobs)
     if args.write:

@@ -11,6 +11,19 @@ DATA = pathlib.Path("docs/data/experiments")
 DOC = "docs/experiments.md"
 
 
+def run(exp, quick: bool = False, seeds: int | None = None, progress=print, checkpoint=None, steps: int | None = None,
+          reference_only: bool = False, depth: int | None = None, jobs: int = 1) -> list[dict]:
+    """Every arm × config × seed of experiment module ``exp`` (its ``ARMS``, ``GRID``, ``BUDGET``, ``SEEDS``,
+    ``QUICK_CONFIG``, ``settings``, ``train`` and ``describe``); ``checkpoint(rows)`` after each run (the partial rows
+    survive an interruption). ``steps`` and ``depth`` override the budget and grokking's depth, ``reference_only`` runs
+    the quick config alone at full budget, ``jobs`` runs that many at once."""
+    budget, every = exp.BUDGET[quick]
+    grid = [exp.QUICK_CONFIG] if quick or reference_only else exp.GRID
+    return sweep(exp.__name__.rsplit(".", 1)[-1], seeds or (1 if quick else exp.SEEDS), grid, exp.ARMS, exp.train,
+                 {"steps": steps or budget, "every": every, **exp.settings(quick, depth)}, exp.describe, progress,
+                 checkpoint, jobs)
+
+
 def sweep(name: str, seeds: int, grid, arms, train, settings: dict, describe, progress=print, checkpoint=None,
           jobs: int = 1) -> list[dict]:
     """Every seed × (lr, wd) config × arm, seeds outermost (an interrupted sweep keeps whole seeds).

@@ -16,7 +16,7 @@ import warnings
 import torch
 import torch.nn.functional as F
 
-from gaugec.experiments.common import by_config, metric_table, plot_curves, reference_config, sweep
+from gaugec.experiments.common import by_config, metric_table, plot_curves, reference_config
 
 P, TRAIN_FRACTION = 23, 0.8
 DEPTH, D = 8, 32
@@ -86,16 +86,14 @@ def describe(r: dict) -> str:
     return f"test acc {r['final_acc']:.3f} grokked {r['grok_step']}"
 
 
-def run(quick: bool = False, seeds: int | None = None, progress=print, checkpoint=None, steps: int | None = None,
-        reference_only: bool = False, depth: int | None = None, jobs: int = 1) -> list[dict]:
-    """Every arm × config × seed; ``checkpoint(rows)`` after each run (the partial rows survive an interruption).
-    ``steps`` and ``depth`` override the budget and the depth, ``reference_only`` runs the reference config alone,
-    ``jobs`` runs that many at once."""
-    budget, every, default_depth = (300, 50, 2) if quick else (2000, 100, DEPTH)
-    grid = [(0.02, 1.0)] if quick or reference_only else GRID
-    return sweep("grokking", seeds or (1 if quick else 5), grid, ARMS, train,
-                 {"steps": steps or budget, "every": every, "depth": depth or default_depth, "p": P,
-                  "train_fraction": TRAIN_FRACTION}, describe, progress, checkpoint, jobs)
+BUDGET = {True: (300, 50), False: (2000, 100)}
+SEEDS = 5
+QUICK_CONFIG = (0.02, 1.0)
+
+
+def settings(quick: bool, depth: int | None) -> dict:
+    """The depth (2 for --quick) and the task, stored in every row."""
+    return {"depth": depth or (2 if quick else DEPTH), "p": P, "train_fraction": TRAIN_FRACTION}
 
 
 def table(rows: list[dict]) -> str:

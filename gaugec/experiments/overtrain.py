@@ -10,7 +10,7 @@ from __future__ import annotations
 import warnings
 
 from gaugec.experiments.common import best_configs, by_config, mean, metric_table, plot_curves, reference_config, \
-    sweep, verdict
+    verdict
 
 TEXT_CHARS = 20_000
 MODEL = dict(d=64, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=256)
@@ -50,15 +50,15 @@ def describe(r: dict) -> str:
             f"@ {r['best_step']}")
 
 
-def run(quick: bool = False, seeds: int | None = None, progress=print, checkpoint=None, steps: int | None = None,
-        reference_only: bool = False, depth: int | None = None, jobs: int = 1) -> list[dict]:
-    """Every arm × config × seed; ``checkpoint(rows)`` after each run (the partial rows survive an interruption).
-    ``steps`` overrides the budget, ``reference_only`` runs the reference config alone (``depth``: grokking's),
-    ``jobs`` runs that many at once."""
-    budget, every = (200, 50) if quick else (3000, 50)
-    grid = [(3e-3, 0.1)] if quick or reference_only else GRID
-    return sweep("overtrain", seeds or (1 if quick else 3), grid, ARMS, train,
-                 {"steps": steps or budget, "every": every}, describe, progress, checkpoint, jobs)
+# what common.run sweeps: (steps, evaluation interval) for --quick and for the full run, seeds, the quick config
+BUDGET = {True: (200, 50), False: (3000, 50)}
+SEEDS = 3
+QUICK_CONFIG = (3e-3, 0.1)
+
+
+def settings(quick: bool, depth: int | None) -> dict:
+    """What ``train`` takes beyond the budget (nothing here; grokking's depth)."""
+    return {}
 
 
 def table(rows: list[dict]) -> str:

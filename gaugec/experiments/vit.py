@@ -19,9 +19,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from gaugec.experiments.overtrain import ARMS, _arms
 from gaugec.experiments.common import best_configs, by_config, mean, metric_table, plot_curves, reference_config, \
-    sweep, verdict
+    verdict
+from gaugec.experiments.overtrain import ARMS, _arms, settings  # noqa: F401  (the same arms and settings)
 
 GRID = [(lr, wd) for lr in (1e-3, 3e-3) for wd in (0.0, 0.1)]
 REFERENCE = "lr 0.003, wd 0.1"
@@ -131,15 +131,9 @@ def describe(r: dict) -> str:
             f"MLP rank {r['rank_0']}/{r['rank_1']} erank {r['erank_0']:.1f}/{r['erank_1']:.1f}")
 
 
-def run(quick: bool = False, seeds: int | None = None, progress=print, checkpoint=None, steps: int | None = None,
-        reference_only: bool = False, depth: int | None = None, jobs: int = 1) -> list[dict]:
-    """Every arm × config × seed; ``checkpoint(rows)`` after each run (the partial rows survive an interruption).
-    ``steps`` overrides the budget, ``reference_only`` runs the reference config alone (``depth``: grokking's),
-    ``jobs`` runs that many at once."""
-    budget, every = (150, 50) if quick else (1500, 100)
-    grid = [(3e-3, 0.1)] if quick or reference_only else GRID
-    return sweep("vit", seeds or (1 if quick else 3), grid, ARMS, train, {"steps": steps or budget, "every": every},
-                 describe, progress, checkpoint, jobs)
+BUDGET = {True: (150, 50), False: (1500, 100)}
+SEEDS = 3
+QUICK_CONFIG = (3e-3, 0.1)
 
 
 def table(rows: list[dict]) -> str:
