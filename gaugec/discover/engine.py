@@ -16,7 +16,7 @@ from gaugec.discover.fx import arg, node_shape, op_name, varying_axes
 from gaugec.discover.registry import (ADD_RULES, BARRIERS, INDEX_RULES, MULT_RULES, PATTERNS, SEED_RULES,
                                       PatternMatch, RuleError, strict_default)
 from gaugec.discover.rules.index import apply_index_op
-from gaugec.discover.state import Constraints, ParamView, Probe, row_classes, unique_rows
+from gaugec.discover.state import Constraints, ParamView, Probe, row_classes, rows_along
 from gaugec.plan.gauge import Leg
 
 
@@ -309,11 +309,8 @@ class RuleCtx:
     def tie_scale(self, C: np.ndarray, axes: list[int]):
         """The coordinates of C along ``axes`` (per position of the other axes) move only by one common positive
         scale; a row only partly acted on is killed (a part of a normalised vector cannot be rescaled alone)."""
-        self.cons.add_fibres(C, axes)
-        axes = [a % C.ndim for a in axes]
-        rest = [a for a in range(C.ndim) if a not in axes]
-        rows = np.transpose(C, rest + axes).reshape(-1, int(np.prod([C.shape[a] for a in axes], dtype=np.int64)))
-        rows = unique_rows(rows)
+        rows = rows_along(C, axes)
+        self.cons.add_fibre_rows(rows)
         partial = (rows < 0).any(1) & (rows >= 0).any(1)
         if partial.any():
             self.kill(rows[partial], "a normalisation over a vector the group only partly moves")

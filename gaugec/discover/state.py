@@ -60,11 +60,10 @@ class Constraints:
         return base
 
     def add_fibres(self, C: np.ndarray, axes: list[int]):
-        axes = [norm_dim(a, C.ndim) for a in axes]
-        rest = [a for a in range(C.ndim) if a not in axes]
-        rows = np.transpose(C, rest + axes).reshape(-1, int(np.prod([C.shape[a] for a in axes], dtype=np.int64)))
-        if rows.shape[0] > 1:
-            rows = unique_rows(rows)
+        """Each row of C along ``axes`` is a fibre: the action may not mix its coordinates with others."""
+        self.add_fibre_rows(rows_along(C, axes))
+
+    def add_fibre_rows(self, rows: np.ndarray):
         for row in rows:
             row = np.unique(row[row >= 0])
             if len(row) > 1:
@@ -93,6 +92,14 @@ class Constraints:
     def tag(self, coords, tag: str):
         coords = np.unique(np.asarray(coords))
         self.tags.setdefault(tag, []).append(coords[coords >= 0])
+
+
+def rows_along(C: np.ndarray, axes: list[int]) -> np.ndarray:
+    """The distinct rows of C along ``axes``, one per position of the other axes."""
+    axes = [norm_dim(a, C.ndim) for a in axes]
+    rest = [a for a in range(C.ndim) if a not in axes]
+    return unique_rows(np.transpose(C, rest + axes).reshape(-1, int(np.prod([C.shape[a] for a in axes],
+                                                                             dtype=np.int64))))
 
 
 def unique_rows(rows: np.ndarray) -> np.ndarray:

@@ -149,9 +149,9 @@ def _tie_input_scale(ctx, node, x, axes, eps, lemma_id: str):
     C = ctx.state(x)
     if C is None:
         return None
-    if eps != 0:
+    if eps is None or eps != 0:
         return ctx.kill_all(f"a map on a norm's input: only a common positive scale passes, and only at eps = 0 "
-                            f"(eps = {eps})")
+                            f"(eps = {'the dtype epsilon' if eps is None else eps})")
     shape = node_shape(node)
     C = np.broadcast_to(C.reshape((1,) * (len(shape) - C.ndim) + C.shape), shape)
     ctx.tie_scale(C, axes)
@@ -171,8 +171,7 @@ def layer_norm_mult(ctx, node):
 def rms_norm_mult(ctx, node):
     x = arg(node, 0, "input")
     axes = _normalised_axes(node, node_shape(node), arg(node, 1, "normalized_shape"))
-    eps = arg(node, 3, "eps", None)
-    return _tie_input_scale(ctx, node, x, axes, 1.0 if eps is None else eps, "rmsnorm_scale")  # None: dtype's eps
+    return _tie_input_scale(ctx, node, x, axes, arg(node, 3, "eps", None), "rmsnorm_scale")
 
 
 @dataclasses.dataclass
