@@ -12,7 +12,7 @@ import warnings
 import torch
 
 from gaugec.plan import PlanMismatchError
-from gaugec.optim.section import OrbitExecutor
+from gaugec.optim.section import OrbitExecutor, one_sided
 
 
 class CanonicalFrameOptimizer(torch.optim.Optimizer):
@@ -82,9 +82,9 @@ class CanonicalFrameOptimizer(torch.optim.Optimizer):
         held = self.canonical_report["held"]
         if held:
             listing = ", ".join(f"{name} ({len(blocks)})" for name, blocks in held.items())
-            one_sided = [g.name for g in self.plan.gauges if g.name in held and _one_sided(g)]
-            note = (f"; {', '.join(one_sided)}: the group moves one side only (a norm input scale), so its orbits "
-                    "have no minimum-norm point and stay held") if one_sided else ""
+            never = [g.name for g in self.plan.gauges if g.name in held and one_sided(g)]
+            note = (f"; {', '.join(never)}: the group moves one side only (a norm input scale), so its orbits "
+                    "have no minimum-norm point and stay held") if never else ""
             warnings.warn(f"gaugec: {sum(map(len, held.values()))} block(s) lie on unstable orbits (a zero or "
                           f"rank-deficient leg) and are held where they are until training makes them stable: "
                           f"{listing}{note}", stacklevel=4)
@@ -179,9 +179,3 @@ class CanonicalFrameOptimizer(torch.optim.Optimizer):
     def _state_keys(self, group: dict, scalars: bool = False) -> tuple[str, ...]:
         """The state a parameter of ``group`` keeps: tensors of its shape, or (``scalars``) its 0-dim counters."""
         return ()
-
-
-def _one_sided(gauge) -> bool:
-    """A multiplicative gauge with no leg moved by A^-1 or A^-T (a norm input scale): ‖g·θ‖ → 0 as g → 0."""
-    return gauge.kind == "mult" and not any(
-        lg.role == "in" or (lg.entries is not None and bool((lg.entries[:, 2] == 1).any())) for lg in gauge.legs)

@@ -84,6 +84,14 @@ def _dual(role: str, parity: int) -> bool:
     return bool(parity)       # out, gain
 
 
+def one_sided(gauge: Gauge) -> bool:
+    """A multiplicative gauge none of whose rows is dual (moved by A^-T): ‖g·θ‖ → 0 along its orbit, so it has no
+    minimum-norm point (a norm input scale)."""
+    return gauge.kind == "mult" and not any(
+        _dual(lg.role, int(parity)) for lg in gauge.legs if lg.entries is not None
+        for parity in np.unique(lg.entries[lg.entries[:, 0] >= 0, 2]))
+
+
 class OrbitExecutor:
     """Canonical sections of a plan's gauges, batched per colour and block shape.
 
