@@ -7,6 +7,8 @@ A multiplicative gauge is a product of blocks, each a matrix group acting on a f
   scalar R*             c != 0 on one coordinate
   pos    R+             c > 0 on one coordinate
   scale  R+             c I_m, c > 0, on m coordinates at once (what passes a normalisation at eps = 0)
+  orth   O(m)           R with RᵀR = I (a rotation of an RMS-normalised stream; the readers see it conjugated by the
+                        norm's gain, D R D⁻¹: gaugec.plan.action)
 
 Each :class:`BlockKind` says how big its group is (``dim``), how it is written (``label``), how to draw a large
 random element and a Lie-algebra basis (the numeric checks and the generators), and how to balance a block on the
@@ -50,6 +52,7 @@ class BlockKind:
     orientation: Callable                                # moment [nb, m] -> sign [nb, m] of ±1
     singleton: bool = False                              # one coordinate per block, from a rule's restriction
     within: tuple[str, ...] = ()                         # singleton kinds whose group contains this one's
+    compact: bool = False                                # no non-compact part: the section is a frame choice only
 
 
 BLOCK_KINDS: dict[str, BlockKind] = {}
@@ -235,3 +238,33 @@ block_kind(BlockKind(
     algebra_basis=lambda m: iter([torch.eye(m, dtype=torch.float64)]),
     solve=_common_scale, first_order=_common_scale, stable=_traces_positive,
     orientation=lambda moment: torch.ones_like(moment)))
+
+
+# -- orth: O(m), a rotation of a normalised stream ------------------------------------------------------------------
+
+def _orth_random(m, gen, ls, gls):
+    """exp(K) for a random skew K with entries of size ~ls: a large rotation (in SO(m), the identity component)."""
+    K = _uniform(gen, (m, m), ls)
+    return torch.linalg.matrix_exp(K - K.T)
+
+
+def _orth_basis(m):
+    for i in range(m):
+        for j in range(i + 1, m):
+            X = torch.zeros(m, m, dtype=torch.float64)
+            X[i, j], X[j, i] = -1.0, 1.0
+            yield X
+
+
+def _identity_pair(P, Q):
+    """A compact group keeps ‖A X‖² + ‖A^-T Y‖² (A^-T = A): every point of the orbit has the minimum norm, so the
+    solve is the identity and the section is fixed by the principal axes alone (gaugec.optim.section)."""
+    eye = torch.eye(P.shape[-1], dtype=P.dtype, device=P.device).expand_as(P).clone()
+    return eye, eye.clone()
+
+
+block_kind(BlockKind(
+    "orth", label=lambda m: f"O({m})", dim=lambda m: m * (m - 1) // 2, random_element=_orth_random,
+    algebra_basis=_orth_basis, solve=_identity_pair, first_order=_identity_pair,
+    stable=lambda P, Q: torch.ones(P.shape[0], dtype=torch.bool, device=P.device), orientation=_sign_per_row,
+    compact=True))

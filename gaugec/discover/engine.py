@@ -4,6 +4,7 @@ Index-moving ops apply the same numpy operation to the probe's array, so views, 
 GQA expansion and head splitting need no special cases. What a probe carries: :mod:`gaugec.discover.state`."""
 from __future__ import annotations
 
+import dataclasses
 import heapq
 
 import numpy as np
@@ -13,8 +14,8 @@ import torch.fx
 from gaugec.capture import GaugeGraph
 from gaugec.discover import rules  # noqa: F401  (registers the rules and patterns)
 from gaugec.discover.fx import arg, node_shape, op_name, varying_axes
-from gaugec.discover.registry import (ADD_RULES, BARRIERS, INDEX_RULES, MULT_RULES, PATTERNS, SEED_RULES,
-                                      PatternMatch, RuleError, strict_default)
+from gaugec.discover.registry import (ADD_RULES, BARRIERS, CONJUGATED, INDEX_RULES, MULT_RULES, PATTERNS,
+                                      SEED_RULES, STREAM_READERS, PatternMatch, RuleError, strict_default)
 from gaugec.discover.rules.index import apply_index_op
 from gaugec.discover.state import Constraints, ParamView, Probe, row_classes, rows_along
 from gaugec.plan.gauge import Leg
@@ -126,6 +127,35 @@ class Engine:
             fn = SEED_RULES.get(op_name(n))
             if fn is not None:
                 fn(SeedCtx(self, n), n)
+        self._add_rotation_twins()
+
+    def _add_rotation_twins(self):
+        """A GL probe whose tensor reaches a normalisation that passes rotations (through sums, casts and views)
+        gets a twin in mode "orth": the same seed and legs on fresh coordinates, which passes those norms as a
+        rotation instead of stopping at them as a scale (one probe cannot carry both: the scale stops at the norm,
+        the rotation moves its output)."""
+        targets = {n for find in STREAM_READERS for n in find(self)}
+        if not targets:
+            return
+        passable = set(INDEX_RULES) | {"add", "add_", "sub", "sub_"}
+        reaches: set = set()
+        for n in reversed(self.topo):
+            if n in targets or any(u in reaches for u in n.users
+                                   if u.op == "call_function" and op_name(u) in passable):
+                reaches.add(n)
+        for p in list(self.probes):
+            if p.kind == "mult" and p.seed == "gl" and not p.mode and p.node in reaches:
+                self._twin(p)
+
+    def _twin(self, p: Probe):
+        initial = np.where(p.initial >= 0, p.initial - p.coord_base, -1)
+        twin = self.add_probe("mult", p.seed, p.node, initial, "gl", describe=f"rotation twin of: {p.describe}")
+        twin.mode = "orth"
+        shift = twin.coord_base - p.coord_base
+        move = (lambda c: None if c is None else np.where(c >= 0, c + shift, -1))
+        twin.legs = [dataclasses.replace(lg, coords=move(lg.coords)) for lg in p.legs]
+        twin.citations = [(lid, nd, None if cs is None else [move(c) for c in cs]) for lid, nd, cs in p.citations]
+        twin.tags = set(p.tags)
 
     def add_probe(self, kind, seed, node, initial, coord_kind=None, describe="") -> Probe:
         p = Probe(len(self.probes), kind, seed, node, initial, describe=describe)
@@ -235,12 +265,19 @@ class RuleCtx:
         that raises is a barrier too (in strict mode it re-raises)."""
         name = match.name if match is not None else op_name(self.node)
         fn = None
+        conj_in = [a for a in self.carried() if a in self.probe.conj]
+        if conj_in and (match is not None or (name not in INDEX_RULES and name not in CONJUGATED)):
+            return self.kill_all(f"a rotation seen through a norm gain (D R D^-1) reaches '{name}': only linear "
+                                 f"readers absorb it")
         try:
             if match is not None:
                 return match.apply(self, self.node)
             if name in INDEX_RULES:
                 self.cite("index_transport")
-                return apply_index_op(self.engine, self.node, self._state, fill=-1)
+                out = apply_index_op(self.engine, self.node, self._state, fill=-1)
+                if conj_in:
+                    self._carry_conj(conj_in)
+                return out
             table = MULT_RULES if self.mult else ADD_RULES
             fn = table.get(name)
             if fn is not None:
@@ -257,6 +294,24 @@ class RuleCtx:
                 reason = f"no rule for op '{name}' (a barrier: nothing crosses it)"
                 self.engine.unknown_ops[name] = self.engine.unknown_ops.get(name, 0) + 1
             return self.kill_all(reason)
+
+    # -- gain conjugation ----------------------------------------------------------------------------------------
+    def conj_of(self, a):
+        """(gain param, offset, gain flat index per position) when ``a`` carries D R D⁻¹, else None."""
+        return self.probe.conj.get(a) if isinstance(a, torch.fx.Node) else None
+
+    def set_conj(self, param: str, offset: float, index: np.ndarray):
+        self.probe.conj[self.node] = (param, offset, index)
+
+    def _carry_conj(self, conj_in):
+        """An index op moves the gain index with the state; every acted input must be conjugated by one gain."""
+        params = {self.probe.conj[a][:2] for a in conj_in}
+        if len(params) > 1 or len(conj_in) != len(self.carried()):
+            self.kill_all("inputs conjugated by different gains (or not at all) meet in one index op")
+            return
+        param, offset = next(iter(params))
+        index = apply_index_op(self.engine, self.node, {a: self.probe.conj[a][2] for a in conj_in}, fill=-1)
+        self.set_conj(param, offset, index)
 
     # -- recording ---------------------------------------------------------------------------------------------
     def cite(self, lemma_id: str, C: np.ndarray | None = None):

@@ -22,10 +22,14 @@ ADD_RULES: dict[str, Callable] = {}
 INDEX_RULES: dict[str, Callable] = {}     # pure array maps shared by every probe kind and by parameter views
 SEED_RULES: dict[str, Callable] = {}
 BARRIERS: dict[str, str] = {}             # op -> reason (explicit refusals, shown by --explain)
+CONJUGATED: set[str] = set()              # mult rules that read a gain-conjugated state (``ctx.conj_of``)
+STREAM_READERS: list[Callable] = []       # find(engine) -> nodes a normalised stream's rotation can pass
 
 
-def rule(*names: str, kind: str):
-    """Register ``fn(ctx, node) -> state | None`` for ops ``names``; kind is "mult", "add", "both" or "seed"."""
+def rule(*names: str, kind: str, conjugated: bool = False):
+    """Register ``fn(ctx, node) -> state | None`` for ops ``names``; kind is "mult", "add", "both" or "seed".
+    ``conjugated``: the rule handles an input that a rotation reaches through a norm gain (D R D⁻¹); every other
+    rule is a barrier for such an input."""
 
     def deco(fn):
         tables = {"mult": [MULT_RULES], "add": [ADD_RULES], "both": [MULT_RULES, ADD_RULES],
@@ -33,9 +37,18 @@ def rule(*names: str, kind: str):
         for table in tables:
             for n in names:
                 table[n] = fn
+        if conjugated:
+            CONJUGATED.update(names)
         return fn
 
     return deco
+
+
+def stream_readers(find: Callable) -> Callable:
+    """Register ``find(engine) -> iterable of nodes``: the inputs of normalisations a rotation passes (a writer whose
+    output reaches one gets a rotation twin of its GL probe, see ``Engine.seed_all``)."""
+    STREAM_READERS.append(find)
+    return find
 
 
 def barrier(reason: str, *names: str):

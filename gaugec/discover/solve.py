@@ -6,7 +6,8 @@
    must not leave) refines blocks into B ∩ F and B \\ F. Two coordinates share a final block iff they start
    together and lie in exactly the same fibres.
 3. Kinds (:mod:`gaugec.groups`): a block is GL(m) unless a rule restricted it: "pos" (R+, ReLU), "scalar" (R*,
-   elementwise products and gains) on single coordinates, "rot2" (a I + b J, the RoPE commutant) on a rotary pair.
+   elementwise products and gains) on single coordinates, "rot2" (a I + b J, the RoPE commutant) on a rotary pair,
+   "scale" (c I, a norm at eps = 0) or "orth" (O(m), a rotation passing an RMS norm) on a normalised vector.
 4. Kills: a block with a killed coordinate is fixed at the identity; a parameter whose uses are not all covered by
    the gauge's legs (tied weights) kills the blocks that move it.
 5. Components of probes joined by ties are the gauge instances; each gets a family from what its rules saw
@@ -202,7 +203,7 @@ def _refine_blocks(cons, roots, parity, start, seed_scalar, root_kill, reasons: 
     """2.–4. A root's block is fixed by its start component (the GL seeds it came from, joined by ties), the set of
     fibres it lies in (hashed), and whether a kind made it a singleton; then kinds, and why a block is fixed."""
     n = cons.n_coords
-    acc, single, flag, rot_order, scale_rows = _fibre_keys(cons, roots, seed_scalar)
+    acc, single, flag, rot_order, tied_rows = _fibre_keys(cons, roots, seed_scalar)
     uroots = np.unique(roots)
     with np.errstate(over="ignore"):
         key = acc[uroots] ^ _mix(start[uroots], 1) ^ np.where(single[uroots], _mix(uroots, 2), np.uint64(0))
@@ -222,6 +223,7 @@ def _refine_blocks(cons, roots, parity, start, seed_scalar, root_kill, reasons: 
     # scale by a normalisation "scale" (one coordinate: R+); a rotary pair "rot2"; an unrestricted block GL, GL(1)
     # being R* "scalar"), and why a block is fixed (-1: alive)
     scale = has["scale"] & (size > 1)
+    orth = has["orth"] & (size > 1) & ~has["scale"]
     has["pos"] = has["pos"] | (has["scale"] & (size == 1))
     kind = np.where(size > 1, "gl", "scalar").astype(object)
     singles = [k for k, bk in BLOCK_KINDS.items() if bk.singleton]
@@ -237,20 +239,24 @@ def _refine_blocks(cons, roots, parity, start, seed_scalar, root_kill, reasons: 
         kind[pick] = k
         chosen |= pick
     kind[scale] = "scale"
+    kind[orth] = "orth"
     kind[has["rot2"]] = "rot2"
     dead = np.full(nb, -1, dtype=np.int64)
+    dead[has["orth"] & (restricted | has["rot2"] | has["scale"] | (size == 1))] = \
+        reasons.code("a rotation block that other ops restrict (or of one coordinate: O(1) is discrete)")
     dead[has["rot2"] & ((size != 2) | restricted | has["scale"])] = \
         reasons.code("a rotary pair that other ops split or restrict")
-    dead[(size > 1) & restricted & ~has["rot2"] & ~scale] = \
+    dead[(size > 1) & restricted & ~has["rot2"] & ~scale & ~orth & (dead < 0)] = \
         reasons.code("a block wider than one coordinate with a diagonal restriction")
     dead[(size == 1) & restricted & ~chosen & (dead < 0)] = \
         reasons.code("restrictions to kinds with no common subgroup")
-    for rows in scale_rows:     # one normalised vector moved by several blocks: they would need one common scale
+    for rows in tied_rows:      # one normalised vector moved by several blocks: they would need one common map
         rows_blocks = block_of_root[rows]
         split = np.unique(rows_blocks[(rows_blocks != rows_blocks[:, :1]).any(1)])
         if split.size:
             dead[split[dead[split] < 0]] = reasons.code("a normalised vector moved by several independent blocks "
-                                                        "(one common scale across blocks is not derived yet)")
+                                                        "(one common scale or rotation across blocks is not derived "
+                                                        "yet)")
     killed_blocks = block_of_root[uroots[root_kill[uroots] >= 0]]
     kill_codes = root_kill[uroots[root_kill[uroots] >= 0]]
     fresh = dead[killed_blocks] < 0
@@ -280,7 +286,8 @@ def _fibre_keys(cons, roots, seed_scalar):
     flag = {k: np.zeros(n, dtype=bool) for k, bk in BLOCK_KINDS.items() if bk.singleton}
     flag["rot2"] = np.zeros(n, dtype=bool)
     flag["scale"] = np.zeros(n, dtype=bool)
-    scale_rows = []
+    flag["orth"] = np.zeros(n, dtype=bool)
+    tied_rows = []
     rot_order: dict[tuple[int, int], tuple[int, int]] = {}
     for kind, arr in cons.kinds:
         if kind == "rot2":
@@ -295,10 +302,10 @@ def _fibre_keys(cons, roots, seed_scalar):
             flag["rot2"][rp.reshape(-1)] = True
             for f, sec in rp.tolist():
                 rot_order.setdefault((min(f, sec), max(f, sec)), (f, sec))
-        elif kind == "scale":
+        elif kind in ("scale", "orth"):
             rr = roots[arr]
-            flag["scale"][rr.reshape(-1)] = True
-            scale_rows.append(rr)
+            flag[kind][rr.reshape(-1)] = True
+            tied_rows.append(rr)
         else:
             if kind not in flag:
                 raise ValueError(f"a rule restricted coordinates to {kind!r}, which is not a singleton kind of "
@@ -309,7 +316,7 @@ def _fibre_keys(cons, roots, seed_scalar):
     rs = roots[seed_scalar]
     single[rs] = True
     flag["scalar"][rs] = True
-    return acc, single, flag, rot_order, scale_rows
+    return acc, single, flag, rot_order, tied_rows
 
 
 def _local_indices(uroots, block_of_u, size, kind, dead, rot_order, n) -> np.ndarray:
@@ -393,8 +400,9 @@ def _kill_doubly_moved(legs, bt: Blocks, reasons: Reasons):
         for i, a in enumerate(group):
             for b in group[i + 1:]:
                 both = (a.coords >= 0) & (b.coords >= 0)
-                if not both.any() or (a.role == b.role and a.offset == b.offset
-                                      and np.array_equal(a.coords[both], b.coords[both])):
+                if not both.any() or (a.role == b.role and a.offset == b.offset and a.conj == b.conj
+                                      and np.array_equal(a.coords[both], b.coords[both])
+                                      and (not a.conj or np.array_equal(a.conj_index, b.conj_index))):
                     continue
                 code = reasons.code(f"parameter {param} is moved by two legs along one axis (a tied weight used "
                                     "on both sides of the map would need A = A^-T: orthogonal groups are not derived "

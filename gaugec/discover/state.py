@@ -38,6 +38,8 @@ class Probe:
     dead: bool = False
     sinks: list = dataclasses.field(default_factory=list)       # (node name, what)
     describe: str = ""
+    mode: str = ""            # "orth": the rotation twin of a GL probe (passes RMS norms, conjugated by their gains)
+    conj: dict = dataclasses.field(default_factory=dict)   # node -> (gain param, offset, gain flat index per position)
 
 
 class Constraints:
@@ -88,6 +90,13 @@ class Constraints:
         rows = np.asarray(rows, dtype=np.int64).reshape(len(rows), -1)
         if rows.size:
             self.kinds.append(("scale", rows))
+
+    def tie_orth(self, rows: np.ndarray):
+        """Each row's coordinates form one block acting orthogonally (R with RᵀR = I): a rotation that passes an RMS
+        normalisation over those coordinates."""
+        rows = np.asarray(rows, dtype=np.int64).reshape(len(rows), -1)
+        if rows.size:
+            self.kinds.append(("orth", rows))
 
     def tag(self, coords, tag: str):
         coords = np.unique(np.asarray(coords))

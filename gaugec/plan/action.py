@@ -30,8 +30,25 @@ def groups_of_entries(entries: np.ndarray):
     return out
 
 
-def apply_mult_leg(p: torch.Tensor, leg: Leg, mats: list[torch.Tensor], tangent: bool = False) -> torch.Tensor:
-    """Return the moved parameter (or, with tangent=True and mats = Lie algebra elements, the tangent)."""
+def conj_gain(leg: Leg, params: dict[str, torch.Tensor]) -> torch.Tensor | None:
+    """The gain values d_i = γ[conj_index[i]] + offset a conjugated leg sees along its axis (None: not conjugated).
+    A zero gain makes D R D⁻¹ undefined, and the rotation is then no symmetry: a clear error, never a guess."""
+    if not leg.conj:
+        return None
+    gamma = params[leg.conj].detach().to(torch.float64).reshape(-1).cpu()
+    idx = torch.as_tensor(leg.conj_index)
+    d = torch.ones(len(idx), dtype=torch.float64)
+    d[idx >= 0] = gamma[idx[idx >= 0]] + leg.conj_offset
+    if not bool(torch.isfinite(d).all()) or bool((d == 0).any()):
+        raise ValueError(f"the rotation on {leg.param} is conjugated by the gain {leg.conj}, which has a zero or "
+                         f"non-finite entry: the rotation is not a symmetry at these parameters")
+    return d
+
+
+def apply_mult_leg(p: torch.Tensor, leg: Leg, mats: list[torch.Tensor], tangent: bool = False,
+                   gain: torch.Tensor | None = None) -> torch.Tensor:
+    """Return the moved parameter (or, with tangent=True and mats = Lie algebra elements, the tangent). ``gain``:
+    :func:`conj_gain` of a conjugated leg (its blocks act as D M D⁻¹)."""
     x = p.detach().to(torch.float64).movedim(leg.axis, 0)
     flat = x.reshape(x.shape[0], -1)
     out = torch.zeros_like(flat) if tangent else flat.clone()
@@ -46,6 +63,9 @@ def apply_mult_leg(p: torch.Tensor, leg: Leg, mats: list[torch.Tensor], tangent:
             if parity:
                 M = -M.T if tangent else torch.linalg.inv(A).T[loc][:, loc]
             idx = torch.tensor(pos)
+            if gain is not None:
+                d = gain[idx].to(M.device)
+                M = d[:, None] * M / d[None, :]
             if leg.role == "out":
                 out[idx] = M @ flat[idx]
             elif leg.role == "in":

@@ -36,6 +36,11 @@ class Leg:
     role "shift":  p <- p + 1 (x) t, t a free vector over the axes not in ``axes`` (broadcast over ``axes``)
     role "absorb": p <- p - delta, delta read off the tensor ``site`` that reaches the bias (additive absorbers)
 
+    ``conj``: the reader of a rotated, RMS-normalised stream sees the rotation through the norm's gain γ (another
+    parameter, which this gauge does not move): M is replaced by D M D⁻¹ with D = diag(γ[conj_index] + conj_offset)
+    (γ ⊙ R n = (D R D⁻¹)(γ ⊙ n), lemma ``gain_conjugation``); ``conj_index`` gives γ's flat index per index along
+    ``axis``.
+
     Which block moves each index along ``axis``: in a plan, ``entries`` [n_axis, 3] = (block, local index, parity),
     block -1 untouched; during discovery, ``coords`` (a global coordinate id per index, -1 untouched), which the
     solver turns into entries once the blocks are known."""
@@ -51,6 +56,9 @@ class Leg:
     node: str = ""
     select: np.ndarray | None = None    # role "shift": which entries of t move (None: all)
     coords: np.ndarray | None = None    # discovery only: global coordinate id per index along axis
+    conj: str = ""                      # the gain parameter M is conjugated by ("" = none)
+    conj_index: np.ndarray | None = None
+    conj_offset: float = 0.0
 
     def shift_dim(self, shape: tuple) -> int:
         if self.select is not None:
@@ -70,16 +78,20 @@ class Leg:
         if self.role == "absorb":
             d["site"] = self.site
             d["site_index"] = self.site_index.tolist()
+        if self.conj:
+            d["conj"] = {"param": self.conj, "index": self.conj_index.tolist(), "offset": self.conj_offset}
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "Leg":
-        e, si, sel = d.get("entries"), d.get("site_index"), d.get("select")
+        e, si, sel, cj = d.get("entries"), d.get("site_index"), d.get("select"), d.get("conj") or {}
         return cls(d["param"], d["role"], int(d.get("axis", 0)),
                    None if e is None else np.asarray(e, dtype=np.int64).reshape(-1, 3),
                    float(d.get("offset", 0.0)), tuple(d.get("axes", ())), d.get("site", ""),
                    None if si is None else np.asarray(si, dtype=np.int64), d.get("node", ""),
-                   None if sel is None else np.asarray(sel, dtype=np.int64))
+                   None if sel is None else np.asarray(sel, dtype=np.int64),
+                   conj=cj.get("param", ""), conj_offset=float(cj.get("offset", 0.0)),
+                   conj_index=np.asarray(cj["index"], dtype=np.int64) if cj else None)
 
 
 @dataclasses.dataclass

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from gaugec.capture import capture, param_offsets, unique_named_parameters
-from gaugec.plan import Gauge, Leg, PlanMismatchError, apply_mult_leg, shift_from_vector
+from gaugec.plan import Gauge, Leg, PlanMismatchError, apply_mult_leg, conj_gain, shift_from_vector
 from gaugec.plan.runner import GraphRunner
 from gaugec.prove import Proof
 from gaugec.prove.numeric import numeric_check
@@ -43,6 +43,13 @@ class GaugePlan:
                 info = self._param_info.get(lg.param)
                 if info is None:
                     raise PlanMismatchError(f"gauge {g.name}: parameter {lg.param!r} is not in the model")
+                if lg.conj:
+                    gain = self._param_info.get(lg.conj)
+                    if gain is None or lg.conj_index is None or len(lg.conj_index) != len(lg.entries) \
+                            or int(lg.conj_index.max()) >= int(np.prod(gain.shape)) \
+                            or lg.conj in {other.param for other in g.legs}:
+                        raise PlanMismatchError(f"gauge {g.name}: the leg on {lg.param} is conjugated by {lg.conj!r}, "
+                                                f"which does not match the model or is moved by the same gauge")
                 if lg.entries is not None:
                     if lg.axis >= len(info.shape) or info.shape[lg.axis] != len(lg.entries):
                         raise PlanMismatchError(
@@ -100,12 +107,13 @@ class GaugePlan:
         offsets, total = self._offsets()
         rows = []
         if gauge.kind == "mult":
+            gains = {id(lg): conj_gain(lg, params) for lg in gauge.legs}
             for b, X in gauge.algebra_basis():
                 mats = [None] * len(gauge.blocks)
                 mats[b] = X
                 v = torch.zeros(total, dtype=torch.float64)
                 for lg in gauge.legs:
-                    t = apply_mult_leg(params[lg.param], lg, mats, tangent=True)
+                    t = apply_mult_leg(params[lg.param], lg, mats, tangent=True, gain=gains[id(lg)])
                     o = offsets[lg.param]
                     v[o:o + t.numel()] += t.reshape(-1)
                 rows.append(v)
@@ -147,9 +155,9 @@ class GaugePlan:
             raise PlanMismatchError(f"element of kind {kind} for gauge {gauge.name} of kind {gauge.kind}")
         if kind == "mult":
             new = {}
-            for lg in gauge.legs:
+            for lg in gauge.legs:       # a conjugating gain is never moved by the gauge it conjugates
                 src = new.get(lg.param, params[lg.param])
-                new[lg.param] = apply_mult_leg(src, lg, val)
+                new[lg.param] = apply_mult_leg(src, lg, val, gain=conj_gain(lg, params))
             for name, t in new.items():
                 params[name].copy_(t.to(params[name].dtype))
         else:

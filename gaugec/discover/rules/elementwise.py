@@ -23,6 +23,7 @@ from gaugec.discover.fx import CAST_OPS, arg, node_shape, op_name, varying_axes
 from gaugec.discover.registry import barrier, rule
 from gaugec.discover.state import param_axis_coords
 from gaugec.discover.rules.linear import _absorb_bias
+from gaugec.discover.rules.norm import conjugate
 from gaugec.plan.gauge import Leg
 from gaugec.prove.lemmas import lemma
 
@@ -151,6 +152,8 @@ def mul_mult(ctx, node):
     if isinstance(other, numbers.Number) or not _other_varies_on(ctx, other, C):
         ctx.cite("scalar_commute")
         return C
+    if ctx.probe.mode == "orth":
+        return conjugate(ctx, C, other)
     ctx.restrict(C, "scalar")
     ctx.cite("diag_mul")
     if ctx.param_view(other) is None:

@@ -202,7 +202,7 @@ def _absorb_bias(ctx, L: np.ndarray, b, out_shape) -> bool:
     return True
 
 
-def read_with_weight(ctx, C, pvW, act_axis: int, w_axis: int, what: str):
+def read_with_weight(ctx, C, pvW, act_axis: int, w_axis: int, what: str, x=None):
     """A parameter reader absorbs the action on ``act_axis`` of its input: W <- W A^-1 along the weight view's
     ``w_axis`` (``linear_reader``). The action may sit on that axis only."""
     if varying_axes(C) - {act_axis}:
@@ -211,18 +211,26 @@ def read_with_weight(ctx, C, pvW, act_axis: int, w_axis: int, what: str):
     lg = view_leg(pvW, w_axis, fibre_along(C, act_axis), _pshape(ctx, pvW), "in", ctx.node.name)
     if lg is None:
         return ctx.kill_all(f"could not map the {what}'s input axis to a weight axis")
+    conj = ctx.conj_of(x)
+    if conj is not None:     # a rotation seen through a norm gain: W <- W D R^-1 D^-1
+        found = param_axis_coords(pvW.fibre(w_axis), fibre_along(conj[2], act_axis), _pshape(ctx, pvW))
+        if found is None or found[0] != lg.axis:
+            return ctx.kill_all(f"could not map the gain conjugating a {what}'s input to its weight axis")
+        lg.conj, lg.conj_offset, lg.conj_index = conj[0], conj[1], found[1]
+        ctx.cite("gain_conjugation")
     ctx.probe.legs.append(lg)
     ctx.cite("linear_reader")
     ctx.tag("reader")
     return None
 
 
-@rule("linear", kind="mult")
+@rule("linear", kind="mult", conjugated=True)
 def linear_mult(ctx, node):
-    C, pvW = ctx.state(arg(node, 0, "input")), ctx.param_view(arg(node, 1, "weight"))
+    x = arg(node, 0, "input")
+    C, pvW = ctx.state(x), ctx.param_view(arg(node, 1, "weight"))
     if C is None or pvW is None:
         return ctx.kill_all("a linear whose weight is an activation or carries the group")
-    return read_with_weight(ctx, C, pvW, C.ndim - 1, 1, "linear")
+    return read_with_weight(ctx, C, pvW, C.ndim - 1, 1, "linear", x)
 
 
 @rule("addmm", kind="mult")

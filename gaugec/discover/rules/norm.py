@@ -7,9 +7,14 @@
 * A common positive scaling of the input, c I on the normalised axes, is a gauge only at eps = 0
   (``rmsnorm_scale``, ``layernorm_scale``: the exact breaking term for eps > 0 is part of each lemma). A
   multiplicative probe reaching a norm at eps = 0 is tied to one such scale per normalised vector
-  (``norm_input_scale``) and stops there: the norm's output does not move. At eps > 0, and for any other map (the
-  residual-stream rotations are not derived yet), the norm is a barrier. The aten ``layer_norm`` / ``rms_norm``
-  ops have a rule; the hand-written RMSNorm ``x * rsqrt(mean(x²) + eps)`` is recognised as a pattern.
+  (``norm_input_scale``) and stops there: the norm's output does not move. At eps > 0 the norm is a barrier for it.
+* A rotation R (RᵀR = I) passes an RMS norm at any eps, RMS(R x) = R RMS(x) (``rmsnorm_rotation``): the rotation
+  twin of a GL probe (mode "orth", see the engine) ties each normalised vector's coordinates to one orthogonal block
+  and carries them to the output. The gain then sees it conjugated, γ ⊙ R n = (D R D⁻¹)(γ ⊙ n) with D = diag(γ)
+  (``gain_conjugation``), which the linear readers absorb (W ← W D R⁻¹ D⁻¹): the residual-stream rotation. Through
+  a LayerNorm only the rotations of the centred space pass (O(d − 1)); they are not derived yet.
+  The aten ``layer_norm`` / ``rms_norm`` ops have a rule; the hand-written RMSNorm ``x * rsqrt(mean(x²) + eps)`` is
+  recognised as a pattern.
 """
 from __future__ import annotations
 
@@ -20,7 +25,8 @@ import sympy as sp
 import torch.fx
 
 from gaugec.discover.fx import arg, node_shape, norm_dim, op_name, strip_casts
-from gaugec.discover.registry import PatternMatch, pattern, rule
+from gaugec.discover.state import rows_along
+from gaugec.discover.registry import PatternMatch, pattern, rule, stream_readers
 from gaugec.plan.gauge import Leg
 from gaugec.prove.lemmas import lemma
 
@@ -65,6 +71,26 @@ def _ln_scale():
     plain = ln(list(xs), 0)
     breaking = [a - b for a, b in zip(ln([c * x for x in xs], e), ln(list(xs), e / c ** 2))]
     return [sp.simplify(a - b) for a, b in zip(scaled, plain)] + breaking
+
+
+@lemma("rmsnorm_rotation", "R x / sqrt(|R x|^2 / d + e) = R (x / sqrt(|x|^2 / d + e)) for R^T R = I, at any eps")
+def _rms_rotation():
+    t, e = sp.Symbol("t", real=True), sp.Symbol("e", positive=True)
+    x = sp.Matrix(sp.symbols("x0:2", real=True))
+    R = sp.Matrix([[sp.cos(t), -sp.sin(t)], [sp.sin(t), sp.cos(t)]])
+    rms = lambda v: sp.sqrt((v.T * v)[0] / 2 + e)   # noqa: E731
+    return [sp.simplify(R * x / rms(R * x) - R * (x / rms(x)))]
+
+
+@lemma("gain_conjugation", "g * (R n) = (D R D^-1) (g * n) with D = diag(g): a gain after a rotated tensor is the "
+       "rotation conjugated by D, which a linear reader absorbs (W <- W D R^-1 D^-1)")
+def _gain_conjugation():
+    R, W = sp.Matrix(2, 2, sp.symbols("r0:4")), sp.Matrix(2, 2, sp.symbols("w0:4"))
+    g, n = sp.symbols("g0:2", nonzero=True), sp.Matrix(sp.symbols("n0:2"))
+    D = sp.diag(*g)
+    conj = D * R * D.inv()
+    return [sp.simplify(D * (R * n) - conj * (D * n)),
+            sp.simplify((W * D * R.inv() * D.inv()) * conj * (D * n) - W * (D * n))]
 
 
 def _normalised_axes(node, shape, nshape_arg):
@@ -160,10 +186,52 @@ def _tie_input_scale(ctx, node, x, axes, eps, lemma_id: str):
     return None
 
 
+def _pass_rotation(ctx, node, x, axes, gain=None):
+    """The rotation twin passes an RMS normalisation: each normalised vector's coordinates become one orthogonal
+    block, and the output carries them (conjugated by the gain ``gain`` when the op applies one)."""
+    if any(ctx.state(a) is not None for a in node.all_input_nodes if a is not x):
+        return ctx.kill_all("the group reaches a norm's gain or bias")
+    C = ctx.state(x)
+    if C is None:
+        return None
+    shape = node_shape(node)
+    C = np.broadcast_to(C.reshape((1,) * (len(shape) - C.ndim) + C.shape), shape)
+    rows = rows_along(C, axes)
+    ctx.fibres(C, axes)
+    partial = (rows < 0).any(1) & (rows >= 0).any(1)
+    if partial.any():
+        ctx.kill(rows[partial], "a normalisation over a vector the rotation only partly moves")
+    ctx.cons.tie_orth(rows[(rows >= 0).all(1)])
+    ctx.cite("rmsnorm_rotation", C)
+    ctx.tag("stream_rotation", C)
+    return C if gain is None else conjugate(ctx, C, gain)
+
+
+def conjugate(ctx, C: np.ndarray, gain) -> np.ndarray | None:
+    """C (the rotation twin's state) meets a product with ``gain``, a parameter view: the state goes on, seen through
+    D = diag(gain) (``gain_conjugation``). None, and the state killed, when ``gain`` is no parameter or takes two
+    values where one coordinate sits."""
+    pv = ctx.param_view(gain)
+    if pv is None:
+        ctx.kill_all("a rotation meets a product with a tensor that is not a parameter gain")
+        return None
+    P = np.broadcast_to(pv.P.reshape((1,) * (C.ndim - pv.ndim) + pv.shape), C.shape)
+    on = C >= 0
+    pairs = np.unique(np.stack([C[on], P[on]], 1), axis=0)
+    if len(pairs) != len(np.unique(pairs[:, 0])):
+        ctx.kill_all("a gain that takes two values where one rotated coordinate sits")
+        return None
+    ctx.set_conj(pv.param, pv.offset, np.where(C >= 0, P, -1))
+    ctx.cite("gain_conjugation", C)
+    return C
+
+
 @rule("layer_norm", kind="mult")
 def layer_norm_mult(ctx, node):
     x = arg(node, 0, "input")
     axes = _normalised_axes(node, node_shape(node), arg(node, 1, "normalized_shape"))
+    if ctx.probe.mode == "orth":
+        return ctx.kill_all("a rotation reaching a layer norm (the centred space's O(d - 1) is not derived yet)")
     return _tie_input_scale(ctx, node, x, axes, arg(node, 4, "eps", 1e-5), "layernorm_scale")
 
 
@@ -171,6 +239,8 @@ def layer_norm_mult(ctx, node):
 def rms_norm_mult(ctx, node):
     x = arg(node, 0, "input")
     axes = _normalised_axes(node, node_shape(node), arg(node, 1, "normalized_shape"))
+    if ctx.probe.mode == "orth":
+        return _pass_rotation(ctx, node, x, axes, arg(node, 2, "weight"))
     return _tie_input_scale(ctx, node, x, axes, arg(node, 3, "eps", None), "rmsnorm_scale")
 
 
@@ -193,6 +263,8 @@ class RmsNormalisation(PatternMatch):
             return ctx.kill_all("the group reaches an RMS normalisation's eps")
         if not ctx.mult:
             return ctx.kill_all("a translation entering a norm that does not centre its input")
+        if ctx.probe.mode == "orth":
+            return _pass_rotation(ctx, node, self.x, self.axes)
         return _tie_input_scale(ctx, node, self.x, self.axes, self.eps, "rmsnorm_scale")
 
 
@@ -221,6 +293,17 @@ def _rms_parts(mul: torch.fx.Node):
         internal |= {v, sq}
         return x, axes, eps, internal
     return None
+
+
+@stream_readers
+def rms_inputs(engine):
+    """The inputs of every RMS normalisation (aten op or written out): a rotation passes them."""
+    for n in engine.topo:
+        if n.op == "call_function" and op_name(n) == "rms_norm":
+            yield arg(n, 0, "input")
+    for node, m in engine.matches.items():
+        if isinstance(m, RmsNormalisation) and node is m.output:
+            yield m.x
 
 
 @pattern("RMS normalisation")
