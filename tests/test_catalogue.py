@@ -12,8 +12,9 @@ from gaugec.functional import float64_twin, model_f
 
 from .conftest import family_dims
 
+# the residual stream (d 8): O(8) = 28 rotations, the readers conjugated by their norm gains, at any eps
 LLAMA_BASE = {"norm_gain": 24, "attention_qk_rope": 8, "attention_vo": 32, "glu_rescale": 12, "logit_shift": 8,
-              "norm_input_scale": 1}
+              "norm_input_scale": 1, "residual_rotation": 28}
 
 CASES = [
     # (id, factory, loss, expected family -> total dim)
@@ -24,9 +25,10 @@ CASES = [
     ("llama-partial-rotary", lambda: zoo.llama(partial_rotary=0.5), "cross_entropy",
      {**LLAMA_BASE, "attention_qk_rope": 4, "attention_qk": 8}),
     ("llama-interleaved-rope", lambda: zoo.llama(interleaved=True), "cross_entropy", LLAMA_BASE),
-    # tied embeddings kill the logit shift and the final norm's gain (its reader is the embedding)
+    # tied embeddings kill the logit shift and the final norm's gain (its reader is the embedding), and the stream
+    # rotation (the embedding would move by R as a writer and by D R D^-1 as the head)
     ("llama-tied", lambda: zoo.llama(tie=True), "cross_entropy",
-     {**LLAMA_BASE, "logit_shift": 0, "norm_gain": 16, "norm_input_scale": 0}),
+     {**LLAMA_BASE, "logit_shift": 0, "norm_gain": 16, "norm_input_scale": 0, "residual_rotation": 0}),
     # q/k/v biases move with their maps; with RoPE the key bias is no translation gauge
     ("llama-bias-rope", lambda: zoo.llama(bias=True), "cross_entropy", LLAMA_BASE),
     ("llama-bias-no-rope", lambda: zoo.llama(bias=True, rope=False), "cross_entropy",
@@ -43,12 +45,12 @@ CASES = [
      {**LLAMA_BASE, "attention_qk_rope": 0, "norm_input_scale": 0}),
     ("llama-2-layers", lambda: zoo.llama(n_layers=2), "cross_entropy",
      {"norm_gain": 40, "attention_qk_rope": 16, "attention_vo": 64, "glu_rescale": 24, "logit_shift": 8,
-      "norm_input_scale": 1}),
+      "norm_input_scale": 1, "residual_rotation": 28}),
     ("llama-mse", lambda: zoo.llama(), "mse", {**LLAMA_BASE, "logit_shift": 0}),
     # GQA: one map per KV head (2 KV heads of d_head 4 under 4 query heads)
     ("llama-gqa", lambda: zoo.llama_gqa(), "cross_entropy",
      {"norm_gain": 48, "attention_qk_rope": 8, "attention_vo": 32, "glu_rescale": 12, "logit_shift": 16,
-      "norm_input_scale": 1}),
+      "norm_input_scale": 1, "residual_rotation": 120}),
     ("gpt2-untied", lambda: zoo.gpt2(tie=False), "cross_entropy",
      {"norm_gain": 24, "attention_qk": 32, "attention_vo": 32, "norm_input_shift": 66, "bias_translation": 16,
       "key_bias": 8, "value_bias": 8, "logit_shift": 8}),

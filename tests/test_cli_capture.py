@@ -41,7 +41,7 @@ def factory_file(tmp_path):
 def test_inspect_prints_the_table(capsys):
     assert main(["inspect", "zoo:llama"]) == 0
     out = capsys.readouterr().out
-    for word in ("attention_qk_rope", "(R+ x SO(2))^4", "GL(4)^2", "R*^12", "proved", "orbit dimension (rank) 85"):
+    for word in ("attention_qk_rope", "(R+ x SO(2))^4", "GL(4)^2", "R*^12", "proved", "O(8)", "orbit dimension (rank) 113"):
         assert word in out
 
 
@@ -149,9 +149,9 @@ def test_meta_device_models_compile_without_weights():
     with torch.device("meta"):
         model = TinyLlama(vocab=16, d=8, n_layers=1, n_heads=2, n_kv_heads=2, d_ff=12, eps=0.0)
     plan = gaugec.compile(model, (torch.randint(0, 16, (2, 6)),))
-    assert plan.dim == 85
+    assert plan.dim == 113
     assert {g.family for g in plan.gauges} == {"norm_gain", "attention_qk_rope", "attention_vo", "glu_rescale",
-                                               "logit_shift", "norm_input_scale"}
+                                               "logit_shift", "norm_input_scale", "residual_rotation"}
     assert all(g.proof.symbolic_ok for g in plan.gauges)
 
 

@@ -96,7 +96,11 @@ def _invariants(m, name) -> list[torch.Tensor]:
             Wo = b.c_proj.weight - b.c_proj.weight.mean(0, keepdim=True)   # the residual's mean is a gauge (LN reads it)
             out.append(Wo[:, s] @ v[s])
         return out
+    # the residual stream's rotation R and scale c: E <- c E R^T, writers <- c R W, readers W D_g <- W D_g R^T, so
+    # everything is read through the unit embedding E/|E| (writers divided by |E| too)
     out = []
+    norm_e = m.embed_tokens.weight.norm()
+    E = m.embed_tokens.weight / norm_e
     for layer in m.layers:
         att, mlp = layer.self_attn, layer.mlp
         g1, g2 = layer.input_layernorm.weight, layer.post_attention_layernorm.weight
@@ -104,11 +108,11 @@ def _invariants(m, name) -> list[torch.Tensor]:
         rep = att.h // att.hkv
         for h in range(att.h):
             s, kv = slice(h * att.dh, (h + 1) * att.dh), slice((h // rep) * att.dh, (h // rep + 1) * att.dh)
-            out.append(Wq[s].T @ Wk[kv])
-            out.append(att.o_proj.weight[:, s] @ Wv[kv])
-        out.append(mlp.down_proj.weight @ (mlp.up_proj.weight * g2))
-        out.append(mlp.gate_proj.weight * g2)
-    W = m.lm_head.weight * m.norm.weight
+            out.append(E @ Wq[s].T @ Wk[kv] @ E.T)
+            out.append(E @ att.o_proj.weight[:, s] @ Wv[kv] @ E.T / norm_e)
+        out.append(E @ mlp.down_proj.weight @ (mlp.up_proj.weight * g2) @ E.T / norm_e)
+        out.append((mlp.gate_proj.weight * g2) @ E.T)
+    W = (m.lm_head.weight * m.norm.weight) @ E.T
     out.append(W - W.mean(0, keepdim=True))
     return out
 

@@ -11,20 +11,50 @@ RESIDUAL_STREAM = {"embed_tokens", "layers.0.self_attn.q_proj", "layers.0.self_a
                    "layers.0.mlp.up_proj", "layers.0.mlp.down_proj", "lm_head"}
 
 
-def test_llama_113_is_85_found_plus_28_residual_rotations(llama_plan):
+def test_llama_113_is_found_whole_by_the_oracle(llama_plan):
+    """Design section 4: 113 = 8 + 12 + 24 + 8 + 32 + 29; the last 29 are the residual stream's rotation O(8) (28,
+    readers conjugated by their norm gains) and scale (1). The oracle's gains are generic (not all 1), so the
+    conjugation is exercised."""
     model, inputs, plan = llama_plan
     rep = gaugec.verify(model, inputs, plan)
     assert rep.nullity == 113
     assert rep.gap > 1e5
-    assert rep.found_rank == 85 == plan.dim      # 84 + the residual stream's scale (norm_input_scale@embed_tokens)
-    assert rep.missed == 28
+    assert rep.found_rank == 113 == plan.dim
+    assert rep.missed == 0 and rep.complete
     assert rep.sound and max(rep.soundness.values()) < 1e-12
-    # the missed directions live on the residual stream's writers and readers (the rotations, O(8): 28)
-    stream_mass = sum(r.missed for r in rep.modules if r.module in RESIDUAL_STREAM)
-    assert stream_mass > 27.0
-    for r in rep.modules:
-        if r.module not in RESIDUAL_STREAM:
-            assert r.missed < 0.2, r
+    rotation = [g for g in plan.gauges if g.family == "residual_rotation"]
+    assert [g.group for g in rotation] == ["O(8)"]
+    legs = {lg.param: lg.conj for lg in rotation[0].legs}
+    assert {m + ".weight" for m in RESIDUAL_STREAM} == set(legs)
+    assert legs["lm_head.weight"] == "norm.weight" and legs["layers.0.mlp.up_proj.weight"] == \
+        "layers.0.post_attention_layernorm.weight" and legs["layers.0.self_attn.o_proj.weight"] == ""
+
+
+@pytest.mark.parametrize("kw", [{"eps": 1e-5}, {"n_layers": 2, "eps": 1e-5}, {"offset_gain": True, "eps": 1e-5}])
+def test_the_stream_rotation_holds_at_eps_and_a_random_large_element_keeps_f(kw):
+    """RMS(R x) = R RMS(x) at any eps: the rotation is found at eps > 0 too (the scale is not), and f is unchanged
+    under a large rotation with generic (non-unit) gains in float64."""
+    model, inputs = zoo.llama(**kw)
+    plan = gaugec.compile(model, inputs)
+    (rot,) = [g for g in plan.gauges if g.family == "residual_rotation"]
+    assert rot.dim == 28 and "norm_input_scale" not in {g.family for g in plan.gauges}
+    from gaugec.functional import float64_twin, model_f
+    from gaugec.oracle import generic_init_
+    m64, x64 = float64_twin(model, inputs)
+    generic_init_(m64, seed=3)
+    f0 = model_f(m64, x64, "cross_entropy")
+    plan.bind(m64).act([rot.random_element(torch.Generator().manual_seed(1), spread=10.0)], gauges=[rot])
+    assert float((model_f(m64, x64, "cross_entropy") - f0).abs().max()) < 1e-10
+
+
+def test_a_zero_gain_refuses_the_conjugated_rotation_clearly():
+    model, inputs = zoo.llama(eps=1e-5)
+    plan = gaugec.compile(model, inputs)
+    (rot,) = [g for g in plan.gauges if g.family == "residual_rotation"]
+    with torch.no_grad():
+        model.norm.weight[3] = 0.0
+    with pytest.raises(ValueError, match="zero or non-finite entry"):
+        plan.gauge_tangents(rot)
 
 
 def test_layernorm_example_has_31_dimensions():
@@ -87,12 +117,12 @@ def test_oracle_catches_an_unsound_generator(llama_plan):
 
 def test_qk_norm_claims_nothing_false():
     """QK-norm with RoPE: the per-head projection scales (absorbed by the norm at eps 0) are found (4: one per
-    query and key head) beside the stream's scale (1); the per-pair gain scalars are true gauges the rules do not
-    derive yet; what is claimed must be sound."""
+    query and key head) beside the stream's scale (1) and rotation (28); the per-pair gain scalars are true gauges
+    the rules do not derive yet; what is claimed must be sound."""
     model, inputs = zoo.llama(qk_norm=True)
     rep = gaugec.verify(model, inputs)
     assert rep.sound
-    assert rep.found_rank == 81 and rep.nullity == 111
+    assert rep.found_rank == 109 and rep.nullity == 111
 
 
 class _ResidualMLP(nn.Module):

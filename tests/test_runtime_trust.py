@@ -16,7 +16,7 @@ import torch.nn.functional as F
 import gaugec
 from gaugec import zoo
 from gaugec.optim import DDCAdam, tasks
-from gaugec.functional import float64_twin, model_f
+from gaugec.functional import Float64Mode, float64_twin, model_f
 from gaugec.optim.section import CanonicalisationError
 
 STEPS, LR, WD = 30, 1e-2, 0.1
@@ -69,9 +69,10 @@ def _blocks_of(gauge, param, indices) -> list[int]:
 def _construct_checked(model, inputs, plan):
     """Build DDCAdam: f unchanged, no live parameter shrunk below 1e-3 of its norm or grown 1e3-fold."""
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    f0 = model_f(model, inputs, plan.loss, plan.f_leaves).detach()
+    with Float64Mode():     # Hugging Face norms cast to float32 even in a float64 model: keep them in float64
+        f0 = model_f(model, inputs, plan.loss, plan.f_leaves).detach()
     opt = _ddc(model, plan)
-    with torch.no_grad():
+    with torch.no_grad(), Float64Mode():
         f1 = model_f(model, inputs, plan.loss, plan.f_leaves)
     assert float((f1 - f0).abs().max() / f0.abs().max()) <= 1e-12
     for n, p in model.named_parameters():

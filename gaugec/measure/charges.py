@@ -12,11 +12,13 @@ from gaugec.measure.common import params_of, flat_params
 
 def charges(plan, params: dict | None = None, kinds=("mult", "add")) -> torch.Tensor:
     """Q_b(θ) = ½ θ·ξ_b(θ) for multiplicative generators, ⟨ξ_b, θ⟩ for translations (one per tangent row), for the
-    gauges whose kind is in ``kinds``."""
+    gauges whose kind is in ``kinds``. Rotation gauges (compact blocks) have none: a skew generator gives θ·ξ = 0
+    identically on the legs it moves by R, and the gain-conjugated readers make ½ θ·ξ neither zero on the section
+    nor conserved (the action is not linear in θ: it reads the gains), so they are left out."""
     info, cur = params_of(plan.model)
     theta = flat_params(info, cur if params is None else params).to(torch.float64)
     rows = []
-    for g in (g for g in plan.gauges if g.kind in kinds):
+    for g in (g for g in plan.gauges if g.kind in kinds and not g.compact):
         T = plan.gauge_tangents(g)
         rows.append(0.5 * T @ theta if g.kind == "mult" else T @ theta)
     return torch.cat(rows) if rows else torch.zeros(0, dtype=torch.float64)

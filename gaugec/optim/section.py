@@ -104,11 +104,20 @@ class OrbitExecutor:
         reason; a gauge with a leg on one of them is left out, with one warning for all."""
         self.plan = plan
         self.skipped: list[tuple[str, str]] = []
+        self.rotations: list[tuple[Gauge, list]] = []     # compact gauges and the legs that fix their frame
         mult, add = [], []
         for g in plan.gauges:
             reason = self._unsupported(g, excluded or {})
             if reason:
                 self.skipped.append((g.name, reason))
+                continue
+            if g.compact:
+                frame = self._frame_legs(g, plan.gauges)
+                if not frame:
+                    self.skipped.append((g.name, "a rotation none of whose legs only it moves (its frame cannot be "
+                                                 "fixed equivariantly)"))
+                    continue
+                self.rotations.append((g, frame))
                 continue
             (mult if g.kind == "mult" else add).append(g)
         if self.skipped:
@@ -134,6 +143,23 @@ class OrbitExecutor:
             if any(len(a) > 1 for a in axes.values()):
                 return "it acts on two axes of one parameter (a self-contraction)"
         return ""
+
+    @staticmethod
+    def _frame_legs(g: Gauge, gauges: list[Gauge]) -> list:
+        """The legs that fix a rotation gauge's frame: writer rows (moved by R itself, not conjugated) of parameters
+        that no other gauge moves, except a common scale c I on the same axis (which keeps the Gram's
+        eigenvectors). Their Gram M = Σ X Xᵀ goes to R M Rᵀ under the rotation and is unchanged by every other
+        gauge, which is what makes the principal-axis frame a section (docs/ddc.md)."""
+        def harmless(other, lg):
+            return all(k == "scale" for k, _ in other.blocks) and other.kind == "mult" and all(
+                o.axis == lg.axis for o in other.legs if o.param == lg.param)
+        out = []
+        for lg in g.legs:
+            if lg.role != "out" or lg.conj or (lg.entries[lg.entries[:, 0] >= 0, 2] != 0).any():
+                continue
+            if all(harmless(o, lg) for o in gauges if o is not g and lg.param in o.params):
+                out.append(lg)
+        return out
 
     def _compile_stages(self, gauges: list[Gauge]) -> list[Stage]:
         conflicts = nx.Graph()
@@ -363,6 +389,39 @@ class OrbitExecutor:
         return residual, stable
 
     @torch.no_grad()
+    # -- rotations (compact blocks) --------------------------------------------------------------------------------
+    def _align_rotations(self, work: dict[str, torch.Tensor], context=None, gap_rtol: float = 1e-8) -> dict:
+        """Rotate every rotation gauge to its principal axes: R = Uᵀ with M = Σ X Xᵀ over the frame legs
+        diagonalised, eigenvalues decreasing, each axis's sign making ⟨row, r⟩ (summed over the frame legs) positive.
+        A compact group has no norm to minimise, so this frame is its whole section. Run once, before the other
+        sections (the frame Grams are invariant under them, and the rotation commutes with them). A block whose M
+        has (nearly) equal eigenvalues has no well-defined frame: it is held where it is and reported."""
+        held: dict[str, list[int]] = {}
+        for g, frame in self.rotations:
+            mats = []
+            for b, (_, m) in enumerate(g.blocks):
+                M = torch.zeros(m, m, dtype=torch.float64)
+                moment = torch.zeros(m, dtype=torch.float64)
+                for lg in frame:
+                    for pos, loc, _ in groups_of_entries(lg.entries).get(b, []):
+                        X = work[lg.param].movedim(lg.axis, 0)[torch.as_tensor(pos)[np.argsort(loc)]]
+                        X = X.reshape(m, -1).cpu()
+                        M += X @ X.T
+                        moment += X @ _probe(X.shape[1], X)
+                w, U = torch.linalg.eigh(M)
+                gaps = (w[1:] - w[:-1]) / w[-1].clamp_min(torch.finfo(w.dtype).tiny)
+                if m > 1 and (w[-1] <= 0 or float(gaps.min()) < gap_rtol):
+                    held.setdefault(g.name, []).append(b)
+                    mats.append(torch.eye(m, dtype=torch.float64))
+                    continue
+                R = U.flip(-1).T
+                mats.append(block_kind("orth").orientation((R @ moment)[None])[0][:, None] * R)
+            try:
+                self.plan.act_on(g, "mult", mats, {**(context or {}), **work})
+            except ValueError:      # a conjugating gain is zero: the rotation is no symmetry here, hold it
+                held[g.name] = list(range(len(g.blocks)))
+        return held
+
     def rebalance(self, params: dict[str, torch.Tensor], sweeps: int = 1, skip: torch.Tensor | None = None):
         """``sweeps`` per-step Gauss–Seidel sweeps over the colours (``exact=False``; no host synchronisation).
         Each sweep re-tests every block's stability, so a block held at construction joins the section as soon
@@ -410,6 +469,7 @@ class OrbitExecutor:
                 raise CanonicalisationError(f"parameter {name} holds NaN or inf: the canonical section is "
                                             "undefined there (nothing was changed)")
         work = {k: v.detach().to(torch.float64, copy=True) for k, v in params.items()}
+        rotations_held = self._align_rotations(work, context)
         tol = 1e-12 if tol is None else tol
         residual = float("inf")
         report = None
@@ -434,7 +494,7 @@ class OrbitExecutor:
             warnings.warn(f"gaugec: the canonical section did not converge in {max_sweeps} sweeps (residual "
                           f"{residual:.2e} > {tol:.0e}); equivariance holds only to that level", stacklevel=2)
             report = {"sweeps": max_sweeps, "residual": residual}
-        report["held"] = self._count_held(stability)
+        report["held"] = {**self._count_held(stability), **rotations_held}
         for name, p in params.items():
             new = work[name]
             if not bool(torch.isfinite(new).all()):

@@ -63,6 +63,7 @@ def apply_mult_leg(p: torch.Tensor, leg: Leg, mats: list[torch.Tensor], tangent:
             if parity:
                 M = -M.T if tangent else torch.linalg.inv(A).T[loc][:, loc]
             idx = torch.tensor(pos)
+            M = M.to(flat.device)
             if gain is not None:
                 d = gain[idx].to(M.device)
                 M = d[:, None] * M / d[None, :]

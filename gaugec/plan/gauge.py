@@ -116,6 +116,11 @@ class Gauge:
         return sum(block_kind(k).dim(m) for k, m in self.blocks)
 
     @property
+    def compact(self) -> bool:
+        """Every block is compact (a rotation): no norm to balance, no charge; its section is a frame choice."""
+        return self.kind == "mult" and all(block_kind(k).compact for k, _ in self.blocks)
+
+    @property
     def params(self) -> list[str]:
         out = []
         for lg in self.legs:

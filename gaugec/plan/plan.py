@@ -148,9 +148,10 @@ class GaugePlan:
             raise PlanMismatchError(f"group element has {len(g)} parts, the plan has {len(gauges)} gauges")
         params = self._params()
         for gauge, (kind, val) in zip(gauges, g):
-            self._act_one(gauge, kind, val, params)
+            self.act_on(gauge, kind, val, params)
 
-    def _act_one(self, gauge: Gauge, kind: str, val, params):
+    def act_on(self, gauge: Gauge, kind: str, val, params: dict[str, torch.Tensor]):
+        """Apply one gauge's element (``kind``, ``val``) to the tensors of ``params`` in place."""
         if kind != gauge.kind:
             raise PlanMismatchError(f"element of kind {kind} for gauge {gauge.name} of kind {gauge.kind}")
         if kind == "mult":
