@@ -7,10 +7,14 @@ import copy
 import torch
 from torch.utils import _pytree as pytree
 
+from gaugec.capture.experts import dense_experts
+
 
 def model_f(model, inputs, loss, leaves=None):
-    """f, what the loss sees, at the model's current parameters (see :func:`f_value`)."""
-    return f_value(model(*inputs) if isinstance(inputs, tuple) else model(inputs), loss, leaves)
+    """f, what the loss sees, at the model's current parameters (see :func:`f_value`); mixture-of-experts blocks
+    run dense (the same function, with no kernel that refuses float64: :mod:`gaugec.capture.experts`)."""
+    with dense_experts(model):
+        return f_value(model(*inputs) if isinstance(inputs, tuple) else model(inputs), loss, leaves)
 
 
 def f_value(out, loss, leaves=None):

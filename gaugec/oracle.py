@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch.func import functional_call, jacrev
 
-from gaugec.capture import unflatten_params, unique_named_parameters
+from gaugec.capture import dense_experts, unflatten_params, unique_named_parameters
 from gaugec.functional import Float64Mode, f_value, float64_twin
 from gaugec.pipeline import compile as gaugec_compile
 
@@ -93,9 +93,11 @@ def _vocab_size(model) -> int | None:
 
 
 def sample_inputs(model, example_inputs: tuple, gen: torch.Generator, batch_mult: int = 1) -> tuple:
-    """Random inputs shaped like the examples (leading axis x batch_mult): token ids over the whole vocabulary,
-    floats from N(0, 1)."""
+    """Random inputs shaped like the examples (leading axis x batch_mult): token ids over the whole vocabulary but
+    an embedding's ``padding_idx`` (autograd gives that row no gradient although the forward reads it, so J would
+    disagree with f there), floats from N(0, 1)."""
     vocab = _vocab_size(model)
+    pads = {m.padding_idx for m in model.modules() if isinstance(m, torch.nn.Embedding) and m.padding_idx is not None}
     out = []
     for i, x in enumerate(example_inputs):
         if isinstance(x, torch.Tensor) and x.ndim >= 1 and batch_mult > 1:
@@ -108,7 +110,8 @@ def sample_inputs(model, example_inputs: tuple, gen: torch.Generator, batch_mult
             out.append(x.clone())   # masks stay as they are
         else:
             hi = vocab if vocab is not None else int(x.max()) + 1
-            out.append(torch.randint(0, hi, x.shape, generator=gen))
+            allowed = torch.tensor([t for t in range(hi) if t not in pads])
+            out.append(allowed[torch.randint(0, len(allowed), x.shape, generator=gen)])
     return tuple(out)
 
 
@@ -167,7 +170,7 @@ def verify(model, example_inputs, plan=None, loss: str | None = "cross_entropy",
     theta = torch.cat([named[k].detach().reshape(-1) for k in names])
 
     def f_of(flat, inputs):
-        with Float64Mode():
+        with Float64Mode(), dense_experts(model64):
             out = f_value(functional_call(model64, unflatten_params(info, flat), inputs), loss, plan.f_leaves)
         return out.reshape(-1)
 

@@ -7,4 +7,5 @@ straight-line ``GraphModule``, so both tracers feed the discovery rules one IR.
 """
 from gaugec.capture.graph import (CaptureError, GaugeGraph, ParamInfo, param_offsets, unflatten_params,  # noqa: F401
                                   unique_named_parameters)
+from gaugec.capture.experts import dense_experts  # noqa: F401
 from gaugec.capture.trace import capture  # noqa: F401

@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 import torch.fx
 
+from gaugec.capture.experts import dense_experts
 from gaugec.capture.graph import CaptureError, GaugeGraph, ParamInfo, unique_named_parameters
 
 
@@ -66,11 +67,12 @@ def capture(model, example_inputs=(), tracer: str = "export", concrete_args: dic
 
 
 def _export(model, target, args):
-    """torch.export (non-strict) of ``target`` with the model in eval mode (dropout off, BatchNorm statistics)."""
+    """torch.export (non-strict) of ``target`` with the model in eval mode (dropout off, BatchNorm statistics) and
+    its mixture-of-experts blocks dense (:mod:`gaugec.capture.experts`)."""
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), dense_experts(model):
             return torch.export.export(target, args, strict=False)
     finally:
         model.train(was_training)
@@ -93,4 +95,9 @@ def _from_exported(ep, params: dict[str, ParamInfo] | None, tracer: str) -> Gaug
         placeholder_param[ph] = alias_to_name[pname]
     user_inputs = list(sig.user_inputs)
     gm = ep.graph_module
+    # dtype assertions the exporter inserts after casts: no value, but they would count as extra readers of the
+    # tensors they check (a residual writer must feed only its sum)
+    for n in list(gm.graph.nodes):
+        if n.op == "call_function" and "_assert_tensor_metadata" in str(n.target) and not n.users:
+            gm.graph.erase_node(n)
     return GaugeGraph(gm, placeholder_param, params, user_inputs, ep, tracer)

@@ -71,16 +71,17 @@ class Engine:
                     out[name] = out.get(name, 0) + 1
         return out
 
-    def param_uses(self) -> dict[str, set[str]]:
-        """parameter -> names of the nodes that use it (through parameter views)."""
-        uses: dict[str, set[str]] = {}
+    def param_uses(self) -> dict[str, dict[str, tuple]]:
+        """parameter -> {name of a node that uses it (through parameter views): the slice it reads, as
+        ``ParamView.fixed`` pairs (empty: the whole parameter)}."""
+        uses: dict[str, dict[str, tuple]] = {}
         for n in self.topo:
             if n in self.param_views or n.op == "output":
                 continue
             for a in n.all_input_nodes:
                 pv = self.param_views.get(a)
                 if pv is not None:
-                    uses.setdefault(pv.param, set()).add(n.name)
+                    uses.setdefault(pv.param, {})[n.name] = pv.fixed(-1)
         return uses
 
     def _build_param_views(self):

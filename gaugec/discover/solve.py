@@ -334,7 +334,7 @@ def _local_indices(uroots, block_of_u, size, kind, dead, rot_order, n) -> np.nda
     return local_of_root
 
 
-def _multiplicative_gauges(engine: Engine, bt: Blocks, reasons: Reasons, uses: dict[str, set[str]]) \
+def _multiplicative_gauges(engine: Engine, bt: Blocks, reasons: Reasons, uses: dict[str, dict[str, tuple]]) \
         -> tuple[list[Gauge], list[Refusal]]:
     """5. Components of probes: one gauge instance each, split by family; tied parameters (``uses``: every node a
     parameter feeds) fix their blocks."""
@@ -380,7 +380,7 @@ def _kill_shared_parameters(legs, uses, bt: Blocks, reasons: Reasons):
     writer, A^-1 as a reader, which only an orthogonal A satisfies)."""
     _kill_doubly_moved(legs, bt, reasons)
     for param in {lg.param for lg in legs}:
-        missing = uses.get(param, set()) - {lg.node for lg in legs if lg.param == param}
+        missing = _uncovered_uses(uses.get(param, {}), [lg for lg in legs if lg.param == param])
         if not missing:
             continue
         code = reasons.code(f"parameter {param} is also used where the group does not act (tied or shared)",
@@ -391,12 +391,22 @@ def _kill_shared_parameters(legs, uses, bt: Blocks, reasons: Reasons):
                 bt.dead[bs[bt.dead[bs] < 0]] = code
 
 
+def _uncovered_uses(uses: dict[str, tuple], legs) -> set[str]:
+    """The uses of a parameter that none of ``legs`` sits at and whose slice meets a slice the legs move (an
+    expert's ``W[e]`` read elsewhere does not touch the legs on ``W[e']``)."""
+    def disjoint(a: tuple, b: tuple) -> bool:
+        return any(k == k2 and i != i2 for k, i in a for k2, i2 in b)
+
+    at = {lg.node for lg in legs}
+    return {n for n, part in uses.items() if n not in at and not all(disjoint(part, lg.part) for lg in legs)}
+
+
 def _kill_doubly_moved(legs, bt: Blocks, reasons: Reasons):
-    by_axis: dict[tuple[str, int], list] = {}
+    by_axis: dict[tuple, list] = {}
     for lg in legs:
         if lg.coords is not None:
-            by_axis.setdefault((lg.param, lg.axis), []).append(lg)
-    for (param, _), group in by_axis.items():
+            by_axis.setdefault((lg.param, lg.axis, lg.part), []).append(lg)
+    for (param, _, _), group in by_axis.items():
         for i, a in enumerate(group):
             for b in group[i + 1:]:
                 both = (a.coords >= 0) & (b.coords >= 0)
@@ -440,7 +450,7 @@ def _entries(coords: np.ndarray, fam_blocks: np.ndarray, bt: Blocks) -> np.ndarr
     return out
 
 
-def _additive_gauges(engine: Engine, uses: dict[str, set[str]]) -> tuple[list[Gauge], list[Refusal]]:
+def _additive_gauges(engine: Engine, uses: dict[str, dict[str, tuple]]) -> tuple[list[Gauge], list[Refusal]]:
     """Every additive probe that reached an absorber alive and moves no parameter used elsewhere is a gauge."""
     gauges: list[Gauge] = []
     refusals: list[Refusal] = []
@@ -456,7 +466,7 @@ def _additive_gauges(engine: Engine, uses: dict[str, set[str]]) -> tuple[list[Ga
             continue
         bad = None
         for param in {lg.param for lg in p.legs}:
-            missing = uses.get(param, set()) - {lg.node for lg in p.legs if lg.param == param}
+            missing = _uncovered_uses(uses.get(param, {}), [lg for lg in p.legs if lg.param == param])
             if missing:
                 bad = (f"parameter {param} is also used where the translation is not compensated (tied or "
                        f"shared)", sorted(missing)[0])

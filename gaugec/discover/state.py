@@ -182,6 +182,15 @@ class ParamView:
         shape = self.shape
         return self._flat_index([np.broadcast_to(i, shape) for i in self.idx])
 
+    def fixed(self, except_axis: int) -> tuple:
+        """(parameter axis, index) for every axis but ``except_axis`` that the view holds at one index (an expert's
+        slice ``W[e]`` of a stacked weight): a leg found through this view acts on that slice only."""
+        out = []
+        for k, (i, size) in enumerate(zip(self.idx, self.pshape)):
+            if k != except_axis and size > 1 and i.size and np.all(i == i.flat[0]):
+                out.append((k, int(i.flat[0])))
+        return tuple(out)
+
     def fibre(self, axis: int) -> np.ndarray:
         """Flat parameter index along ``axis`` of the view, at index 0 of every other axis."""
         sl = tuple(slice(None) if a == axis else 0 for a in range(self.ndim))

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from gaugec.groups import kind as block_kind
-from gaugec.plan import Gauge, PlanMismatchError, groups_of_entries
+from gaugec.plan import Gauge, Leg, PlanMismatchError, groups_of_entries
 
 MAX_NORM_RATIO = 1e8      # canonicalisation never rescales a non-zero parameter's norm by more than this
 
@@ -56,6 +56,7 @@ class RowGroup:
     dual: bool                # moved by A^-T (a column leg, or a contraction's dual side)
     offset: float = 0.0       # gains g <- c (g + offset) - offset act linearly on g + offset
     orient: bool = True       # its row sums fix the block's signs (see _compile_stages)
+    part: tuple = ()          # the slice of the parameter the rows live in (Leg.part: one expert)
 
 
 @dataclasses.dataclass
@@ -135,9 +136,9 @@ class OrbitExecutor:
             if p in excluded:
                 return f"it moves {p}, which is {excluded[p]}"
         if g.kind == "mult":
-            axes: dict[str, set] = {}
+            axes: dict[tuple, set] = {}
             for lg in g.legs:
-                axes.setdefault(lg.param, set()).add(lg.axis)
+                axes.setdefault((lg.param, lg.part), set()).add(lg.axis)
                 if lg.role == "gain" and any(m > 1 for _, m in g.blocks):
                     return "a gain leg on a block larger than 1"
             if any(len(a) > 1 for a in axes.values()):
@@ -194,15 +195,15 @@ class OrbitExecutor:
                             raise PlanMismatchError(f"gauge {g.name}: leg {lg.param} covers part of a block")
                         order = np.argsort(loc)
                         orient = lg.param in exclusive or not exclusive
-                        key = (lg.param, lg.axis, _dual(lg.role, parity), lg.offset, orient)
+                        key = (lg.param, lg.axis, _dual(lg.role, parity), lg.offset, orient, lg.part)
                         rows, blocks = st["groups"].setdefault(key, ([], []))
                         rows.append(np.asarray(pos)[order])
                         blocks.append(local_block)
         out = []
         for (c, kind, m), st in sorted(stages.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2])):
             groups = [RowGroup(p, ax, torch.as_tensor(np.stack(r), dtype=torch.long),
-                               torch.as_tensor(bl, dtype=torch.long), dual, off, orient)
-                      for (p, ax, dual, off, orient), (r, bl) in st["groups"].items()]
+                               torch.as_tensor(bl, dtype=torch.long), dual, off, orient, part)
+                      for (p, ax, dual, off, orient, part), (r, bl) in st["groups"].items()]
             out.append(Stage(kind, m, st["n"], groups, st["owners"]))
         return out
 
@@ -273,16 +274,26 @@ class OrbitExecutor:
 
     # -- multiplicative balance ------------------------------------------------------------------------------------
     @staticmethod
-    def _rows(p: torch.Tensor, rg: RowGroup, dtype) -> torch.Tensor:
-        x = p.movedim(rg.axis, 0)[rg.rows]                   # [n, m, *rest]
+    def _part(p: torch.Tensor, rg: RowGroup) -> tuple[torch.Tensor, int]:
+        """The slice of ``p`` the rows live in (a view, so writes land in ``p``) and the rows' axis in it."""
+        return Leg(rg.param, "out", axis=rg.axis, part=rg.part).slice_of(p)
+
+    @classmethod
+    def _axis_view(cls, p: torch.Tensor, rg: RowGroup) -> torch.Tensor:
+        p, axis = cls._part(p, rg)
+        return p.movedim(axis, 0)
+
+    @classmethod
+    def _rows(cls, p: torch.Tensor, rg: RowGroup, dtype) -> torch.Tensor:
+        x = cls._axis_view(p, rg)[rg.rows]                   # [n, m, *rest]
         x = x.reshape(x.shape[0], x.shape[1], -1).to(dtype)
         return x + rg.offset if rg.offset else x
 
-    @staticmethod
-    def _write(p: torch.Tensor, rg: RowGroup, y: torch.Tensor):
+    @classmethod
+    def _write(cls, p: torch.Tensor, rg: RowGroup, y: torch.Tensor):
         if rg.offset:
             y = y - rg.offset
-        view = p.movedim(rg.axis, 0)
+        view = cls._axis_view(p, rg)
         view[rg.rows] = y.reshape((*rg.rows.shape, *view.shape[1:])).to(p.dtype)
 
     @torch.no_grad()
@@ -340,12 +351,12 @@ class OrbitExecutor:
         Q = torch.zeros_like(P)
         sums = []
         for rg in st.groups:
-            p = params[rg.param]
-            dims = [d for d in range(p.dim()) if d != rg.axis]
+            p, axis = self._part(params[rg.param], rg)
+            dims = [d for d in range(p.dim()) if d != axis]
             x = p.to(dtype) + rg.offset if rg.offset else p
             if not dims:
                 sq = x.to(dtype).square()
-            elif rg.axis == 0:      # rows: a contiguous reduction
+            elif axis == 0:         # rows: a contiguous reduction
                 sq = torch.linalg.vector_norm(x, dim=dims, dtype=dtype).square()
             else:                   # columns: torch's strided norm is ~40x slower than square-and-sum here
                 sq = x.to(dtype).square().sum(dim=dims)
@@ -374,11 +385,11 @@ class OrbitExecutor:
         sign = _orientation(st.kind, moment.view(nb, 1), exact).view(nb)
         sign = torch.where(held, one, sign)
         for rg in st.groups:
-            p = params[rg.param]
-            factor = torch.ones(p.shape[rg.axis], dtype=dtype, device=dev)
+            p, axis = self._part(params[rg.param], rg)
+            factor = torch.ones(p.shape[axis], dtype=dtype, device=dev)
             factor[rg.rows[:, 0]] = ((c_dual if rg.dual else c) * sign)[rg.blocks]
             shape = [1] * p.dim()
-            shape[rg.axis] = -1
+            shape[axis] = -1
             factor = factor.view(shape)        # a factor of exactly 1 (held, skipped) leaves the rows bit for bit
             if rg.offset:
                 new = (factor * (p.to(dtype) + rg.offset) - rg.offset).to(p.dtype)
@@ -388,7 +399,6 @@ class OrbitExecutor:
         residual = (sign * c - 1).abs().amax() if nb else torch.zeros((), device=dev)
         return residual, stable
 
-    @torch.no_grad()
     # -- rotations (compact blocks) --------------------------------------------------------------------------------
     def _align_rotations(self, work: dict[str, torch.Tensor], context=None, gap_rtol: float = 1e-8) -> dict:
         """Rotate every rotation gauge to its principal axes: R = Uᵀ with M = Σ X Xᵀ over the frame legs
@@ -404,7 +414,8 @@ class OrbitExecutor:
                 moment = torch.zeros(m, dtype=torch.float64)
                 for lg in frame:
                     for pos, loc, _ in groups_of_entries(lg.entries).get(b, []):
-                        X = work[lg.param].movedim(lg.axis, 0)[torch.as_tensor(pos)[np.argsort(loc)]]
+                        part, axis = lg.slice_of(work[lg.param])
+                        X = part.movedim(axis, 0)[torch.as_tensor(pos)[np.argsort(loc)]]
                         X = X.reshape(m, -1).cpu()
                         M += X @ X.T
                         moment += X @ _probe(X.shape[1], X)
@@ -422,6 +433,7 @@ class OrbitExecutor:
                 held[g.name] = list(range(len(g.blocks)))
         return held
 
+    @torch.no_grad()
     def rebalance(self, params: dict[str, torch.Tensor], sweeps: int = 1, skip: torch.Tensor | None = None):
         """``sweeps`` per-step Gauss–Seidel sweeps over the colours (``exact=False``; no host synchronisation).
         Each sweep re-tests every block's stability, so a block held at construction joins the section as soon

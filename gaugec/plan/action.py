@@ -2,6 +2,8 @@
 elements, for tangents), and the broadcast shift of an additive leg."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import torch
 
@@ -48,7 +50,14 @@ def conj_gain(leg: Leg, params: dict[str, torch.Tensor]) -> torch.Tensor | None:
 def apply_mult_leg(p: torch.Tensor, leg: Leg, mats: list[torch.Tensor], tangent: bool = False,
                    gain: torch.Tensor | None = None) -> torch.Tensor:
     """Return the moved parameter (or, with tangent=True and mats = Lie algebra elements, the tangent). ``gain``:
-    :func:`conj_gain` of a conjugated leg (its blocks act as D M D⁻¹)."""
+    :func:`conj_gain` of a conjugated leg (its blocks act as D M D⁻¹). A leg on a ``part`` returns the whole
+    parameter with only that slice moved."""
+    if leg.part:
+        src, axis = leg.slice_of(p.detach().to(torch.float64))
+        out = torch.zeros_like(p, dtype=torch.float64) if tangent else p.detach().to(torch.float64, copy=True)
+        leg.slice_of(out)[0].copy_(apply_mult_leg(src, dataclasses.replace(leg, part=(), axis=axis), mats, tangent,
+                                                  gain))
+        return out
     x = p.detach().to(torch.float64).movedim(leg.axis, 0)
     flat = x.reshape(x.shape[0], -1)
     out = torch.zeros_like(flat) if tangent else flat.clone()

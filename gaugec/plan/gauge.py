@@ -41,6 +41,9 @@ class Leg:
     (γ ⊙ R n = (D R D⁻¹)(γ ⊙ n), lemma ``gain_conjugation``); ``conj_index`` gives γ's flat index per index along
     ``axis``.
 
+    ``part``: the leg moves only the slice of the parameter at these (axis, index) pairs (one expert of a stacked
+    experts weight); ``axis`` then counts the parameter's axes as usual.
+
     Which block moves each index along ``axis``: in a plan, ``entries`` [n_axis, 3] = (block, local index, parity),
     block -1 untouched; during discovery, ``coords`` (a global coordinate id per index, -1 untouched), which the
     solver turns into entries once the blocks are known."""
@@ -56,9 +59,18 @@ class Leg:
     node: str = ""
     select: np.ndarray | None = None    # role "shift": which entries of t move (None: all)
     coords: np.ndarray | None = None    # discovery only: global coordinate id per index along axis
+    part: tuple = ()                    # ((axis, index), ...): the leg acts on that slice only (one expert)
     conj: str = ""                      # the gain parameter M is conjugated by ("" = none)
     conj_index: np.ndarray | None = None
     conj_offset: float = 0.0
+
+    def slice_of(self, p):
+        """The part of ``p`` this leg acts on (a view), and the leg's axis within it."""
+        axis = self.axis
+        for k, i in sorted(self.part, reverse=True):
+            p = p.select(k, i)
+            axis -= int(k < self.axis)
+        return p, axis
 
     def shift_dim(self, shape: tuple) -> int:
         if self.select is not None:
@@ -78,6 +90,8 @@ class Leg:
         if self.role == "absorb":
             d["site"] = self.site
             d["site_index"] = self.site_index.tolist()
+        if self.part:
+            d["part"] = [list(a) for a in self.part]
         if self.conj:
             d["conj"] = {"param": self.conj, "index": self.conj_index.tolist(), "offset": self.conj_offset}
         return d
@@ -90,7 +104,7 @@ class Leg:
                    float(d.get("offset", 0.0)), tuple(d.get("axes", ())), d.get("site", ""),
                    None if si is None else np.asarray(si, dtype=np.int64), d.get("node", ""),
                    None if sel is None else np.asarray(sel, dtype=np.int64),
-                   conj=cj.get("param", ""), conj_offset=float(cj.get("offset", 0.0)),
+                   part=tuple((int(a), int(i)) for a, i in d.get("part", ())), conj=cj.get("param", ""), conj_offset=float(cj.get("offset", 0.0)),
                    conj_index=np.asarray(cj["index"], dtype=np.int64) if cj else None)
 
 

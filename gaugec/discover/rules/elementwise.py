@@ -273,26 +273,40 @@ def _move_writer(ctx, other, C: np.ndarray, shape) -> bool:
                                                          ctx.engine.gg.params[pvb.param].shape)
         if wl is None or (pvb is not None and bl is None):
             return False
-        legs.append((lin, pvW.param, wl))
+        legs.append((lin, pvW, wl))
         if bl is not None:
-            legs.append((lin, pvb.param, bl))
-    for lin, param, (axis, coords) in legs:
-        ctx.leg(param, "out", at=lin, axis=axis, coords=coords)
+            legs.append((lin, pvb, bl))
+    for lin, pv, (axis, coords) in legs:
+        ctx.leg(pv.param, "out", at=lin, axis=axis, coords=coords, part=pv.fixed(axis))
     ctx.cite("linear_writer")
     ctx.cite("residual_sum")
     return True
 
 
 def _writers(ctx, node) -> list | None:
-    """The linear nodes whose outputs (summed, through casts and eval-mode dropout) make ``node``, each on a path
-    that feeds only ``node``'s user and that the probe has not reached; None when ``node`` is anything else."""
+    """The linear nodes whose outputs (summed, through casts, eval-mode dropout, reshapes that keep the feature axis
+    and products with per-token scalars such as a router's weights) make ``node``, each on a path that feeds only
+    ``node``'s user and that the probe has not reached; None when ``node`` is anything else."""
     if not (hasattr(node, "op") and node.op == "call_function" and len(node.users) == 1 and ctx.state(node) is None):
         return None
     name = op_name(node)
     if name in CAST_OPS or (name == "dropout" and not arg(node, 2, "train", True)):
         return _writers(ctx, node.args[0])
+    if name in ("view", "reshape", "_unsafe_view") and (node_shape(node) or (0,))[-1:] == \
+            (node_shape(node.args[0]) or (1,))[-1:]:
+        return _writers(ctx, node.args[0])        # tokens regrouped, the feature axis kept (a flattened MoE batch)
     if name == "linear":
         return [node] if ctx.state(arg(node, 0, "input")) is None else None
+    if name == "mul" and all(hasattr(a, "op") for a in node.args[:2]):
+        # a writer times a per-token scalar (a router's weight): A (s W z) = s (A W) z when s is constant along the
+        # features and the group does not reach it
+        for w, s in (node.args[:2], node.args[1::-1]):
+            s_shape = node_shape(s)
+            if ctx.state(s) is None and s_shape is not None and (not s_shape or s_shape[-1] == 1):
+                found = _writers(ctx, w)
+                if found is not None:
+                    return found
+        return None
     if name == "add" and arg(node, 2, "alpha", 1) == 1 and all(hasattr(a, "op") for a in node.args[:2]):
         parts = [_writers(ctx, a) for a in node.args[:2]]
         return None if None in parts else parts[0] + parts[1]

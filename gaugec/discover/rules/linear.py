@@ -46,7 +46,7 @@ def view_leg(pv, view_axis: int, coords: np.ndarray, param_shape, role: str, nod
     if found is None:
         return None
     axis, pc = found
-    return Leg(pv.param, role, axis=axis, coords=pc, offset=pv.offset, node=node_name)
+    return Leg(pv.param, role, axis=axis, coords=pc, offset=pv.offset, node=node_name, part=pv.fixed(axis))
 
 
 def _pshape(ctx, pv):
@@ -80,13 +80,13 @@ def seed_writer(sc, node, W, b, out_axis: int, what: str, w_out_view_axis: int =
     wl = param_axis_coords(pvW.fibre(w_out_view_axis), np.arange(n), pshape)
     if wl is None:
         return
-    legs.append(Leg(pvW.param, "out", axis=wl[0], coords=wl[1]))
+    legs.append(Leg(pvW.param, "out", axis=wl[0], coords=wl[1], part=pvW.fixed(wl[0])))
     pvb = sc.param_view(b)
     bl = None
     if pvb is not None:
         bl = param_axis_coords(pvb.P.reshape(-1), np.arange(n), sc.engine.gg.params[pvb.param].shape)
         if bl is not None:
-            legs.append(Leg(pvb.param, "out", axis=bl[0], coords=bl[1]))
+            legs.append(Leg(pvb.param, "out", axis=bl[0], coords=bl[1], part=pvb.fixed(bl[0])))
     sc.probe("mult", "gl", C, legs, describe=f"GL({n}) on the output of {what} {node.name}",
              cites=("linear_writer",))
     # translations: the row shift W += 1 a^T, b += s 1 (softmax / layer norm / loss absorb it) ...
