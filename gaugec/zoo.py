@@ -274,6 +274,32 @@ def convnet():
     return m, _floats(2, 3, 10, 10)
 
 
+class StackedExperts(nn.Module):
+    """A dense mixture of ReLU experts whose weights are stacked in 3-D tensors (as Hugging Face stores experts):
+    p = softmax(router(x)); y = Σ_e p_e · W2[e] relu(W1[e] x + b1[e])."""
+
+    def __init__(self, d_in: int = 4, hidden: int = 5, n_experts: int = 3, d_out: int = 3):
+        super().__init__()
+        self.router = nn.Linear(d_in, n_experts)
+        self.w1 = nn.Parameter(torch.randn(n_experts, hidden, d_in) / d_in ** 0.5)
+        self.b1 = nn.Parameter(torch.randn(n_experts, hidden) * 0.1)
+        self.w2 = nn.Parameter(torch.randn(n_experts, d_out, hidden) / hidden ** 0.5)
+
+    def forward(self, x):
+        p = torch.softmax(self.router(x), dim=-1)
+        y = None
+        for e in range(self.w1.shape[0]):
+            part = p[..., e:e + 1] * F.linear(torch.relu(F.linear(x, self.w1[e], self.b1[e])), self.w2[e])
+            y = part if y is None else y + part
+        return y
+
+
+def moe_mlp():
+    """Three ReLU experts in stacked weights behind a softmax router (each expert's rescale acts on its slice)."""
+    torch.manual_seed(0)
+    return StackedExperts(), _floats(8, 4)
+
+
 ZOO = {
     "relu_mlp": relu_mlp,
     "gelu_mlp": gelu_mlp,
@@ -282,6 +308,7 @@ ZOO = {
     "llama_gqa": llama_gqa,
     "gpt2": gpt2,
     "convnet": convnet,
+    "moe_mlp": moe_mlp,
 }
 
 

@@ -31,7 +31,7 @@ def llama_plan():
 EQUIVARIANCE_STEPS = 50
 
 
-@pytest.fixture(scope="module", params=["llama_gqa", "gpt2", "relu_mlp"])
+@pytest.fixture(scope="module", params=["llama_gqa", "gpt2", "relu_mlp", "moe_mlp"])
 def setup(request):
     """(name, float64 model, inputs, plan, label batches) for the equivariance tests of every DDC optimizer."""
     import gaugec

@@ -108,3 +108,44 @@ def test_hf_gpt_neox_stream_scale_at_eps_0(parallel):
         found[eps] = family_dims(plan).get("norm_input_scale", 0)
         assert gaugec.verify(model, _ids(32), plan, soundness_only=True).sound
     assert found == {0.0: 1, 1e-5: 0}
+
+
+def _moe(kind):
+    common = dict(vocab_size=32, hidden_size=16, num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2,
+                  max_position_embeddings=16, use_cache=False, rms_norm_eps=0.0)
+    cfg = {"mixtral": lambda: transformers.MixtralConfig(**common, intermediate_size=12, num_local_experts=4,
+                                                          num_experts_per_tok=2),
+           "qwen2_moe": lambda: transformers.Qwen2MoeConfig(**common, intermediate_size=12, moe_intermediate_size=8,
+                                                             shared_expert_intermediate_size=8, num_experts=4,
+                                                             num_experts_per_tok=2),
+           "olmoe": lambda: transformers.OlmoeConfig(**common, intermediate_size=12, num_experts=4,
+                                                      num_experts_per_tok=2)}[kind]()
+    torch.manual_seed(0)
+    return transformers.AutoModelForCausalLM.from_config(cfg).eval(), _ids(32)
+
+
+def test_hf_mixtral_compiles_and_its_orbit_is_found_whole():
+    """The expert loop (nonzero, then a Python for) is captured as the dense masked experts implementation: each
+    expert's SwiGLU rescale acts on its slice of the stacked weights, the router's softmax absorbs a shift, and the
+    stream's rotation passes the experts (per-token routing weights commute with it): 289 = 289."""
+    model, inputs = _moe("mixtral")
+    impl = model.config._experts_implementation
+    plan = gaugec.compile(model, inputs)
+    assert model.config._experts_implementation == impl          # restored after capture
+    assert not plan.rejected
+    dims = family_dims(plan)
+    assert dims["glu_rescale"] == 4 * 12 and dims["residual_rotation"] == 120
+    assert sum(1 for g in plan.gauges if g.family == "glu_rescale") == 4     # one gauge per expert
+    rep = gaugec.verify(model, inputs, plan)
+    assert rep.sound and rep.complete and rep.found_rank == rep.nullity == 289
+
+
+@pytest.mark.parametrize("kind", ["qwen2_moe", "olmoe"])
+def test_hf_moe_models_compile_with_per_expert_gauges_and_are_sound(kind):
+    model, inputs = _moe(kind)
+    plan = gaugec.compile(model, inputs)
+    assert not plan.rejected
+    dims = family_dims(plan)
+    assert dims["residual_rotation"] == 120
+    assert sum(1 for g in plan.gauges if g.family == "glu_rescale" and "experts" in g.name) == 4
+    assert gaugec.verify(model, inputs, plan, soundness_only=True).sound

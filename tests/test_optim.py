@@ -83,6 +83,10 @@ def _invariants(m, name) -> list[torch.Tensor]:
     if name == "relu_mlp":
         head = m[4].weight - m[4].weight.mean(0, keepdim=True)     # the logit shift moves the head's class mean
         return [head @ m[2].weight @ m[0].weight]                # both rescales cancel in the product
+    if name == "moe_mlp":      # per expert: W2[e] [W1[e] | b1[e]] is rescale-invariant; the router up to a shift
+        out = [m.w2[e] @ torch.cat([m.w1[e], m.b1[e][:, None]], 1) for e in range(m.w1.shape[0])]
+        router = torch.cat([m.router.weight, m.router.bias[:, None]], 1)
+        return out + [router - router.mean(0, keepdim=True)]
     if name == "gpt2":
         b = m.blocks[0]
         W = b.c_attn.weight * b.ln_1.weight
@@ -420,3 +424,23 @@ def test_the_step_never_reads_a_device_value_on_the_host():
         opt.step()
     assert watch.seen == []
     assert opt.skipped_steps == 1
+
+
+def test_the_stream_rotation_is_fixed_by_the_embedding_principal_axes_or_held():
+    """The rotation's frame: the embedding (the one leg only the rotation and the stream scale move) ends with a
+    diagonal, decreasing Gram EᵀE, f unchanged. A zero embedding has no frame: the rotation is held and reported."""
+    model, inputs = tasks.float64_zoo("llama")
+    plan = gaugec.compile(model, inputs, loss="cross_entropy")
+    f0 = model_f(model, inputs, "cross_entropy").detach()
+    DDCAdam(model.parameters(), plan.bind(model))
+    with torch.no_grad():
+        G = model.embed_tokens.weight.T @ model.embed_tokens.weight
+        assert float((G - torch.diag(torch.diag(G))).abs().max()) <= 1e-12 * float(G.abs().max())
+        assert bool((torch.diag(G)[:-1] >= torch.diag(G)[1:]).all())
+        assert float((model_f(model, inputs, "cross_entropy") - f0).abs().max()) <= 1e-12
+    zero, inputs = tasks.float64_zoo("llama")
+    with torch.no_grad():
+        zero.embed_tokens.weight.zero_()
+    with pytest.warns(UserWarning, match="held"):
+        opt = DDCAdam(zero.parameters(), plan.bind(zero))
+    assert opt.canonical_report["held"]["residual_rotation@embed_tokens"] == [0]
