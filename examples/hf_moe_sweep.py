@@ -42,6 +42,8 @@ def tiny(model_type):
     for k, v in SIZES.items():
         if hasattr(cfg, k):
             setattr(cfg, k, v)
+    if hasattr(cfg, "qk_rope_head_dim"):         # multi-head latent attention: the rotary part is the head_dim
+        cfg.head_dim = cfg.qk_rope_head_dim
     torch.manual_seed(0)
     return T.AutoModelForCausalLM.from_config(cfg).eval()
 

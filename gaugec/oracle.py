@@ -176,7 +176,9 @@ def verify(model, example_inputs, plan=None, loss: str | None = "cross_entropy",
 
     B = bound.tangent_basis() if bound.gauges else torch.zeros(0, n, dtype=torch.float64)
     gen = torch.Generator().manual_seed(seed + 1)
-    G = torch.zeros(n, n, dtype=torch.float64)
+    # soundness only: no n x n Gram; ‖J‖² is the top eigenvalue of the small [rows x rows] J Jᵀ of the stacked rows
+    G = None if soundness_only else torch.zeros(n, n, dtype=torch.float64)
+    Js = []
     JB2 = torch.zeros(B.shape[0], dtype=torch.float64)   # ‖J ξ‖² per generator, accumulated exactly
     rows = 0
     batches = 0
@@ -190,12 +192,16 @@ def verify(model, example_inputs, plan=None, loss: str | None = "cross_entropy",
         if not bool(torch.isfinite(J).all()):
             raise FloatingPointError("the Jacobian has non-finite entries at the oracle's point (a norm with "
                                      "eps = 0 on a zero vector, or an overflow)")
-        G += J.T @ J
+        if G is None:
+            Js.append(J)
+        else:
+            G += J.T @ J
         JB2 += ((J @ B.T) ** 2).sum(0)
         rows += J.shape[0]
         batches += 1
     if soundness_only:
-        lam_max = float(torch.linalg.eigvalsh(G)[-1].clamp_min(1e-300))
+        J = torch.cat(Js)
+        lam_max = float(torch.linalg.eigvalsh(J @ J.T)[-1].clamp_min(1e-300))
         return OracleReport(n, rows, -1, int(torch.linalg.matrix_rank(B)) if B.shape[0] else 0, -1, float("nan"),
                             np.zeros(0), _soundness(bound, B, JB2, lam_max), [], rel_tol)
     evals, evecs = torch.linalg.eigh(G)
