@@ -276,8 +276,8 @@ class RuleCtx:
             if name in INDEX_RULES:
                 self.cite("index_transport")
                 out = apply_index_op(self.engine, self.node, self._state, fill=-1)
-                if conj_in:
-                    self._carry_conj(conj_in)
+                if conj_in and not self._carry_conj(conj_in):
+                    return None
                 return out
             table = MULT_RULES if self.mult else ADD_RULES
             fn = table.get(name)
@@ -304,15 +304,17 @@ class RuleCtx:
     def set_conj(self, param: str, offset: float, index: np.ndarray):
         self.probe.conj[self.node] = (param, offset, index)
 
-    def _carry_conj(self, conj_in):
-        """An index op moves the gain index with the state; every acted input must be conjugated by one gain."""
+    def _carry_conj(self, conj_in) -> bool:
+        """An index op moves the gain index with the state; every acted input must be conjugated by one gain
+        (False, and the state killed, otherwise)."""
         params = {self.probe.conj[a][:2] for a in conj_in}
         if len(params) > 1 or len(conj_in) != len(self.carried()):
             self.kill_all("inputs conjugated by different gains (or not at all) meet in one index op")
-            return
+            return False
         param, offset = next(iter(params))
         index = apply_index_op(self.engine, self.node, {a: self.probe.conj[a][2] for a in conj_in}, fill=-1)
         self.set_conj(param, offset, index)
+        return True
 
     # -- recording ---------------------------------------------------------------------------------------------
     def cite(self, lemma_id: str, C: np.ndarray | None = None):

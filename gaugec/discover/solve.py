@@ -167,6 +167,10 @@ def _contraction_ties(cons, coord_probe: np.ndarray, n_probes: int):
             m = np.full(shape, -1, dtype=np.int64)
             for a in arrs:
                 a = np.broadcast_to(a, shape)
+                both = (a >= 0) & (m >= 0)
+                if both.any():   # two candidate groups on one factor: which pairs with the other side is ambiguous
+                    kills.append((np.concatenate([a[both], m[both]]), "two candidate groups reach one factor of a "
+                                                                       "contraction", node_name))
                 m = np.where(a >= 0, a, m)
             merged[side] = m
         if len(merged) < 2:
