@@ -2,6 +2,7 @@
 experts, top 2, eps 0): does it compile, is every generator sound (the oracle's soundness check), and what is found.
 Configs that cannot be built at this size are reported apart from compile failures. Needs transformers (the dev
 extra). Run: python examples/hf_moe_sweep.py [NAME ...]"""
+import resource
 import sys
 import time
 import traceback
@@ -21,7 +22,7 @@ SIZES = dict(vocab_size=V, hidden_size=16, intermediate_size=24, moe_intermediat
              num_experts_per_tok=2, moe_topk=2, top_k=2, n_group=1, topk_group=1, first_k_dense_replace=0,
              max_position_embeddings=16, use_cache=False, rms_norm_eps=0.0, layer_norm_eps=0.0,
              pad_token_id=0, bos_token_id=0, eos_token_id=0, kv_lora_rank=8, q_lora_rank=8, qk_rope_head_dim=4,
-             qk_nope_head_dim=4, v_head_dim=8, num_shared_experts=1, n_shared_experts=1)
+             qk_nope_head_dim=4, v_head_dim=8, num_shared_experts=1, n_shared_experts=1, router_hidden_size=8)
 EXPERT_KEYS = ("num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts")
 
 
@@ -71,18 +72,22 @@ def main(names):
             if "-v" in sys.argv:
                 traceback.print_exc()
             continue
-        rep = gaugec.verify(model, ids, plan, soundness_only=True)
         counts["compiled"] += 1
-        counts["unsound"] += not rep.sound
+        try:
+            sound = gaugec.verify(model, ids, plan, soundness_only=True).sound
+        except (MemoryError, RuntimeError) as exc:   # the dense tangent basis of a large plan (issue 14)
+            sound = f"not checked ({type(exc).__name__})"
+        counts["unsound"] += sound is False
         fams = {}
         for g in plan.gauges:
             fams[g.family] = fams.get(g.family, 0) + g.dim
-        print(f"{name:24s} dim {plan.dim:4d} sound {rep.sound} rejected {len(plan.rejected)} "
+        print(f"{name:24s} generators {sum(g.dim for g in plan.gauges):4d} sound {sound} rejected {len(plan.rejected)} "
               f"glu {fams.get('glu_rescale', 0)} rotation {fams.get('residual_rotation', 0)} "
               f"({time.time() - t0:.0f}s)", flush=True)
     print(counts)
 
 
 if __name__ == "__main__":
+    resource.setrlimit(resource.RLIMIT_AS, (12 << 30, resource.RLIM_INFINITY))   # a config that will not shrink fails
     args = [a for a in sys.argv[1:] if not a.startswith("-")]
     main(args or moe_model_types())

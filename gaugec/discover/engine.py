@@ -13,7 +13,7 @@ import torch.fx
 
 from gaugec.capture import GaugeGraph
 from gaugec.discover import rules  # noqa: F401  (registers the rules and patterns)
-from gaugec.discover.fx import arg, node_shape, op_name, varying_axes
+from gaugec.discover.fx import arg, data_dependent, node_shape, op_name, varying_axes
 from gaugec.discover.registry import (ADD_RULES, BARRIERS, CONJUGATED, INDEX_RULES, MULT_RULES, PATTERNS,
                                       SEED_RULES, STREAM_READERS, PatternMatch, RuleError, strict_default)
 from gaugec.discover.rules.index import apply_index_op
@@ -126,7 +126,7 @@ class Engine:
             if n.op != "call_function":
                 continue
             fn = SEED_RULES.get(op_name(n))
-            if fn is not None:
+            if fn is not None and not data_dependent(n):
                 fn(SeedCtx(self, n), n)
         self._add_rotation_twins()
 
@@ -266,6 +266,9 @@ class RuleCtx:
         that raises is a barrier too (in strict mode it re-raises)."""
         name = match.name if match is not None else op_name(self.node)
         fn = None
+        if data_dependent(self.node):
+            return self.kill_all(f"'{name}' makes a tensor of data-dependent shape (after nonzero(), masked "
+                                 "indexing, ...): a barrier")
         conj_in = [a for a in self.carried() if a in self.probe.conj]
         if conj_in and (match is not None or (name not in INDEX_RULES and name not in CONJUGATED)):
             return self.kill_all(f"a rotation seen through a norm gain (D R D^-1) reaches '{name}': only linear "

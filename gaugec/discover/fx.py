@@ -18,10 +18,18 @@ def op_name(node: torch.fx.Node) -> str:
 
 
 def node_shape(node) -> tuple[int, ...] | None:
+    """The tensor's static shape; None for a non-tensor or a data-dependent size (an unbacked symbol after
+    ``nonzero()``: the rules then treat the tensor as unknown, a barrier)."""
     val = node.meta.get("val") if isinstance(node, torch.fx.Node) else None
-    if isinstance(val, torch.Tensor):
-        return tuple(int(s) for s in val.shape)
+    if isinstance(val, torch.Tensor) and all(isinstance(s, int) for s in val.shape):
+        return tuple(val.shape)
     return None
+
+
+def data_dependent(node) -> bool:
+    """A tensor whose shape holds a data-dependent (unbacked) size."""
+    val = node.meta.get("val") if isinstance(node, torch.fx.Node) else None
+    return isinstance(val, torch.Tensor) and not all(isinstance(s, int) for s in val.shape)
 
 
 def arg(node: torch.fx.Node, i: int, name: str, default=None):
