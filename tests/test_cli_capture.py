@@ -295,3 +295,20 @@ def test_a_failing_lock_update_keeps_the_old_lock(tmp_path, factory_file, capsys
     _one_line_error(capsys, "No space left on device", "old lock")
     assert lock.read_text() == old
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".gaugec-lock")] == []
+
+
+def test_a_data_dependent_shape_is_a_barrier_not_a_crash():
+    """Masked indexing gives a tensor of data-dependent (unbacked) size: strict discovery compiles the model, seeds
+    nothing on that tensor and claims nothing through it (the engine once called int() on the size)."""
+    class Masked(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.l1, self.l2, self.l3 = torch.nn.Linear(4, 6), torch.nn.Linear(6, 3), torch.nn.Linear(4, 3)
+
+        def forward(self, x):
+            h = torch.relu(self.l1(x))
+            return self.l2(h[h.sum(-1) > 0]).sum(0, keepdim=True) + self.l3(x).sum(0, keepdim=True)
+
+    model = Masked().double()
+    plan = gaugec.compile(model, (torch.randn(5, 4, dtype=torch.float64),), loss=None, strict=True)
+    assert all(lg.param not in ("l2.weight", "l2.bias") for g in plan.gauges for lg in g.legs)
