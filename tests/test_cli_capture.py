@@ -312,3 +312,24 @@ def test_a_data_dependent_shape_is_a_barrier_not_a_crash():
     model = Masked().double()
     plan = gaugec.compile(model, (torch.randn(5, 4, dtype=torch.float64),), loss=None, strict=True)
     assert all(lg.param not in ("l2.weight", "l2.bias") for g in plan.gauges for lg in g.legs)
+
+
+def test_an_in_place_write_into_another_tensor_is_followed_to_a_barrier():
+    """``buf[:, 2:] = l1(x)`` is a copy_ into a view of ``buf``: nothing in the graph's edges says that ``buf``'s
+    readers depend on l1, so the GL probe of l1 once never ran and a false GL(6) reached the numeric check (DeepSeek's
+    key_states[..., d:] = k_pe). The write is followed, and it is a barrier."""
+    class Write(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.l1, self.l2 = torch.nn.Linear(4, 6), torch.nn.Linear(8, 3)
+
+        def forward(self, x):
+            buf = x.new_zeros(x.shape[0], 8)
+            buf[:, 2:] = self.l1(x)
+            return self.l2(buf)
+
+    model = Write().double()
+    plan = gaugec.compile(model, (torch.randn(5, 4, dtype=torch.float64),), loss=None, strict=True)
+    assert not plan.rejected
+    assert all(lg.param != "l1.weight" for g in plan.gauges for lg in g.legs)
+    assert any("in-place write" in r.reason for r in plan.refusals)

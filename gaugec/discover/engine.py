@@ -44,11 +44,18 @@ class Engine:
         self._build_param_views()
         self._find_patterns()
 
-    @staticmethod
-    def _ancestors(nodes) -> set:
+    def _ancestors(self, nodes) -> set:
+        """Every node ``nodes`` depend on, including through in-place writes: a node that mutates a tensor (or a
+        view of it) in place, ``copy_(key_states[..., d:], k_pe)``, feeds every reader of that tensor although no
+        graph edge says so."""
+        writers: dict = {}
+        for n in self.topo:
+            if n.op == "call_function" and _mutates_first_arg(n) and n.args and isinstance(n.args[0], torch.fx.Node):
+                writers.setdefault(_view_base(n.args[0]), []).append(n)
         seen, stack = set(nodes), [n for n in nodes if isinstance(n, torch.fx.Node)]
         while stack:
-            for a in stack.pop().all_input_nodes:
+            n = stack.pop()
+            for a in [*n.all_input_nodes, *writers.get(n, ())]:
                 if a not in seen:
                     seen.add(a)
                     stack.append(a)
@@ -227,6 +234,22 @@ class Engine:
                 why = ("the translation reaches the output and the loss is not shift-invariant"
                        if self.loss != "cross_entropy" else "the translation is not constant along the classes")
                 ctx.kill(arr, why)
+
+
+def _mutates_first_arg(node: torch.fx.Node) -> bool:
+    schema = getattr(node.target, "_schema", None)
+    if schema is None or not schema.arguments:
+        return False
+    alias = schema.arguments[0].alias_info
+    return bool(alias is not None and alias.is_write)
+
+
+def _view_base(node: torch.fx.Node) -> torch.fx.Node:
+    """The tensor a chain of views (index ops) starts from."""
+    while node.op == "call_function" and op_name(node) in INDEX_RULES and node.args \
+            and isinstance(node.args[0], torch.fx.Node):
+        node = node.args[0]
+    return node
 
 
 # ---------------------------------------------------------------------------------------------------------------
