@@ -9,6 +9,7 @@ A multiplicative gauge is a product of blocks, each a matrix group acting on a f
   scale  R+             c I_m, c > 0, on m coordinates at once (what passes a normalisation at eps = 0)
   orth   O(m)           R with RᵀR = I (a rotation of an RMS-normalised stream; the readers see it conjugated by the
                         norm's gain, D R D⁻¹: gaugec.plan.action)
+  orth1  O(m - 1)       R with RᵀR = I and R 1 = 1 (a rotation of a LayerNorm-normalised stream: centring commutes)
 
 Each :class:`BlockKind` says how big its group is (``dim``), how it is written (``label``), how to draw a large
 random element and a Lie-algebra basis (the numeric checks and the generators), and how to balance a block on the
@@ -53,6 +54,7 @@ class BlockKind:
     singleton: bool = False                              # one coordinate per block, from a rule's restriction
     within: tuple[str, ...] = ()                         # singleton kinds whose group contains this one's
     compact: bool = False                                # no non-compact part: the section is a frame choice only
+    frame: Callable | None = None                        # compact kinds: (M, moment) -> the aligning element R
 
 
 BLOCK_KINDS: dict[str, BlockKind] = {}
@@ -263,8 +265,68 @@ def _identity_pair(P, Q):
     return eye, eye.clone()
 
 
+def _principal_axes(M, moment):
+    """R = Uᵀ with M's eigenvectors as rows, eigenvalues decreasing, each row's sign making R·moment positive: R M Rᵀ
+    is diagonal. None when two eigenvalues (nearly) coincide or M is zero: the frame is not defined."""
+    w, U = torch.linalg.eigh(M)
+    if M.shape[-1] > 1:
+        gaps = (w[1:] - w[:-1]) / w[-1].clamp_min(torch.finfo(w.dtype).tiny)
+        if w[-1] <= 0 or float(gaps.min()) < FRAME_GAP_RTOL:
+            return None
+    R = U.flip(-1).T
+    return _sign_per_row(R @ moment)[:, None] * R
+
+
+FRAME_GAP_RTOL = 1e-8
+
+
+def _stable_all(P, Q):
+    return torch.ones(P.shape[0], dtype=torch.bool, device=P.device)
+
+
 block_kind(BlockKind(
     "orth", label=lambda m: f"O({m})", dim=lambda m: m * (m - 1) // 2, random_element=_orth_random,
-    algebra_basis=_orth_basis, solve=_identity_pair, first_order=_identity_pair,
-    stable=lambda P, Q: torch.ones(P.shape[0], dtype=torch.bool, device=P.device), orientation=_sign_per_row,
-    compact=True))
+    algebra_basis=_orth_basis, solve=_identity_pair, first_order=_identity_pair, stable=_stable_all,
+    orientation=_sign_per_row, compact=True, frame=_principal_axes))
+
+
+# -- orth1: O(m - 1), the rotations that fix the all-ones vector (a LayerNorm-normalised stream) ---------------------
+
+def centred_basis(m: int) -> torch.Tensor:
+    """An orthonormal basis U of R^m whose first column is 1/√m (the rest spans the centred space 1^⊥)."""
+    A = torch.eye(m, dtype=torch.float64)
+    A[:, 0] = 1.0
+    U, _ = torch.linalg.qr(A)
+    return U * torch.sign(U[0, 0])
+
+
+def _orth1_embed(Q):
+    m = Q.shape[-1] + 1
+    U = centred_basis(m)
+    B = torch.zeros(m, m, dtype=Q.dtype)
+    B[0, 0] = 1.0
+    B[1:, 1:] = Q
+    return U @ B @ U.T
+
+
+def _orth1_basis(m):
+    U = centred_basis(m)
+    for K in _orth_basis(m - 1):
+        B = torch.zeros(m, m, dtype=torch.float64)
+        B[1:, 1:] = K
+        yield U @ B @ U.T
+
+
+def _centred_axes(M, moment):
+    """The principal axes of M inside the centred space (R fixes 1/√m)."""
+    U = centred_basis(M.shape[-1]).to(M.dtype)
+    V = U[:, 1:]
+    Q = _principal_axes(V.T @ M @ V, V.T @ moment)
+    return None if Q is None else _orth1_embed(Q)
+
+
+block_kind(BlockKind(
+    "orth1", label=lambda m: f"O({m - 1}) (fixing 1)", dim=lambda m: (m - 1) * (m - 2) // 2,
+    random_element=lambda m, gen, ls, gls: _orth1_embed(_orth_random(m - 1, gen, ls, gls)),
+    algebra_basis=_orth1_basis, solve=_identity_pair, first_order=_identity_pair, stable=_stable_all,
+    orientation=_sign_per_row, compact=True, frame=_centred_axes))

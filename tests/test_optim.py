@@ -11,7 +11,7 @@ import gaugec
 from gaugec import measure, zoo
 from gaugec.capture import unflatten_params, unique_named_parameters
 from gaugec.optim import DDCAdam, tasks
-from gaugec.functional import model_f
+from gaugec.functional import float64_twin, model_f
 
 from .conftest import EQUIVARIANCE_STEPS as STEPS
 
@@ -444,3 +444,27 @@ def test_the_stream_rotation_is_fixed_by_the_embedding_principal_axes_or_held():
     with pytest.warns(UserWarning, match="held"):
         opt = DDCAdam(zero.parameters(), plan.bind(zero))
     assert opt.canonical_report["held"]["residual_rotation@embed_tokens"] == [0]
+
+
+@pytest.mark.parametrize("name", ["ln_mlp", "gpt2_untied"])
+def test_ddcadam_is_equivariant_for_layernorm_stream_rotations(name):
+    """O(d - 1) rotations of a LayerNorm stream (the ones vector fixed, the LayerNorm bias moved with the conjugated
+    rotation): the frame is read from the centred Gram of the writers, which the stream's ones-direction shifts do
+    not change. DDCAdam from θ and from g·θ (g: the rotation alone, then every gauge) agree; AdamW does not."""
+    if name == "gpt2_untied":
+        model, inputs = float64_twin(*zoo.gpt2(tie=False), copy_model=False)
+    else:
+        model, inputs = tasks.float64_zoo(name)
+    plan = gaugec.compile(model, inputs, loss="cross_entropy")
+    assert [g.group for g in plan.gauges if g.family == "residual_rotation"] in (["O(5) (fixing 1)"],
+                                                                                 ["O(7) (fixing 1)"])
+    batches = tasks.label_batches(model, inputs, plan, 30)
+    ref, _ = _train(model, inputs, plan, batches, None, "ddc", steps=30)
+    together = [e if g.family != "norm_input_scale" else g.identity_element()   # one-sided at eps 0: held
+                for g, e in zip(plan.gauges, _element(plan))]
+    for g in (_element(plan, only="residual_rotation"), together):
+        moved, _ = _train(model, inputs, plan, batches, g, "ddc", steps=30)
+        assert _worst_step_gap(ref, moved) <= 1e-9, name
+    ref_w, _ = _train(model, inputs, plan, batches, None, "adamw", steps=30)
+    moved_w, _ = _train(model, inputs, plan, batches, _element(plan, only="residual_rotation"), "adamw", steps=30)
+    assert _worst_step_gap(ref_w, moved_w) >= 1e-3

@@ -41,9 +41,9 @@ MULTIPLICATIVE: list[Family] = [
            block_tags=("attn_qk", "rope"), lemmas=("rope_commutant",)),
     Family("norm_input_scale", "a block tied to one positive scale by a normalisation at eps = 0",
            block_tags=("norm_scale",), lemmas=("rmsnorm_scale", "layernorm_scale")),
-    Family("residual_rotation", "a block that passed an RMS normalisation as a rotation (a residual stream, or any "
-           "tensor whose readers are RMS norms and linears)", block_tags=("stream_rotation",),
-           lemmas=("rmsnorm_rotation",)),
+    Family("residual_rotation", "a block that passed an RMS normalisation (O(d)) or a layer norm (O(d - 1), fixing "
+           "the ones vector) as a rotation: a residual stream, or any tensor whose readers are such norms and "
+           "linears", block_tags=("stream_rotation",), lemmas=("rmsnorm_rotation", "layernorm_rotation")),
 ]
 
 ADDITIVE: list[Family] = [

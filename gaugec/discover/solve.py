@@ -227,7 +227,8 @@ def _refine_blocks(cons, roots, parity, start, seed_scalar, root_kill, reasons: 
     # scale by a normalisation "scale" (one coordinate: R+); a rotary pair "rot2"; an unrestricted block GL, GL(1)
     # being R* "scalar"), and why a block is fixed (-1: alive)
     scale = has["scale"] & (size > 1)
-    orth = has["orth"] & (size > 1) & ~has["scale"]
+    orth = has["orth"] & (size > 1) & ~has["scale"] & ~has["orth1"]
+    orth1 = has["orth1"] & (size > 2) & ~has["scale"] & ~has["orth"]
     has["pos"] = has["pos"] | (has["scale"] & (size == 1))
     kind = np.where(size > 1, "gl", "scalar").astype(object)
     singles = [k for k, bk in BLOCK_KINDS.items() if bk.singleton]
@@ -244,13 +245,16 @@ def _refine_blocks(cons, roots, parity, start, seed_scalar, root_kill, reasons: 
         chosen |= pick
     kind[scale] = "scale"
     kind[orth] = "orth"
+    kind[orth1] = "orth1"
     kind[has["rot2"]] = "rot2"
     dead = np.full(nb, -1, dtype=np.int64)
-    dead[has["orth"] & (restricted | has["rot2"] | has["scale"] | (size == 1))] = \
-        reasons.code("a rotation block that other ops restrict (or of one coordinate: O(1) is discrete)")
+    rotation = has["orth"] | has["orth1"]
+    dead[rotation & (restricted | has["rot2"] | has["scale"] | ~(orth | orth1))] = \
+        reasons.code("a rotation block that other ops restrict, that an RMS norm and a layer norm both read, or too "
+                     "small to rotate continuously")
     dead[has["rot2"] & ((size != 2) | restricted | has["scale"])] = \
         reasons.code("a rotary pair that other ops split or restrict")
-    dead[(size > 1) & restricted & ~has["rot2"] & ~scale & ~orth & (dead < 0)] = \
+    dead[(size > 1) & restricted & ~has["rot2"] & ~scale & ~rotation & (dead < 0)] = \
         reasons.code("a block wider than one coordinate with a diagonal restriction")
     dead[(size == 1) & restricted & ~chosen & (dead < 0)] = \
         reasons.code("restrictions to kinds with no common subgroup")
@@ -291,6 +295,7 @@ def _fibre_keys(cons, roots, seed_scalar):
     flag["rot2"] = np.zeros(n, dtype=bool)
     flag["scale"] = np.zeros(n, dtype=bool)
     flag["orth"] = np.zeros(n, dtype=bool)
+    flag["orth1"] = np.zeros(n, dtype=bool)
     tied_rows = []
     rot_order: dict[tuple[int, int], tuple[int, int]] = {}
     for kind, arr in cons.kinds:
@@ -306,7 +311,7 @@ def _fibre_keys(cons, roots, seed_scalar):
             flag["rot2"][rp.reshape(-1)] = True
             for f, sec in rp.tolist():
                 rot_order.setdefault((min(f, sec), max(f, sec)), (f, sec))
-        elif kind in ("scale", "orth"):
+        elif kind in ("scale", "orth", "orth1"):
             rr = roots[arr]
             flag[kind][rr.reshape(-1)] = True
             tied_rows.append(rr)
@@ -375,7 +380,27 @@ def _multiplicative_gauges(engine: Engine, bt: Blocks, reasons: Reasons, uses: d
                                                                 bt.size[fam_blocks].tolist())),
                                 _plan_legs(legs, fam_blocks, bt), proof=Proof(cites),
                                 description=[p.describe for p in probes]))
-    return gauges, refusals
+    return _distinct(gauges), refusals
+
+
+def _distinct(gauges: list[Gauge]) -> list[Gauge]:
+    """One gauge per group action: probes seeded on two writers of one stream (a token and a position embedding)
+    each move the other and find the same gauge. Two gauges are the same when they move the same positions of the
+    same parameters, in the same roles, with the same partition into blocks of the same kinds."""
+    seen, out = set(), []
+    for g in gauges:
+        relabel: dict[int, int] = {}
+        sig = []
+        for lg in sorted(g.legs, key=lambda lg: (lg.param, lg.role, lg.axis, lg.part, lg.node)):
+            blocks = lg.entries[:, 0] if lg.entries is not None else np.zeros(0, dtype=np.int64)
+            canon = tuple(relabel.setdefault(int(b), len(relabel)) if b >= 0 else -1 for b in blocks)
+            sig.append((lg.param, lg.role, lg.axis, lg.part, lg.conj, lg.offset, canon))
+        kinds = tuple(sorted(g.blocks))
+        key = (g.family, kinds, tuple(sorted(set(sig))))
+        if key not in seen:
+            seen.add(key)
+            out.append(g)
+    return out
 
 
 def _kill_shared_parameters(legs, uses, bt: Blocks, reasons: Reasons):

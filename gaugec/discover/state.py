@@ -91,12 +91,12 @@ class Constraints:
         if rows.size:
             self.kinds.append(("scale", rows))
 
-    def tie_orth(self, rows: np.ndarray):
-        """Each row's coordinates form one block acting orthogonally (R with RᵀR = I): a rotation that passes an RMS
-        normalisation over those coordinates."""
+    def tie_orth(self, rows: np.ndarray, kind: str = "orth"):
+        """Each row's coordinates form one block acting orthogonally (R with RᵀR = I; "orth1": also R 1 = 1): a
+        rotation that passes an RMS (LayerNorm) normalisation over those coordinates."""
         rows = np.asarray(rows, dtype=np.int64).reshape(len(rows), -1)
         if rows.size:
-            self.kinds.append(("orth", rows))
+            self.kinds.append((kind, rows))
 
     def tag(self, coords, tag: str):
         coords = np.unique(np.asarray(coords))

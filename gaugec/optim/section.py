@@ -149,11 +149,16 @@ class OrbitExecutor:
     def _frame_legs(g: Gauge, gauges: list[Gauge]) -> list:
         """The legs that fix a rotation gauge's frame: writer rows (moved by R itself, not conjugated) of parameters
         that no other gauge moves, except a common scale c I on the same axis (which keeps the Gram's
-        eigenvectors). Their Gram M = Σ X Xᵀ goes to R M Rᵀ under the rotation and is unchanged by every other
+        eigenvectors) and, for a rotation fixing the ones vector, a shift along that vector (invisible to the centred
+        Gram its frame reads). Their Gram M = Σ X Xᵀ goes to R M Rᵀ under the rotation and is unchanged by every other
         gauge, which is what makes the principal-axis frame a section (docs/ddc.md)."""
+        fixes_ones = all(k == "orth1" for k, _ in g.blocks)
+
         def harmless(other, lg):
-            return all(k == "scale" for k, _ in other.blocks) and other.kind == "mult" and all(
-                o.axis == lg.axis for o in other.legs if o.param == lg.param)
+            mine = [o for o in other.legs if o.param == lg.param]
+            if other.kind == "add":     # a shift along the ones direction of the rotated axis: the centred Gram the
+                return fixes_ones and all(o.role == "shift" and lg.axis in o.axes for o in mine)   # frame reads
+            return all(k == "scale" for k, _ in other.blocks) and all(o.axis == lg.axis for o in mine)
         out = []
         for lg in g.legs:
             if lg.role != "out" or lg.conj or (lg.entries[lg.entries[:, 0] >= 0, 2] != 0).any():
@@ -400,7 +405,7 @@ class OrbitExecutor:
         return residual, stable
 
     # -- rotations (compact blocks) --------------------------------------------------------------------------------
-    def _align_rotations(self, work: dict[str, torch.Tensor], context=None, gap_rtol: float = 1e-8) -> dict:
+    def _align_rotations(self, work: dict[str, torch.Tensor], context=None) -> dict:
         """Rotate every rotation gauge to its principal axes: R = Uᵀ with M = Σ X Xᵀ over the frame legs
         diagonalised, eigenvalues decreasing, each axis's sign making ⟨row, r⟩ (summed over the frame legs) positive.
         A compact group has no norm to minimise, so this frame is its whole section. Run once, before the other
@@ -419,14 +424,11 @@ class OrbitExecutor:
                         X = X.reshape(m, -1).cpu()
                         M += X @ X.T
                         moment += X @ _probe(X.shape[1], X)
-                w, U = torch.linalg.eigh(M)
-                gaps = (w[1:] - w[:-1]) / w[-1].clamp_min(torch.finfo(w.dtype).tiny)
-                if m > 1 and (w[-1] <= 0 or float(gaps.min()) < gap_rtol):
+                R = block_kind(g.blocks[b][0]).frame(M, moment)
+                if R is None:
                     held.setdefault(g.name, []).append(b)
-                    mats.append(torch.eye(m, dtype=torch.float64))
-                    continue
-                R = U.flip(-1).T
-                mats.append(block_kind("orth").orientation((R @ moment)[None])[0][:, None] * R)
+                    R = torch.eye(m, dtype=torch.float64)
+                mats.append(R)
             try:
                 self.plan.act_on(g, "mult", mats, {**(context or {}), **work})
             except ValueError:      # a conjugating gain is zero: the rotation is no symmetry here, hold it

@@ -267,10 +267,15 @@ def _move_writer(ctx, other, C: np.ndarray, shape) -> bool:
         return False
     legs = []
     for lin in writers:
-        pvW, pvb = ctx.param_view(arg(lin, 1, "weight")), ctx.param_view(arg(lin, 2, "bias"))
+        if op_name(lin) == "embedding":     # a table's rows: E <- E A^T moves its columns (embedding_writer)
+            pvW, pvb, out_axis = ctx.param_view(arg(lin, 0, "weight")), None, 1
+        elif op_name(lin) == "addmm":       # b + x @ W (Hugging Face Conv1D): W's output axis is its second
+            pvW, pvb, out_axis = ctx.param_view(arg(lin, 2, "mat2")), ctx.param_view(arg(lin, 0, "self")), 1
+        else:
+            pvW, pvb, out_axis = ctx.param_view(arg(lin, 1, "weight")), ctx.param_view(arg(lin, 2, "bias")), 0
         if pvW is None or pvW.ndim != 2:
             return False
-        wl = param_axis_coords(pvW.fibre(0), rows[0], ctx.engine.gg.params[pvW.param].shape)
+        wl = param_axis_coords(pvW.fibre(out_axis), rows[0], ctx.engine.gg.params[pvW.param].shape)
         bl = None if pvb is None else param_axis_coords(pvb.P.reshape(-1), rows[0],
                                                          ctx.engine.gg.params[pvb.param].shape)
         if wl is None or (pvb is not None and bl is None):
@@ -281,14 +286,17 @@ def _move_writer(ctx, other, C: np.ndarray, shape) -> bool:
     for lin, pv, (axis, coords) in legs:
         ctx.leg(pv.param, "out", at=lin, axis=axis, coords=coords, part=pv.fixed(axis))
     ctx.cite("linear_writer")
+    if any(op_name(lin) == "embedding" for lin in writers):
+        ctx.cite("embedding_writer")
     ctx.cite("residual_sum")
     return True
 
 
 def _writers(ctx, node) -> list | None:
-    """The linear nodes whose outputs (summed, through casts, eval-mode dropout, reshapes that keep the feature axis
-    and products with per-token scalars such as a router's weights) make ``node``, each on a path that feeds only
-    ``node``'s user and that the probe has not reached; None when ``node`` is anything else."""
+    """The linear nodes (linear, addmm, embedding lookups) whose outputs (summed, through casts, eval-mode dropout,
+    reshapes that keep the feature axis and products with per-token scalars such as a router's weights) make
+    ``node``, each on a path that feeds only ``node``'s user and that the probe has not reached; None when ``node``
+    is anything else."""
     if not (hasattr(node, "op") and node.op == "call_function" and len(node.users) == 1 and ctx.state(node) is None):
         return None
     name = op_name(node)
@@ -297,8 +305,9 @@ def _writers(ctx, node) -> list | None:
     if name in ("view", "reshape", "_unsafe_view") and (node_shape(node) or (0,))[-1:] == \
             (node_shape(node.args[0]) or (1,))[-1:]:
         return _writers(ctx, node.args[0])        # tokens regrouped, the feature axis kept (a flattened MoE batch)
-    if name == "linear":
-        return [node] if ctx.state(arg(node, 0, "input")) is None else None
+    if name in ("linear", "addmm", "embedding"):
+        inp = {"linear": 0, "addmm": 1, "embedding": 1}[name]
+        return [node] if ctx.state(node.args[inp]) is None else None
     if name == "mul" and all(hasattr(a, "op") for a in node.args[:2]):
         # a writer times a per-token scalar (a router's weight): A (s W z) = s (A W) z when s is constant along the
         # features and the group does not reach it

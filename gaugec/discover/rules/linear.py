@@ -233,12 +233,12 @@ def linear_mult(ctx, node):
     return read_with_weight(ctx, C, pvW, C.ndim - 1, 1, "linear", x)
 
 
-@rule("addmm", kind="mult")
+@rule("addmm", kind="mult", conjugated=True)
 def addmm_mult(ctx, node):
     C, pvW = ctx.state(arg(node, 1, "mat1")), ctx.param_view(arg(node, 2, "mat2"))
     if C is None or pvW is None or ctx.state(arg(node, 0, "self")) is not None:
         return ctx.kill_all("an addmm whose weight or bias carries the group")
-    return read_with_weight(ctx, C, pvW, C.ndim - 1, 0, "addmm")
+    return read_with_weight(ctx, C, pvW, C.ndim - 1, 0, "addmm", arg(node, 1, "mat1"))
 
 
 @rule("addmm", kind="add")

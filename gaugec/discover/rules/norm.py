@@ -25,7 +25,7 @@ import sympy as sp
 import torch.fx
 
 from gaugec.discover.fx import arg, node_shape, norm_dim, op_name, strip_casts
-from gaugec.discover.state import rows_along
+from gaugec.discover.state import param_axis_coords, rows_along
 from gaugec.discover.registry import PatternMatch, pattern, rule, stream_readers
 from gaugec.plan.gauge import Leg
 from gaugec.prove.lemmas import lemma
@@ -80,6 +80,23 @@ def _rms_rotation():
     R = sp.Matrix([[sp.cos(t), -sp.sin(t)], [sp.sin(t), sp.cos(t)]])
     rms = lambda v: sp.sqrt((v.T * v)[0] / 2 + e)   # noqa: E731
     return [sp.simplify(R * x / rms(R * x) - R * (x / rms(x)))]
+
+
+@lemma("layernorm_rotation", "LN(R x) = R LN(x) for R^T R = I with R 1 = 1, at any eps: centring commutes with R and "
+       "the centred norm is kept")
+def _ln_rotation():
+    t, e = sp.Symbol("t", real=True), sp.Symbol("e", positive=True)
+    x = sp.Matrix(sp.symbols("x0:3", real=True))
+    # a rotation by t about the ones axis: U diag(1, R2(t)) U^T with U's first column (1, 1, 1)/sqrt(3)
+    u = [sp.Matrix([1, 1, 1]) / sp.sqrt(3), sp.Matrix([1, -1, 0]) / sp.sqrt(2), sp.Matrix([1, 1, -2]) / sp.sqrt(6)]
+    U = sp.Matrix.hstack(*u)
+    R = U * sp.diag(1, sp.Matrix([[sp.cos(t), -sp.sin(t)], [sp.sin(t), sp.cos(t)]])) * U.T
+
+    def ln(v):
+        c = v - sp.ones(3, 1) * (sum(v) / 3)
+        return c / sp.sqrt((c.T * c)[0] / 3 + e)
+
+    return [sp.simplify(ln(R * x) - R * ln(x)), sp.simplify(R * sp.ones(3, 1) - sp.ones(3, 1))]
 
 
 @lemma("gain_conjugation", "g * (R n) = (D R D^-1) (g * n) with D = diag(g): a gain after a rotated tensor is the "
@@ -186,9 +203,11 @@ def _tie_input_scale(ctx, node, x, axes, eps, lemma_id: str):
     return None
 
 
-def _pass_rotation(ctx, node, x, axes, gain=None):
-    """The rotation twin passes an RMS normalisation: each normalised vector's coordinates become one orthogonal
-    block, and the output carries them (conjugated by the gain ``gain`` when the op applies one)."""
+def _pass_rotation(ctx, node, x, axes, gain=None, bias=None, kind: str = "orth"):
+    """The rotation twin passes a normalisation: each normalised vector's coordinates become one orthogonal block
+    (``kind`` "orth" for an RMS norm, "orth1", fixing the ones vector, for a layer norm), and the output carries them,
+    conjugated by the gain when the op applies one; a layer norm's bias β moves with them, β <- D R D⁻¹ β, so that
+    γ ⊙ R n + β' = D R D⁻¹ (γ ⊙ n + β) and the readers need no bias."""
     if any(ctx.state(a) is not None for a in node.all_input_nodes if a is not x):
         return ctx.kill_all("the group reaches a norm's gain or bias")
     C = ctx.state(x)
@@ -201,10 +220,34 @@ def _pass_rotation(ctx, node, x, axes, gain=None):
     partial = (rows < 0).any(1) & (rows >= 0).any(1)
     if partial.any():
         ctx.kill(rows[partial], "a normalisation over a vector the rotation only partly moves")
-    ctx.cons.tie_orth(rows[(rows >= 0).all(1)])
-    ctx.cite("rmsnorm_rotation", C)
+    ctx.cons.tie_orth(rows[(rows >= 0).all(1)], kind)
+    ctx.cite("rmsnorm_rotation" if kind == "orth" else "layernorm_rotation", C)
     ctx.tag("stream_rotation", C)
-    return C if gain is None else conjugate(ctx, C, gain)
+    if gain is None:
+        if bias is not None:
+            return ctx.kill_all("a layer norm bias without a gain (not derived)")
+        return C
+    out = conjugate(ctx, C, gain)
+    if out is not None and bias is not None and not _move_bias(ctx, C, bias):
+        return ctx.kill_all("a layer norm bias the rotation cannot move with the gain")
+    return out
+
+
+def _move_bias(ctx, C, bias) -> bool:
+    """β <- D R D⁻¹ β: an "out" leg on the bias, conjugated by the same gain (``ctx.conj_of`` this node)."""
+    pvb = ctx.param_view(bias)
+    if pvb is None:
+        return False
+    Pb = np.broadcast_to(pvb.P.reshape((1,) * (C.ndim - pvb.ndim) + pvb.shape), C.shape)
+    pshape = ctx.engine.gg.params[pvb.param].shape
+    found = param_axis_coords(Pb, C, pshape)
+    gain_param, offset, gain_index = ctx.conj_of(ctx.node)
+    conj = param_axis_coords(Pb, gain_index, pshape)
+    if found is None or conj is None or conj[0] != found[0]:
+        return False
+    ctx.leg(pvb.param, "out", axis=found[0], coords=found[1], conj=gain_param, conj_offset=offset,
+            conj_index=conj[1], part=pvb.fixed(found[0]))
+    return True
 
 
 def conjugate(ctx, C: np.ndarray, gain) -> np.ndarray | None:
@@ -231,7 +274,7 @@ def layer_norm_mult(ctx, node):
     x = arg(node, 0, "input")
     axes = _normalised_axes(node, node_shape(node), arg(node, 1, "normalized_shape"))
     if ctx.probe.mode == "orth":
-        return ctx.kill_all("a rotation reaching a layer norm (the centred space's O(d - 1) is not derived yet)")
+        return _pass_rotation(ctx, node, x, axes, arg(node, 2, "weight"), arg(node, 3, "bias"), kind="orth1")
     return _tie_input_scale(ctx, node, x, axes, arg(node, 4, "eps", 1e-5), "layernorm_scale")
 
 
@@ -304,6 +347,14 @@ def rms_inputs(engine):
     for node, m in engine.matches.items():
         if isinstance(m, RmsNormalisation) and node is m.output:
             yield m.x
+
+
+@stream_readers
+def layer_norm_inputs(engine):
+    """The inputs of every layer norm: a rotation fixing the ones vector passes them."""
+    for n in engine.topo:
+        if n.op == "call_function" and op_name(n) == "layer_norm":
+            yield arg(n, 0, "input")
 
 
 @pattern("RMS normalisation")
