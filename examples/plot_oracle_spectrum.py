@@ -25,9 +25,10 @@ def main(out="docs/img/llama_oracle_spectrum.png"):
     ax.semilogy(idx, ev, ".", ms=3, color="#333")
     ax.axhline(rep.threshold, color="#c33", lw=1, ls="--", label=f"threshold {rep.threshold:.0e} x max")
     ax.axvline(rep.found_rank + 0.5, color="#36c", lw=1.5,
-               label=f"found by gaugec: {rep.found_rank} (norm gains, RoPE Q/K, V/O, SwiGLU, logit shift, stream scale)")
+               label=f"found by gaugec: {rep.found_rank} (norm gains, RoPE Q/K, V/O, SwiGLU, logit shift, stream scale "
+                     "and rotation)", ls=":")
     ax.axvline(rep.nullity + 0.5, color="#c93", lw=1.5,
-               label=f"oracle nullity: {rep.nullity} (+{rep.missed}: residual-stream rotation 28 + scale 1)")
+               label=f"oracle nullity: {rep.nullity} (missed {rep.missed})")
     ax.set_xlim(0, 200)
     ax.set_xlabel("eigenvalue index (ascending)")
     ax.set_ylabel("eigenvalue of JᵀJ / largest")
