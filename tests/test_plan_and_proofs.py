@@ -229,3 +229,19 @@ def test_integer_inputs_cast_inside_the_model_compile_and_verify():
     assert {g.family for g in plan.gauges} == {"positive_rescale", "logit_shift"}
     assert all(g.proof.status == "proved" and g.numeric_residual <= 1e-12 for g in plan.gauges)
     assert gaugec.verify(model, inputs, plan).sound
+
+
+def test_the_numeric_check_sees_a_conjugation_by_the_wrong_gain_even_at_unit_gains():
+    """At initialisation every gain is 1, where D R D⁻¹ = R for any D: the check moves the conjugating gains off 1
+    and tries again, so a reader conjugated by the wrong norm's gain is refused."""
+    from gaugec.prove.numeric import numeric_check
+
+    model, inputs = zoo.llama(eps=1e-5)
+    plan = gaugec.compile(model, inputs)
+    (rot,) = [g for g in plan.gauges if g.family == "residual_rotation"]
+    assert rot.numeric_residual <= 1e-12
+    leg = next(lg for lg in rot.legs if lg.param == "layers.0.self_attn.q_proj.weight")
+    assert leg.conj == "layers.0.input_layernorm.weight"
+    leg.conj = "layers.0.post_attention_layernorm.weight"      # wrong, and invisible while both gains are 1
+    numeric_check(plan)
+    assert rot.numeric_residual > 1e-3

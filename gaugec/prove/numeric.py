@@ -1,6 +1,7 @@
 """The numeric half of every proof: a large random element of each gauge, applied to a float64 twin of the model,
 must leave f unchanged (relative residual ≤ 1e-10; 1e-5 where the model itself computes in float32 inside forward,
-e.g. Hugging Face norms)."""
+e.g. Hugging Face norms). A gauge whose legs read a gain (a rotation seen through a norm gain) is checked a second
+time with those gains moved off 1, where a conjugation by the wrong gain would show."""
 from __future__ import annotations
 
 import warnings
@@ -41,18 +42,34 @@ def numeric_check(plan, seed: int = 0, spread: float = 10.0):
     gen = torch.Generator().manual_seed(seed)
     for g in plan.gauges:
         element = g.random_element(gen, spread)
-        undefined = ""
-        try:
-            bound.act([element], gauges=[g])
-        except ValueError as exc:   # the action is undefined here (a rotation conjugated by a zero gain)
-            undefined = str(exc)
-        f1, _ = f()
-        if undefined or not torch.equal(torch.isfinite(f1), finite):
-            res = float("inf")      # no action, or one that changed which entries are finite
-        else:
-            res = float(((f1 - f0)[finite].abs().max() / scale).item())
+        res, undefined = _residual(bound, g, element, f, f0, finite, scale)
+        gains = sorted({lg.conj for lg in g.legs if lg.conj})
+        if gains and not undefined:
+            # a conjugation by the wrong gain is invisible where the gains are all 1 (their usual initialisation):
+            # check again with the gains moved off 1 (f0 is recomputed there)
+            model64.load_state_dict(snapshot)
+            named = dict(model64.named_parameters(remove_duplicate=False))
+            with torch.no_grad():
+                for name in gains:
+                    named[name].mul_(1 + 0.5 * (2 * torch.rand(named[name].shape, generator=gen,
+                                                               dtype=torch.float64) - 1))
+            g0, _ = f()
+            moved, undefined = _residual(bound, g, element, f, g0, torch.isfinite(g0), g0.abs().max())
+            res = max(res, moved)
         g.numeric_residual = res
         g.proof.numeric_residual = res
         g.proof.numeric_tol = tol
         g.proof.numeric_note = undefined or note
         model64.load_state_dict(snapshot)
+
+
+def _residual(bound, gauge, element, f, f0, finite, scale) -> tuple[float, str]:
+    """max |f(g·θ) − f(θ)| / max |f(θ)| (inf when the action is undefined or changes which entries are finite)."""
+    try:
+        bound.act([element], gauges=[gauge])
+    except ValueError as exc:   # the action is undefined here (a rotation conjugated by a zero gain)
+        return float("inf"), str(exc)
+    f1, _ = f()
+    if not torch.equal(torch.isfinite(f1), finite):
+        return float("inf"), ""
+    return float(((f1 - f0)[finite].abs().max() / scale.clamp_min(1e-300)).item()), ""
