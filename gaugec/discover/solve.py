@@ -389,14 +389,18 @@ def _distinct(gauges: list[Gauge]) -> list[Gauge]:
     same parameters, in the same roles, with the same partition into blocks of the same kinds."""
     seen, out = set(), []
     for g in gauges:
-        relabel: dict[int, int] = {}
-        sig = []
-        for lg in sorted(g.legs, key=lambda lg: (lg.param, lg.role, lg.axis, lg.part, lg.node)):
-            blocks = lg.entries[:, 0] if lg.entries is not None else np.zeros(0, dtype=np.int64)
-            canon = tuple(relabel.setdefault(int(b), len(relabel)) if b >= 0 else -1 for b in blocks)
-            sig.append((lg.param, lg.role, lg.axis, lg.part, lg.conj, lg.offset, canon))
-        kinds = tuple(sorted(g.blocks))
-        key = (g.family, kinds, tuple(sorted(set(sig))))
+        legs = sorted(g.legs, key=lambda lg: (lg.param, lg.role, lg.axis, lg.part, lg.node))
+        blocks = [lg.entries[:, 0] if lg.entries is not None else np.zeros(0, dtype=np.int64) for lg in legs]
+        flat = np.concatenate(blocks) if blocks else np.zeros(0, dtype=np.int64)
+        # blocks renumbered by first appearance, so two probes' numberings of one partition compare equal
+        ids, first, inv = np.unique(flat, return_index=True, return_inverse=True)
+        rank = np.empty(len(ids), dtype=np.int64)
+        rank[np.argsort(first, kind="stable")] = np.arange(len(ids))
+        canon = np.where(flat >= 0, rank[inv.reshape(-1)], -1)
+        cuts = np.cumsum([len(b) for b in blocks])[:-1]
+        sig = {(lg.param, lg.role, lg.axis, lg.part, lg.conj, lg.offset, c.tobytes())
+               for lg, c in zip(legs, np.split(canon, cuts))}
+        key = (g.family, tuple(sorted(g.blocks)), tuple(sorted(sig)))
         if key not in seen:
             seen.add(key)
             out.append(g)

@@ -187,8 +187,11 @@ class ParamView:
         slice ``W[e]`` of a stacked weight): a leg found through this view acts on that slice only."""
         out = []
         for k, (i, size) in enumerate(zip(self.idx, self.pshape)):
-            if k != except_axis and size > 1 and i.size and np.all(i == i.flat[0]):
-                out.append((k, int(i.flat[0])))
+            if k == except_axis or size <= 1 or not i.size:
+                continue
+            core = i[tuple(slice(0, 1) if st == 0 else slice(None) for st in i.strides)]   # broadcast axes once
+            if core.min() == core.max():
+                out.append((k, int(core.flat[0])))
         return tuple(out)
 
     def fibre(self, axis: int) -> np.ndarray:

@@ -259,9 +259,12 @@ def conjugate(ctx, C: np.ndarray, gain) -> np.ndarray | None:
         ctx.kill_all("a rotation meets a product with a tensor that is not a parameter gain")
         return None
     P = np.broadcast_to(pv.P.reshape((1,) * (C.ndim - pv.ndim) + pv.shape), C.shape)
-    on = C >= 0
-    pairs = np.unique(np.stack([C[on], P[on]], 1), axis=0)
-    if len(pairs) != len(np.unique(pairs[:, 0])):
+    # each coordinate must meet one gain entry; axes along which both arrays are broadcast are looked at once
+    keep = tuple(slice(0, 1) if sc == 0 and sp_ == 0 else slice(None) for sc, sp_ in zip(C.strides, P.strides))
+    Cc, Pc = C[keep], P[keep]
+    on = Cc >= 0
+    pairs = np.unique(Cc[on].astype(np.int64) * (int(P.max()) + 1) + Pc[on])
+    if len(pairs) != len(np.unique(Cc[on])):
         ctx.kill_all("a gain that takes two values where one rotated coordinate sits")
         return None
     ctx.set_conj(pv.param, pv.offset, np.where(C >= 0, P, -1))
