@@ -37,12 +37,14 @@ CASES = [
     # QK-norm (RMSNorm over d_head before RoPE) stops the projection maps; without RoPE the q-norm gain pairs with
     # the inverse k-norm gain (a diagonal Q/K map, d_head = 4)
     # at eps 0 each query and key head's projection scale passes its norm (4), beside the stream's scale (1)
+    # with RoPE, each rotary pair of the q-norm gain scales against the same pair of the k-norm gain (a tied scalar:
+    # c I commutes with the pair's rotation): d_head / 2 = 2
     ("llama-qk-norm", lambda: zoo.llama(qk_norm=True), "cross_entropy",
-     {**LLAMA_BASE, "attention_qk_rope": 0, "norm_input_scale": 5}),
+     {**LLAMA_BASE, "attention_qk_rope": 2, "norm_input_scale": 5}),
     ("llama-qk-norm-no-rope", lambda: zoo.llama(qk_norm=True, rope=False), "cross_entropy",
      {**LLAMA_BASE, "attention_qk_rope": 0, "attention_qk": 4, "norm_input_scale": 5}),
     ("llama-qk-norm-eps", lambda: zoo.llama(qk_norm=True, eps=1e-6), "cross_entropy",
-     {**LLAMA_BASE, "attention_qk_rope": 0, "norm_input_scale": 0}),
+     {**LLAMA_BASE, "attention_qk_rope": 2, "norm_input_scale": 0}),
     ("llama-2-layers", lambda: zoo.llama(n_layers=2), "cross_entropy",
      {"norm_gain": 40, "attention_qk_rope": 16, "attention_vo": 64, "glu_rescale": 24, "logit_shift": 8,
       "norm_input_scale": 1, "residual_rotation": 28}),

@@ -265,6 +265,7 @@ class RuleCtx:
         self.node = node
         self._state = state
         self.cons = engine.cons
+        self.match: PatternMatch | None = None      # the recognised multi-node op being evaluated, if any
 
     @property
     def mult(self) -> bool:
@@ -282,6 +283,11 @@ class RuleCtx:
         return self.engine.param_views.get(a) if isinstance(a, torch.fx.Node) else None
 
     def carried(self) -> list[torch.fx.Node]:
+        """The inputs that carry the probe's state (for a recognised multi-node op: its inputs from outside)."""
+        if self.match is not None:
+            internal = self.match.internal
+            return list(dict.fromkeys(a for i in internal for a in i.all_input_nodes
+                                      if a not in internal and a in self._state))
         return [a for a in self.node.all_input_nodes if a in self._state]
 
     def dispatch(self, match: PatternMatch | None = None):
@@ -292,6 +298,7 @@ class RuleCtx:
         if data_dependent(self.node):
             return self.kill_all(f"'{name}' makes a tensor of data-dependent shape (after nonzero(), masked "
                                  "indexing, ...): a barrier")
+        self.match = match
         conj_in = [a for a in self.carried() if a in self.probe.conj]
         if conj_in and (match is not None or (name not in INDEX_RULES and name not in CONJUGATED)):
             return self.kill_all(f"a rotation seen through a norm gain (D R D^-1) reaches '{name}': only linear "

@@ -140,6 +140,7 @@ def _block_table(engine: Engine, reasons: Reasons) -> Blocks:
         coord_probe[base:base + count] = pid
         seed_scalar[base:base + count] = kind == "scalar"
     uf, probe_uf, kills = _contraction_ties(cons, coord_probe, len(engine.probes))
+    _tie_scalar_pairs(cons, uf, seed_scalar)
     roots, parity = uf.roots_and_parities()
     for r in uf.conflict:
         kills.append((np.array([r]), "a coordinate contracted with itself (A = A^-T): orthogonal groups are not "
@@ -151,16 +152,31 @@ def _block_table(engine: Engine, reasons: Reasons) -> Blocks:
     return _refine_blocks(cons, roots, parity, start, seed_scalar, root_kill, reasons, probe_comp)
 
 
+def _tie_scalar_pairs(cons, uf: UnionFind, seed_scalar: np.ndarray):
+    """A rotary pair whose two coordinates are diagonal scalars (a gain reaching RoPE: a QK-norm gain) commutes with
+    the rotation only as c I on the pair: the two coordinates become one scalar (a tied scalar), and the pair needs
+    no rot2 block."""
+    for kind, arr in cons.kinds:
+        if kind == "rot2" and len(arr):
+            pairs = arr.reshape(-1, 2)
+            for a, b in pairs[seed_scalar[pairs].all(1)].tolist():
+                uf.union(a, b, 0)
+
+
 def _contraction_ties(cons, coord_probe: np.ndarray, n_probes: int):
     """1. Ties from contractions: A on one factor, A^-T on the other; the probes involved form one gauge instance.
     Returns the coordinate union-find (with parity), the probe union-find and the kills found on the way."""
     uf = UnionFind(cons.n_coords)
     probe_uf = UnionFind(n_probes)
     kills = list(cons.kills)
+    killed = np.zeros(cons.n_coords + 1, dtype=bool)      # a killed coordinate acts on nothing: it pairs with nothing
+    for coords, _, _ in cons.kills:
+        killed[coords] = True
+    killed[-1] = True
     for node_name, sides in cons.half_edges.items():
         merged = {}
         for side in ("a", "b"):
-            arrs = [C for _, C in sides.get(side, [])]
+            arrs = [np.where(killed[C], -1, C) for _, C in sides.get(side, [])]
             if not arrs:
                 continue
             shape = np.broadcast_shapes(*[a.shape for a in arrs])
@@ -300,9 +316,10 @@ def _fibre_keys(cons, roots, seed_scalar):
     rot_order: dict[tuple[int, int], tuple[int, int]] = {}
     for kind, arr in cons.kinds:
         if kind == "rot2":
-            if not len(arr):
-                continue
             rp = roots[arr.reshape(-1, 2)]
+            rp = rp[rp[:, 0] != rp[:, 1]]           # pairs tied into one scalar need no rotation block
+            if not len(rp):
+                continue
             lo, hi = rp.min(1), rp.max(1)
             h = _mix(lo * n + hi, 7)
             with np.errstate(over="ignore"):
