@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from gaugec.groups import kind as block_kind
-from gaugec.plan import Gauge, Leg, PlanMismatchError, groups_of_entries
+from gaugec.plan import Gauge, PlanMismatchError, groups_of_entries, slice_part
 
 MAX_NORM_RATIO = 1e8      # canonicalisation never rescales a non-zero parameter's norm by more than this
 
@@ -281,7 +281,7 @@ class OrbitExecutor:
     @staticmethod
     def _part(p: torch.Tensor, rg: RowGroup) -> tuple[torch.Tensor, int]:
         """The slice of ``p`` the rows live in (a view, so writes land in ``p``) and the rows' axis in it."""
-        return Leg(rg.param, "out", axis=rg.axis, part=rg.part).slice_of(p)
+        return slice_part(p, rg.axis, rg.part)
 
     @classmethod
     def _axis_view(cls, p: torch.Tensor, rg: RowGroup) -> torch.Tensor:

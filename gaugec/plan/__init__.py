@@ -2,4 +2,4 @@
 (``plan``), the graph runner that reads absorbed translations (``runner``) and the canonical-section executor the
 DDC optimizers run (``executor``)."""
 from gaugec.plan.action import apply_mult_leg, conj_gain, groups_of_entries, shift_from_vector  # noqa: F401
-from gaugec.plan.gauge import Gauge, Leg, PlanMismatchError  # noqa: F401
+from gaugec.plan.gauge import Gauge, Leg, PlanMismatchError, slice_part  # noqa: F401

@@ -26,6 +26,14 @@ class PlanMismatchError(ValueError):
     """The plan does not match the model (missing parameters, wrong shapes) or the JSON is corrupted."""
 
 
+def slice_part(p, axis: int, part: tuple):
+    """``p`` at the (axis, index) pairs of ``part`` (a view: writes land in ``p``), and ``axis`` counted in it."""
+    for k, i in sorted(part, reverse=True):
+        p = p.select(k, i)
+        axis -= int(k < axis)
+    return p, axis
+
+
 @dataclasses.dataclass
 class Leg:
     """How one parameter moves under a gauge.
@@ -66,11 +74,7 @@ class Leg:
 
     def slice_of(self, p):
         """The part of ``p`` this leg acts on (a view), and the leg's axis within it."""
-        axis = self.axis
-        for k, i in sorted(self.part, reverse=True):
-            p = p.select(k, i)
-            axis -= int(k < self.axis)
-        return p, axis
+        return slice_part(p, self.axis, self.part)
 
     def shift_dim(self, shape: tuple) -> int:
         if self.select is not None:
