@@ -83,8 +83,9 @@ def _invariants(m, name) -> list[torch.Tensor]:
     if name == "relu_mlp":
         head = m[4].weight - m[4].weight.mean(0, keepdim=True)     # the logit shift moves the head's class mean
         return [head @ m[2].weight @ m[0].weight]                # both rescales cancel in the product
-    if name == "moe_mlp":      # per expert: W2[e] [W1[e] | b1[e]] is rescale-invariant; the router up to a shift
-        out = [m.w2[e] @ torch.cat([m.w1[e], m.b1[e][:, None]], 1) for e in range(m.w1.shape[0])]
+    if name == "moe_mlp":      # per expert: W2[e] [W1[e] | b1[e]] is rescale-invariant, up to W2[e]'s row shift
+        w2 = [m.w2[e] - m.w2[e].mean(0, keepdim=True) for e in range(m.w1.shape[0])]
+        out = [w2[e] @ torch.cat([m.w1[e], m.b1[e][:, None]], 1) for e in range(m.w1.shape[0])]
         router = torch.cat([m.router.weight, m.router.bias[:, None]], 1)
         return out + [router - router.mean(0, keepdim=True)]
     if name == "gpt2":

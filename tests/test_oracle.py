@@ -180,3 +180,13 @@ def test_a_tied_head_on_the_stream_is_refused_not_claimed():
     assert not plan.rejected and "norm_input_scale" not in {g.family for g in plan.gauges}
     assert any("moved by two legs along one axis" in r.reason for r in plan.refusals)
     assert gaugec.verify(model, ids, plan).sound
+
+
+def test_stacked_experts_are_found_whole():
+    """Three ReLU experts in stacked weights behind a softmax router: per expert, the rescale (5) and the row shift
+    of its head slice W2[e] (5, absorbed by the loss), and the router's row shift (5): 35 = the oracle's nullity."""
+    model, inputs = zoo.moe_mlp()
+    plan = gaugec.compile(model, inputs)
+    assert all(lg.part for g in plan.gauges for lg in g.legs if lg.param in ("w1", "b1", "w2"))
+    rep = gaugec.verify(model, inputs, plan)
+    assert rep.sound and rep.found_rank == rep.nullity == 35

@@ -77,6 +77,7 @@ class SeedLeg:
     param: str
     axes: tuple
     mask: torch.Tensor | None   # 1 where the translation moves the entry (shape of the mean), None: all
+    part: tuple = ()            # the slice of the parameter the seed lives in (Leg.part: one expert)
 
 
 def _dual(role: str, parity: int) -> bool:
@@ -157,7 +158,8 @@ class OrbitExecutor:
         def harmless(other, lg):
             mine = [o for o in other.legs if o.param == lg.param]
             if other.kind == "add":     # a shift along the ones direction of the rotated axis: the centred Gram the
-                return fixes_ones and all(o.role == "shift" and lg.axis in o.axes for o in mine)   # frame reads
+                return fixes_ones and all(o.role == "shift" and not o.part and lg.axis in o.axes   # frame reads
+                                          for o in mine)
             return all(k == "scale" for k, _ in other.blocks) and all(o.axis == lg.axis for o in mine)
         out = []
         for lg in g.legs:
@@ -218,14 +220,14 @@ class OrbitExecutor:
         for lg in g.legs:
             if lg.role != "shift":
                 continue
-            shape = tuple(info[lg.param].shape)
+            shape = lg.part_shape(tuple(info[lg.param].shape))
             mean_shape = [1 if i in lg.axes else s for i, s in enumerate(shape)]
             mask = None
             if lg.select is not None:
                 mask = torch.zeros(int(np.prod(mean_shape, dtype=np.int64)), dtype=torch.float64)
                 mask[torch.as_tensor(lg.select)] = 1.0
                 mask = mask.reshape(mean_shape)
-            legs.append(SeedLeg(lg.param, tuple(lg.axes), mask))
+            legs.append(SeedLeg(lg.param, tuple(lg.axes), mask, lg.part))
         return legs
 
     def to(self, device):
@@ -241,6 +243,7 @@ class OrbitExecutor:
     # -- translations ----------------------------------------------------------------------------------------------
     @staticmethod
     def _seed_mean(p: torch.Tensor, sl: SeedLeg) -> torch.Tensor:
+        p = slice_part(p, 0, sl.part)[0]
         mean = p.mean(dim=sl.axes, keepdim=True) if sl.axes else p
         return mean if sl.mask is None else mean * sl.mask.to(p.dtype)
 
@@ -250,8 +253,8 @@ class OrbitExecutor:
         ``skip`` (a 0-dim device tensor, 1 = skip) makes it a no-op without a host synchronisation."""
         for legs in self.seeds:
             for sl in legs:
-                p = params[sl.param]
-                mean = self._seed_mean(p, sl)
+                p = slice_part(params[sl.param], 0, sl.part)[0]       # a view: the subtraction lands in the parameter
+                mean = self._seed_mean(params[sl.param], sl)
                 p.sub_(mean if skip is None else mean * (1 - skip).to(p.dtype))
 
     @torch.no_grad()

@@ -76,10 +76,16 @@ class Leg:
         """The part of ``p`` this leg acts on (a view), and the leg's axis within it."""
         return slice_part(p, self.axis, self.part)
 
+    def part_shape(self, shape: tuple) -> tuple:
+        """The shape of the slice this leg acts on (``shape`` without the axes ``part`` fixes). A shift leg's
+        ``axes`` count the axes of that slice."""
+        fixed = {k for k, _ in self.part}
+        return tuple(s for i, s in enumerate(shape) if i not in fixed)
+
     def shift_dim(self, shape: tuple) -> int:
         if self.select is not None:
             return len(self.select)
-        return int(np.prod([s for i, s in enumerate(shape) if i not in self.axes], dtype=np.int64))
+        return int(np.prod([s for i, s in enumerate(self.part_shape(shape)) if i not in self.axes], dtype=np.int64))
 
     def to_dict(self) -> dict:
         d = {"param": self.param, "role": self.role, "axis": self.axis, "node": self.node}

@@ -183,7 +183,11 @@ class GaugePlan:
                 continue
             shape = tuple(params[lg.param].shape)
             n = lg.shift_dim(shape)
-            t = shift_from_vector(shape, lg.axes, vec[k:k + n].cpu(), lg.select)
+            t = shift_from_vector(lg.part_shape(shape), lg.axes, vec[k:k + n].cpu(), lg.select)
+            if lg.part:                 # one expert's slice of a stacked weight
+                whole = torch.zeros(shape, dtype=t.dtype)
+                lg.slice_of(whole)[0].copy_(t)
+                t = whole
             k += n
             changes[lg.param] = changes[lg.param] + t if lg.param in changes else t
         absorbers = [lg for lg in gauge.legs if lg.role == "absorb"]

@@ -90,10 +90,12 @@ def seed_writer(sc, node, W, b, out_axis: int, what: str, w_out_view_axis: int =
     sc.probe("mult", "gl", C, legs, describe=f"GL({n}) on the output of {what} {node.name}",
              cites=("linear_writer",))
     # translations: the row shift W += 1 a^T, b += s 1 (softmax / layer norm / loss absorb it) ...
-    if out_axis == len(shape) - 1 and len(pshape) == 2:
-        legs = [Leg(pvW.param, "shift", axes=(wl[0],))]
-        if pvb is not None and len(sc.engine.gg.params[pvb.param].shape) == 1:
-            legs.append(Leg(pvb.param, "shift", axes=(0,)))
+    part = pvW.fixed(wl[0])     # one expert's W[e] of a stacked weight: the shift acts on that slice
+    if out_axis == len(shape) - 1 and len(pshape) - len(part) == 2:
+        in_slice = wl[0] - sum(k < wl[0] for k, _ in part)
+        legs = [Leg(pvW.param, "shift", axes=(in_slice,), part=part)]
+        if pvb is not None and len(sc.engine.gg.params[pvb.param].shape) - len(pvb.fixed(-1)) == 1:
+            legs.append(Leg(pvb.param, "shift", axes=(0,), part=pvb.fixed(-1)))
         sc.probe("add", "row_shift", token_labels(shape), legs, describe=f"row shift of {what} {node.name}",
                  cites=("row_shift",))
     # ... and the bias translation b += t (a later bias or attention softmax absorbs it), one probe per segment
