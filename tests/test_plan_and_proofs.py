@@ -245,3 +245,17 @@ def test_the_numeric_check_sees_a_conjugation_by_the_wrong_gain_even_at_unit_gai
     leg.conj = "layers.0.post_attention_layernorm.weight"      # wrong, and invisible while both gains are 1
     numeric_check(plan)
     assert rot.numeric_residual > 1e-3
+
+
+@pytest.mark.parametrize("name", ["llama", "moe_mlp"])
+def test_the_json_plan_keeps_conjugated_and_sliced_legs(name):
+    """A rotation's readers name their gain (Leg.conj), an expert's legs their slice (Leg.part): both survive the
+    lock file, and the reloaded plan has the same generators."""
+    from gaugec.plan.plan import GaugePlan
+
+    model, inputs = zoo.ZOO[name]()
+    plan = gaugec.compile(model, inputs)
+    again = GaugePlan.from_json(plan.to_json(), model, inputs)
+    legs = lambda p: [(lg.param, lg.conj, lg.part) for g in p.gauges for lg in g.legs]   # noqa: E731
+    assert legs(again) == legs(plan) and any(c or part for _, c, part in legs(plan))
+    assert torch.equal(again.tangent_basis(), plan.tangent_basis())
