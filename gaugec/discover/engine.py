@@ -397,15 +397,16 @@ class RuleCtx:
         """Every coordinate of C gets a one-dimensional block of ``kind`` ("pos" or "scalar")."""
         self.cons.restrict(C, kind)
 
-    def tie_scale(self, C: np.ndarray, axes: list[int]):
-        """The coordinates of C along ``axes`` (per position of the other axes) move only by one common positive
-        scale; a row only partly acted on is killed (a part of a normalised vector cannot be rescaled alone)."""
+    def tie(self, C: np.ndarray, axes: list[int], kind: str):
+        """The coordinates of C along ``axes`` (per position of the other axes: one normalised vector each) form one
+        block of ``kind`` ("scale", "orth", "orth1": :meth:`Constraints.tie`); a row only partly acted on is killed
+        (a part of a normalised vector cannot be moved alone)."""
         rows = rows_along(C, axes)
         self.cons.add_fibre_rows(rows)
         partial = (rows < 0).any(1) & (rows >= 0).any(1)
         if partial.any():
             self.kill(rows[partial], "a normalisation over a vector the group only partly moves")
-        self.cons.tie_scale(rows[(rows >= 0).all(1)])
+        self.cons.tie(rows[(rows >= 0).all(1)], kind)
 
     def half_edge(self, side: str, C: np.ndarray):
         self.cons.half_edges.setdefault(self.node.name, {}).setdefault(side, []).append((self.probe.id, C))

@@ -84,16 +84,10 @@ class Constraints:
         coords = np.unique(np.asarray(coords))
         self.kinds.append((kind, coords[coords >= 0]))
 
-    def tie_scale(self, rows: np.ndarray):
-        """Each row's coordinates may only move together, by one common positive scale c I (a normalisation at
-        eps = 0 over those coordinates)."""
-        rows = np.asarray(rows, dtype=np.int64).reshape(len(rows), -1)
-        if rows.size:
-            self.kinds.append(("scale", rows))
-
-    def tie_orth(self, rows: np.ndarray, kind: str = "orth"):
-        """Each row's coordinates form one block acting orthogonally (R with RᵀR = I; "orth1": also R 1 = 1): a
-        rotation that passes an RMS (LayerNorm) normalisation over those coordinates."""
+    def tie(self, rows: np.ndarray, kind: str):
+        """Each row's coordinates (one normalised vector) form one block of ``kind``: "scale" (one common positive
+        scale c I, a normalisation at eps = 0), "orth" (R with RᵀR = I, passing an RMS norm) or "orth1" (also
+        R 1 = 1, passing a layer norm)."""
         rows = np.asarray(rows, dtype=np.int64).reshape(len(rows), -1)
         if rows.size:
             self.kinds.append((kind, rows))

@@ -12,7 +12,8 @@
   twin of a GL probe (mode "orth", see the engine) ties each normalised vector's coordinates to one orthogonal block
   and carries them to the output. The gain then sees it conjugated, γ ⊙ R n = (D R D⁻¹)(γ ⊙ n) with D = diag(γ)
   (``gain_conjugation``), which the linear readers absorb (W ← W D R⁻¹ D⁻¹): the residual-stream rotation. Through
-  a LayerNorm only the rotations of the centred space pass (O(d − 1)); they are not derived yet.
+  a LayerNorm the rotations that fix the ones vector pass (O(d − 1), ``layernorm_rotation``: centring commutes with
+  them), and the LayerNorm's bias moves with the conjugated rotation.
   The aten ``layer_norm`` / ``rms_norm`` ops have a rule; the hand-written RMSNorm ``x * rsqrt(mean(x²) + eps)`` is
   recognised as a pattern.
 """
@@ -25,7 +26,7 @@ import sympy as sp
 import torch.fx
 
 from gaugec.discover.fx import arg, node_shape, norm_dim, op_name, strip_casts
-from gaugec.discover.state import param_axis_coords, rows_along
+from gaugec.discover.state import param_axis_coords
 from gaugec.discover.registry import PatternMatch, pattern, rule, stream_readers
 from gaugec.plan.gauge import Leg
 from gaugec.prove.lemmas import lemma
@@ -197,7 +198,7 @@ def _tie_input_scale(ctx, node, x, axes, eps, lemma_id: str):
                             f"(eps = {'the dtype epsilon' if eps is None else eps})")
     shape = node_shape(node)
     C = np.broadcast_to(C.reshape((1,) * (len(shape) - C.ndim) + C.shape), shape)
-    ctx.tie_scale(C, axes)
+    ctx.tie(C, axes, "scale")
     ctx.cite(lemma_id, C)
     ctx.tag("norm_scale", C)
     return None
@@ -215,12 +216,7 @@ def _pass_rotation(ctx, node, x, axes, gain=None, bias=None, kind: str = "orth")
         return None
     shape = node_shape(node)
     C = np.broadcast_to(C.reshape((1,) * (len(shape) - C.ndim) + C.shape), shape)
-    rows = rows_along(C, axes)
-    ctx.fibres(C, axes)
-    partial = (rows < 0).any(1) & (rows >= 0).any(1)
-    if partial.any():
-        ctx.kill(rows[partial], "a normalisation over a vector the rotation only partly moves")
-    ctx.cons.tie_orth(rows[(rows >= 0).all(1)], kind)
+    ctx.tie(C, axes, kind)
     ctx.cite("rmsnorm_rotation" if kind == "orth" else "layernorm_rotation", C)
     ctx.tag("stream_rotation", C)
     if gain is None:
