@@ -46,6 +46,23 @@ class OracleReport:
     soundness: dict[str, float]        # gauge name -> max ‖Jξ‖/(‖J‖‖ξ‖) over its generators
     modules: list[ModuleRow]
     threshold: float
+    # an orthonormal basis [n, missed] of the oracle's null directions that no found generator spans, over the
+    # parameters in ``param_names`` order (flattened); empty for a soundness-only report
+    missed_basis: torch.Tensor = dataclasses.field(default_factory=lambda: torch.zeros(0, 0), repr=False)
+    param_names: list[str] = dataclasses.field(default_factory=list, repr=False)
+    param_sizes: list[int] = dataclasses.field(default_factory=list, repr=False)
+
+    def missed_directions(self, k: int = 0) -> dict[str, torch.Tensor]:
+        """The k-th missed direction split by parameter (entries below 1e-8 of its peak zeroed): what to read
+        when a gauge is missing."""
+        v = self.missed_basis[:, k]
+        out, o = {}, 0
+        for name, sz in zip(self.param_names, self.param_sizes):
+            part = v[o:o + sz]
+            if float(part.abs().max()) > 1e-8 * float(v.abs().max()):
+                out[name] = part
+            o += sz
+        return out
 
     @property
     def sound(self) -> bool:
@@ -234,4 +251,5 @@ def verify(model, example_inputs, plan=None, loss: str | None = "cross_entropy",
         ii = torch.tensor(idx)
         modules.append(ModuleRow(mod, len(idx), float((N[ii] ** 2).sum()), float((Q[ii] ** 2).sum()),
                                  float((Umiss[ii] ** 2).sum())))
-    return OracleReport(n, rows, nullity, r, missed, gap, evals.numpy(), soundness, modules, rel_tol)
+    return OracleReport(n, rows, nullity, r, missed, gap, evals.numpy(), soundness, modules, rel_tol,
+                        missed_basis=Umiss, param_names=names, param_sizes=sizes)

@@ -54,13 +54,17 @@ CASES = [
      {"norm_gain": 48, "attention_qk_rope": 8, "attention_vo": 32, "glu_rescale": 12, "logit_shift": 16,
       "norm_input_scale": 1, "residual_rotation": 120}),
     # the LayerNorm stream (d 8) rotates by O(7), fixing the ones vector; the tied head (below) refuses it
+    # each reader with a bias of a layer norm (c_attn 24, c_fc 32) moves its rows along the inverse gain; the head
+    # has no bias to absorb the constant, so its kernel is the logit shift's. The token table's translation is taken
+    # by the position table (8 of the bias translations)
     ("gpt2-untied", lambda: zoo.gpt2(tie=False), "cross_entropy",
-     {"norm_gain": 24, "attention_qk": 32, "attention_vo": 32, "norm_input_shift": 66, "bias_translation": 16,
-      "key_bias": 8, "value_bias": 8, "logit_shift": 8, "residual_rotation": 21}),
+     {"norm_gain": 24, "attention_qk": 32, "attention_vo": 32, "norm_input_shift": 66, "bias_translation": 24,
+      "key_bias": 8, "value_bias": 8, "logit_shift": 8, "residual_rotation": 21, "layernorm_kernel": 56}),
     # the fused QKV bias is split into query / key / value translations: the key and value parts survive
+    # (the token translation moves the tied head's logits by <h, t> 1, which the loss absorbs: it survives the tie)
     ("gpt2-tied", lambda: zoo.gpt2(), "cross_entropy",
-     {"norm_gain": 16, "attention_qk": 32, "attention_vo": 32, "norm_input_shift": 50, "bias_translation": 16,
-      "key_bias": 8, "value_bias": 8}),
+     {"norm_gain": 16, "attention_qk": 32, "attention_vo": 32, "norm_input_shift": 50, "bias_translation": 24,
+      "key_bias": 8, "value_bias": 8, "layernorm_kernel": 56}),
     ("relu-mlp", zoo.relu_mlp, "cross_entropy", {"positive_rescale": 11, "logit_shift": 6}),
     # stacked experts: each expert's rescale acts on its slice W1[e], b1[e], W2[e]; the router's softmax absorbs a
     # row shift, and so does the loss each expert's head slice W2[e] (35 = the oracle's nullity)
@@ -68,7 +72,7 @@ CASES = [
     ("gelu-mlp", zoo.gelu_mlp, "cross_entropy", {"logit_shift": 7}),
     ("convnet-batchnorm", zoo.convnet, "cross_entropy", {"norm_gain": 4, "positive_rescale": 6, "logit_shift": 7}),
     ("layernorm-mlp", zoo.ln_mlp, None, {"norm_gain": 6, "norm_input_shift": 5, "bias_translation": 6,
-                                         "norm_input_scale": 1, "residual_rotation": 10}),
+                                         "norm_input_scale": 1, "residual_rotation": 10, "layernorm_kernel": 3}),
 ]
 
 

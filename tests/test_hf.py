@@ -54,7 +54,7 @@ CASES = {
     "llama": (llama, DECODER),
     "qwen2": (qwen2, DECODER),                 # q/k/v biases move with the RoPE commutant and GL maps
     "gpt2": (gpt2, {"norm_gain": 32, "attention_qk": 128, "attention_vo": 128, "norm_input_shift": 88,
-                    "bias_translation": 32, "key_bias": 16, "value_bias": 16}),
+                    "bias_translation": 48, "key_bias": 16, "value_bias": 16, "layernorm_kernel": 112}),
     "bert": (bert, None),
     "vit": (vit, None),
 }

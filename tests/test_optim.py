@@ -35,8 +35,12 @@ _worst_step_gap = tasks.worst_step_gap
 
 
 def _element(plan, only=None, seed=1):
+    """Scales log-uniform in [1/100, 100]; translations N(0, 10²) (30x the weights). Translations compound with the
+    scales (a LayerNorm kernel moves a bias by t ⟨β, γ⁻¹⟩, ~1e7 with t and β ~ 100 and γ ~ 1/100), and float64
+    has only 16 digits to bring such a point back to the section."""
     gen = torch.Generator().manual_seed(seed)
     el = plan.random_element(gen, spread=100.0, gl_spread=3.0)
+    el = [(kind, val / 10 if kind == "add" else val) for kind, val in el]
     if only is not None:
         el = [e if g.family == only else g.identity_element() for g, e in zip(plan.gauges, el)]
     return el
@@ -91,6 +95,7 @@ def _invariants(m, name) -> list[torch.Tensor]:
     if name == "gpt2":
         b = m.blocks[0]
         W = b.c_attn.weight * b.ln_1.weight
+        W = W - W.mean(1, keepdim=True)      # the LayerNorm kernel moves W D_g by t 1ᵀ, which the centred input hides
         bias = b.c_attn.weight @ b.ln_1.bias + b.c_attn.bias   # LayerNorm bias and c_attn bias, as the scores see them
         q, k, v = W.split(W.shape[1], 0)
         bq = bias[:W.shape[1]]
@@ -469,3 +474,25 @@ def test_ddcadam_is_equivariant_for_layernorm_stream_rotations(name):
     ref_w, _ = _train(model, inputs, plan, batches, None, "adamw", steps=30)
     moved_w, _ = _train(model, inputs, plan, batches, _element(plan, only="residual_rotation"), "adamw", steps=30)
     assert _worst_step_gap(ref_w, moved_w) >= 1e-3
+
+
+def test_the_layernorm_kernel_section_is_reached_and_kept():
+    """The kernel's section is {W γ = 0} for the reader W of a LayerNorm with gain γ: reached at construction with
+    the reader's bias compensating (f unchanged), and kept by every step although γ itself is trained."""
+    model, inputs = tasks.float64_zoo("ln_mlp")
+    plan = gaugec.compile(model, inputs, loss=None)
+    assert any(g.family == "layernorm_kernel" for g in plan.gauges)
+    with torch.no_grad():
+        model[2].weight.add_(torch.outer(torch.randn(3, dtype=torch.float64), 1 / model[1].weight))
+    f0 = model(*inputs).detach()
+    opt = DDCAdam(model.parameters(), plan, lr=1e-2)
+    assert float((model(*inputs) - f0).abs().max() / f0.abs().max()) < 1e-12
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(10):
+        x = torch.randn(16, 4, generator=gen, dtype=torch.float64)
+        loss = (model(x) - x[:, :3]).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        Wg = model[2].weight @ model[1].weight
+        assert float(Wg.abs().max()) < 1e-12 * float(model[2].weight.abs().max())

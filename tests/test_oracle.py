@@ -61,9 +61,10 @@ def test_layernorm_example_has_31_dimensions():
     model, inputs = zoo.ln_mlp()
     rep = gaugec.verify(model, inputs, loss=None)
     assert rep.nullity == 31          # design section 4
-    # gain 6 + input shift 5 + bias translation 6 + input scale 1 + the O(5) rotation of the centred space 10
-    assert rep.found_rank == 28
-    assert rep.missed == 3            # the LayerNorm kernel (W_reader + u γ⁻ᵀ, the reader's bias compensating)
+    # gain 6 + input shift 5 + bias translation 6 + input scale 1 + the O(5) rotation of the centred space 10 + the
+    # LayerNorm kernel 3 (W_reader + u γ⁻ᵀ, the reader's bias compensating)
+    assert rep.found_rank == 31
+    assert rep.missed == 0
 
 
 def test_layernorm_eps_breaks_the_input_scale():
@@ -79,9 +80,46 @@ def test_layernorm_eps_breaks_the_input_scale():
         nullity[eps], found[eps] = rep.nullity, rep.found_rank
         assert rep.sound
     assert nullity[0.0] == nullity[1e-2] + 1
-    # gain 6 + input shift 9 + bias translation 6 + the O(5) rotation of the centred space 10 (at any eps) + the
-    # input scale 1 (eps 0 only)
-    assert found == {0.0: 6 + 9 + 6 + 10 + 1, 1e-2: 6 + 9 + 6 + 10}
+    # gain 6 + input shift 9 + bias translation 6 + the O(5) rotation of the centred space 10 + the kernel 3 (at any
+    # eps) + the input scale 1 (eps 0 only): the whole null space at both
+    assert found == {0.0: 6 + 9 + 6 + 10 + 3 + 1, 1e-2: 6 + 9 + 6 + 10 + 3} == nullity
+
+
+@pytest.mark.parametrize("affine,ln_bias,reader_bias", [(a, b, r) for a in (True, False) for b in (True, False)
+                                                         for r in (True, False)])
+def test_the_layernorm_kernel_is_found_whole_in_every_variant(affine, ln_bias, reader_bias):
+    """A reader of a LayerNorm moves its rows along γ⁻¹ (along 1 without a gain); the constant t ⟨β, γ⁻¹⟩ it adds is
+    taken by its own bias, or is zero without β. Judged by the oracle, with the layer norm's gain and bias and the
+    reader's bias each present or not."""
+    torch.manual_seed(0)
+    ln = nn.LayerNorm(6, eps=0.0, elementwise_affine=affine, bias=ln_bias)
+    model = nn.Sequential(nn.Linear(5, 6), ln, nn.Linear(6, 4, bias=reader_bias), nn.ReLU(), nn.Linear(4, 3))
+    plan = gaugec.compile(model, (torch.randn(4, 5),), loss=None)
+    kernel = [g for g in plan.gauges if g.family == "layernorm_kernel"]
+    rep = gaugec.verify(model, (torch.randn(4, 5),), plan, loss=None)
+    assert rep.sound
+    if affine and ln_bias and not reader_bias:
+        # no bias takes t ⟨β, γ⁻¹⟩: the fibre {W' D_γ P = W D_γ P, W' β' = W β} (6 dimensions, β moving inside W's
+        # kernel first) is not derived, and nothing false is claimed
+        assert not kernel and rep.missed == 6
+    else:
+        assert sum(g.dim for g in kernel) == 4 and rep.missed == 0, (rep.nullity, rep.found_rank)
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_gpt2_misses_only_what_is_named(tie):
+    """The token table's translation is taken by the position table (with a tied head too: its logits move by
+    ⟨h, t⟩ 1); what the oracle still counts is the stream scale, which eps = 1e-5 breaks (its eigenvalue stands
+    apart from the exact gauges'), and, untied, the coupled kernel of the bias-free head (8)."""
+    model, inputs = zoo.gpt2(tie=tie)
+    plan = gaugec.compile(model, inputs)
+    emb = [g for g in plan.gauges if g.name == "bias_translation@wte"]
+    assert len(emb) == 1 and {(lg.param, lg.role) for lg in emb[0].legs} == {("wte.weight", "shift"),
+                                                                             ("wpe.weight", "absorb")}
+    rep = gaugec.verify(model, inputs, plan)
+    assert rep.sound and rep.missed == (1 if tie else 9)
+    ev = sorted(rep.eigenvalues)
+    assert ev[rep.nullity - 1] > 1e3 * ev[rep.nullity - 2]      # the last null direction is only near-null
 
 
 @pytest.mark.parametrize("name", ["llama_gqa", "gpt2", "gelu_mlp"])

@@ -180,7 +180,10 @@ class Engine:
             self._run_probe(probe)
 
     def _run_probe(self, probe: Probe):
-        state: dict[torch.fx.Node, object] = {probe.node: probe.initial}
+        starts = {n: a for n, a in {probe.node: probe.initial, **probe.also}.items() if (a >= 0).any()}
+        if not starts:
+            return              # closed at its seed (what it moves is absorbed there): nothing to carry
+        state: dict[torch.fx.Node, object] = dict(starts)
         heap: list[int] = []
         pending: set[torch.fx.Node] = set()
 
@@ -190,7 +193,8 @@ class Engine:
                     pending.add(u)
                     heapq.heappush(heap, self.index[u])
 
-        push_users(probe.node)
+        for n in starts:
+            push_users(n)
         while heap and not probe.dead:
             node = self.topo[heapq.heappop(heap)]
             pending.discard(node)
@@ -205,6 +209,9 @@ class Engine:
                     heapq.heappush(heap, self.index[match.output])
                 continue
             ctx = RuleCtx(self, probe, node, state)
+            if node in starts:      # a start of its own (a tied head) that the translation reaches as well
+                ctx.kill_all("a tied parameter's second use is reached by the translation it starts (not derived)")
+                continue
             out = ctx.dispatch(match)
             if isinstance(out, np.ndarray) and not (out >= 0).any():
                 out = None      # nothing acted on here (e.g. the untouched part of a split): no state

@@ -55,6 +55,9 @@ ADDITIVE: list[Family] = [
            sinks=("cross_entropy", "softmax"), lemmas=("softmax_shift",)),
     Family("norm_input_shift", "a translation of a LayerNorm's input along the all-ones direction",
            sinks=("layer_norm", "centring"), lemmas=("layernorm_shift", "mean_cancel")),
+    Family("layernorm_kernel", "a reader's rows moved along the inverse gain of the layer norm it reads (the "
+           "centred output annihilates it), its bias compensating", seeds=("centred_reader",),
+           lemmas=("layernorm_kernel",)),
     Family("bias_translation", "a bias translation absorbed by the biases downstream", lemmas=()),
 ]
 

@@ -516,7 +516,8 @@ def _additive_gauges(engine: Engine, uses: dict[str, dict[str, tuple]]) -> tuple
             continue
         bad = None
         for param in {lg.param for lg in p.legs}:
-            missing = _uncovered_uses(uses.get(param, {}), [lg for lg in p.legs if lg.param == param])
+            missing = _uncovered_uses(uses.get(param, {}), [lg for lg in p.legs if lg.param == param]) \
+                - p.also_uses.get(param, set())
             if missing:
                 bad = (f"parameter {param} is also used where the translation is not compensated (tied or "
                        f"shared)", sorted(missing)[0])

@@ -40,6 +40,10 @@ class Probe:
     describe: str = ""
     mode: str = ""            # "orth": the rotation twin of a GL probe (passes RMS norms, conjugated by their gains)
     conj: dict = dataclasses.field(default_factory=dict)   # node -> (gain param, offset, gain flat index per position)
+    # additive: further starting states (node -> labels) where a seed leg's parameter is read a second time (a tied
+    # embedding's head), and per parameter the nodes those uses are at (the tied-use check counts them as covered)
+    also: dict = dataclasses.field(default_factory=dict)
+    also_uses: dict = dataclasses.field(default_factory=dict)
 
 
 class Constraints:

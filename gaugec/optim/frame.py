@@ -134,7 +134,7 @@ class CanonicalFrameOptimizer(torch.optim.Optimizer):
         found_inf = self._found_inf(grads)
         self._base_step(found_inf)
         self._skipped.add_(found_inf)
-        self.executor.project_translations(self._named, skip=found_inf)
+        self.executor.project_translations(self._named, skip=found_inf, context=self._context)
         self.executor.rebalance(self._named, self.rebalance_sweeps, skip=found_inf)
         return loss
 

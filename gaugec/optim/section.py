@@ -72,12 +72,18 @@ class Stage:
 
 @dataclasses.dataclass
 class SeedLeg:
-    """A translation seed: its mean over ``axes`` (restricted to ``mask``) is the vertical coordinate."""
+    """A translation seed: its mean over ``axes`` (restricted to ``mask``) is the vertical coordinate. A weighted
+    seed (p <- p + t ⊗ d⁻¹ along its one axis, d read off a gain: the LayerNorm kernel) has the coordinate
+    φ = mean(p ⊙ d) instead, so that φ(p + t ⊗ d⁻¹) = φ(p) + t; its section {φ = 0} (W γ = 0 for a reader of a
+    LayerNorm) is kept by every gain rescale (γ <- c γ, W <- W c⁻¹) and by the rotations fixing the ones vector."""
 
     param: str
     axes: tuple
     mask: torch.Tensor | None   # 1 where the translation moves the entry (shape of the mean), None: all
     part: tuple = ()            # the slice of the parameter the seed lives in (Leg.part: one expert)
+    gain: str = ""              # weighted seed: the gain parameter d is read from ("" = unweighted)
+    gain_index: torch.Tensor | None = None   # γ's flat index per index along the one broadcast axis
+    gain_offset: float = 0.0
 
 
 def _dual(role: str, parity: int) -> bool:
@@ -114,7 +120,7 @@ class OrbitExecutor:
                 self.skipped.append((g.name, reason))
                 continue
             if g.compact:
-                frame = self._frame_legs(g, plan.gauges)
+                frame = self._frame_legs(g, plan.gauges, {k: len(i.shape) for k, i in plan._param_info.items()})
                 if not frame:
                     self.skipped.append((g.name, "a rotation none of whose legs only it moves (its frame cannot be "
                                                  "fixed equivariantly)"))
@@ -147,26 +153,36 @@ class OrbitExecutor:
         return ""
 
     @staticmethod
-    def _frame_legs(g: Gauge, gauges: list[Gauge]) -> list:
-        """The legs that fix a rotation gauge's frame: writer rows (moved by R itself, not conjugated) of parameters
-        that no other gauge moves, except a common scale c I on the same axis (which keeps the Gram's
-        eigenvectors) and, for a rotation fixing the ones vector, a shift along that vector (invisible to the centred
-        Gram its frame reads). Their Gram M = Σ X Xᵀ goes to R M Rᵀ under the rotation and is unchanged by every other
-        gauge, which is what makes the principal-axis frame a section (docs/ddc.md)."""
+    def _frame_legs(g: Gauge, gauges: list[Gauge], ndim: dict[str, int]) -> list[tuple]:
+        """The legs that fix a rotation gauge's frame, each with whether its rows are centred first: writer rows
+        (moved by R itself, not conjugated) of parameters that no other gauge moves, except a common scale c I on the
+        same axis (which keeps the Gram's eigenvectors); for a rotation fixing the ones vector, a shift along that
+        vector (invisible to the centred Gram its frame reads); and a translation adding one vector to every row
+        (an embedding's translation, absorbed by another table), which the rows centred over their other axes do not
+        see. Their Gram M = Σ X Xᵀ goes to R M Rᵀ under the rotation and is unchanged by every other gauge, which is
+        what makes the principal-axis frame a section (docs/ddc.md)."""
         fixes_ones = all(k == "orth1" for k, _ in g.blocks)
 
-        def harmless(other, lg):
+        def effect(other, lg):
+            """None: the other gauge disturbs the leg's Gram; else whether the rows must be centred for it not to."""
             mine = [o for o in other.legs if o.param == lg.param]
-            if other.kind == "add":     # a shift along the ones direction of the rotated axis: the centred Gram the
-                return fixes_ones and all(o.role == "shift" and not o.part and lg.axis in o.axes   # frame reads
-                                          for o in mine)
-            return all(k == "scale" for k, _ in other.blocks) and all(o.axis == lg.axis for o in mine)
+            if other.kind == "add":
+                plain = all(o.role == "shift" and not o.part and not o.conj and o.select is None for o in mine)
+                if plain and fixes_ones and all(lg.axis in o.axes for o in mine):
+                    return False        # along the ones direction of the rotated axis
+                rest = set(range(ndim[lg.param])) - {lg.axis}
+                if plain and all(lg.axis not in o.axes and set(o.axes) == rest for o in mine):
+                    return True         # one vector added to every row: centre the rows
+                return None
+            ok = all(k == "scale" for k, _ in other.blocks) and all(o.axis == lg.axis for o in mine)
+            return False if ok else None
         out = []
         for lg in g.legs:
             if lg.role != "out" or lg.conj or (lg.entries[lg.entries[:, 0] >= 0, 2] != 0).any():
                 continue
-            if all(harmless(o, lg) for o in gauges if o is not g and lg.param in o.params):
-                out.append(lg)
+            effects = [effect(o, lg) for o in gauges if o is not g and lg.param in o.params]
+            if None not in effects:
+                out.append((lg, any(effects)))
         return out
 
     def _compile_stages(self, gauges: list[Gauge]) -> list[Stage]:
@@ -227,7 +243,9 @@ class OrbitExecutor:
                 mask = torch.zeros(int(np.prod(mean_shape, dtype=np.int64)), dtype=torch.float64)
                 mask[torch.as_tensor(lg.select)] = 1.0
                 mask = mask.reshape(mean_shape)
-            legs.append(SeedLeg(lg.param, tuple(lg.axes), mask, lg.part))
+            legs.append(SeedLeg(lg.param, tuple(lg.axes), mask, lg.part, lg.conj,
+                                None if not lg.conj else torch.as_tensor(lg.conj_index, dtype=torch.long),
+                                lg.conj_offset))
         return legs
 
     def to(self, device):
@@ -238,32 +256,62 @@ class OrbitExecutor:
             for sl in legs:
                 if sl.mask is not None:
                     sl.mask = sl.mask.to(device)
+                if sl.gain_index is not None:
+                    sl.gain_index = sl.gain_index.to(device)
         return self
 
     # -- translations ----------------------------------------------------------------------------------------------
     @staticmethod
-    def _seed_mean(p: torch.Tensor, sl: SeedLeg) -> torch.Tensor:
+    def _seed_weight(sl: SeedLeg, params: dict[str, torch.Tensor], like: torch.Tensor):
+        """(d, ok) for a weighted seed, d shaped to broadcast along its axis (d = 1 where it is not finite and
+        non-zero; ok, a 0-dim bool, says whether it is); (None, None) for an unweighted one."""
+        if not sl.gain:
+            return None, None
+        d = params[sl.gain].detach().reshape(-1)[sl.gain_index].to(like.dtype) + sl.gain_offset
+        good = torch.isfinite(d) & (d != 0)
+        d = torch.where(good, d, torch.ones_like(d))
+        return d.reshape([-1 if i == sl.axes[0] else 1 for i in range(like.ndim)]), good.all()
+
+    @classmethod
+    def _seed_mean(cls, p: torch.Tensor, sl: SeedLeg, params: dict[str, torch.Tensor]):
+        """(φ, d): the seed's vertical coordinate (its mean over the broadcast axes; mean(p ⊙ d) for a weighted
+        seed, held at 0 where d has a zero or non-finite entry) and the weight d (None: unweighted)."""
         p = slice_part(p, 0, sl.part)[0]
-        mean = p.mean(dim=sl.axes, keepdim=True) if sl.axes else p
-        return mean if sl.mask is None else mean * sl.mask.to(p.dtype)
+        d, ok = cls._seed_weight(sl, params, p)
+        if d is not None:
+            mean = (p * d).mean(dim=sl.axes, keepdim=True) * ok.to(p.dtype)
+        else:
+            mean = p.mean(dim=sl.axes, keepdim=True) if sl.axes else p
+        return (mean if sl.mask is None else mean * sl.mask.to(p.dtype)), d
 
     @torch.no_grad()
-    def project_translations(self, params: dict[str, torch.Tensor], skip: torch.Tensor | None = None):
-        """Subtract each seed's mean over its broadcast axes: the update's vertical part (V t) never enters.
-        ``skip`` (a 0-dim device tensor, 1 = skip) makes it a no-op without a host synchronisation."""
+    def project_translations(self, params: dict[str, torch.Tensor], skip: torch.Tensor | None = None,
+                             context: dict[str, torch.Tensor] | None = None):
+        """Subtract each seed's vertical part (its mean over the broadcast axes; φ ⊗ d⁻¹ for a weighted seed): the
+        update's vertical part (V t) never enters. ``skip`` (a 0-dim device tensor, 1 = skip) makes it a no-op
+        without a host synchronisation. ``context``: parameters a weighted seed reads its gain from, never
+        written."""
+        readable = {**(context or {}), **params}
         for legs in self.seeds:
             for sl in legs:
                 p = slice_part(params[sl.param], 0, sl.part)[0]       # a view: the subtraction lands in the parameter
-                mean = self._seed_mean(params[sl.param], sl)
-                p.sub_(mean if skip is None else mean * (1 - skip).to(p.dtype))
+                mean, d = self._seed_mean(params[sl.param], sl, readable)
+                vertical = mean if d is None else mean / d
+                p.sub_(vertical if skip is None else vertical * (1 - skip).to(p.dtype))
 
     @torch.no_grad()
-    def _canonicalise_translations(self, params, context=None) -> float:
+    def _canonicalise_translations(self, params, context=None, held: dict | None = None) -> float:
         """Move every additive gauge to its section with the absorbers compensated; returns the largest seed mean.
-        ``context``: the model's other parameters, read (never written) by the absorber pass."""
+        ``context``: the model's other parameters, read (never written) by the absorber pass. A weighted gauge
+        whose gain has a zero entry is left where it is (its direction d⁻¹ is undefined) and listed in ``held``."""
         worst = 0.0
+        readable = {**(context or {}), **params}
         for g, legs in zip(self.add_gauges, self.seeds):
-            means = [self._seed_mean(params[sl.param], sl) for sl in legs]
+            if any(sl.gain and not bool(self._seed_weight(sl, readable, params[sl.param])[1]) for sl in legs):
+                if held is not None:
+                    held[g.name] = [0]
+                continue
+            means = [self._seed_mean(params[sl.param], sl, readable)[0] for sl in legs]
             size = max(float(m.abs().max()) for m in means) if means else 0.0
             scale = max(float(params[sl.param].abs().max()) for sl in legs) if legs else 1.0
             worst = max(worst, size / max(scale, 1e-300))
@@ -275,7 +323,7 @@ class OrbitExecutor:
                 if sl.mask is not None:
                     flat = flat[sl.mask.reshape(-1).cpu() > 0]
                 vec.append(-flat)
-            changes = self.plan.additive_changes(g, torch.cat(vec), {**(context or {}), **params})
+            changes = self.plan.additive_changes(g, torch.cat(vec), readable)
             for name, d in changes.items():
                 params[name].add_(d.to(device=params[name].device, dtype=params[name].dtype))
         return worst
@@ -420,11 +468,13 @@ class OrbitExecutor:
             for b, (_, m) in enumerate(g.blocks):
                 M = torch.zeros(m, m, dtype=torch.float64)
                 moment = torch.zeros(m, dtype=torch.float64)
-                for lg in frame:
+                for lg, centred in frame:
                     for pos, loc, _ in groups_of_entries(lg.entries).get(b, []):
                         part, axis = lg.slice_of(work[lg.param])
-                        X = part.movedim(axis, 0)[torch.as_tensor(pos)[np.argsort(loc)]]
-                        X = X.reshape(m, -1).cpu()
+                        X = part.movedim(axis, 0)
+                        if centred:
+                            X = X - X.mean(dim=tuple(range(1, X.ndim)), keepdim=True)
+                        X = X[torch.as_tensor(pos)[np.argsort(loc)]].reshape(m, -1).cpu()
                         M += X @ X.T
                         moment += X @ _probe(X.shape[1], X)
                 R = block_kind(g.blocks[b][0]).frame(M, moment)
@@ -492,8 +542,9 @@ class OrbitExecutor:
         report = None
         history: list[float] = []
         norms = None
+        translations_held: dict[str, list[int]] = {}
         for sweep in range(1, max_sweeps + 1):
-            residual = self._canonicalise_translations(work, context)
+            residual = self._canonicalise_translations(work, context, translations_held)
             if norms is None:       # the guard judges the multiplicative moves (a translation section may zero a bias)
                 norms = {k: float(v.norm()) for k, v in work.items()}
             stability = []
@@ -511,7 +562,7 @@ class OrbitExecutor:
             warnings.warn(f"gaugec: the canonical section did not converge in {max_sweeps} sweeps (residual "
                           f"{residual:.2e} > {tol:.0e}); equivariance holds only to that level", stacklevel=2)
             report = {"sweeps": max_sweeps, "residual": residual}
-        report["held"] = {**self._count_held(stability), **rotations_held}
+        report["held"] = {**self._count_held(stability), **rotations_held, **translations_held}
         for name, p in params.items():
             new = work[name]
             if not bool(torch.isfinite(new).all()):

@@ -42,8 +42,8 @@ def conj_gain(leg: Leg, params: dict[str, torch.Tensor]) -> torch.Tensor | None:
     d = torch.ones(len(idx), dtype=torch.float64)
     d[idx >= 0] = gamma[idx[idx >= 0]] + leg.conj_offset
     if not bool(torch.isfinite(d).all()) or bool((d == 0).any()):
-        raise ValueError(f"the rotation on {leg.param} is conjugated by the gain {leg.conj}, which has a zero or "
-                         f"non-finite entry: the rotation is not a symmetry at these parameters")
+        raise ValueError(f"the gauge's leg on {leg.param} reads the gain {leg.conj}, which has a zero or non-finite "
+                         f"entry: the action is not defined (not a symmetry) at these parameters")
     return d
 
 
@@ -91,8 +91,10 @@ def apply_mult_leg(p: torch.Tensor, leg: Leg, mats: list[torch.Tensor], tangent:
     return out.reshape(x.shape).movedim(0, leg.axis)
 
 
-def shift_from_vector(shape: tuple, axes: tuple, vec: torch.Tensor, select=None) -> torch.Tensor:
-    """1 (x) t over the broadcast ``axes``; with ``select``, vec fills only those entries of t (the rest stay 0)."""
+def shift_from_vector(shape: tuple, axes: tuple, vec: torch.Tensor, select=None,
+                      weight: torch.Tensor | None = None) -> torch.Tensor:
+    """1 (x) t over the broadcast ``axes``; with ``select``, vec fills only those entries of t (the rest stay 0);
+    with ``weight`` (one broadcast axis), t (x) weight instead of t (x) 1."""
     free = [i for i in range(len(shape)) if i not in axes]
     if select is not None:
         full = torch.zeros(int(np.prod([shape[i] for i in free], dtype=np.int64)), dtype=vec.dtype)
@@ -101,4 +103,14 @@ def shift_from_vector(shape: tuple, axes: tuple, vec: torch.Tensor, select=None)
     t = vec.reshape([shape[i] for i in free]) if free else vec.reshape(())
     for a in sorted(axes):
         t = t.unsqueeze(a)
+    if weight is not None:
+        if len(axes) != 1:
+            raise PlanMismatchError("a weighted shift broadcasts along exactly one axis")
+        t = t * weight.to(t.dtype).reshape([-1 if i == axes[0] else 1 for i in range(len(shape))])
     return t.expand(shape).clone()
+
+
+def shift_weight(leg: Leg, params: dict[str, torch.Tensor]) -> torch.Tensor | None:
+    """d⁻¹ along a weighted shift leg's broadcast axis (None: an unweighted shift, t (x) 1)."""
+    d = conj_gain(leg, params)
+    return None if d is None else 1.0 / d

@@ -49,6 +49,10 @@ class Leg:
     (γ ⊙ R n = (D R D⁻¹)(γ ⊙ n), lemma ``gain_conjugation``); ``conj_index`` gives γ's flat index per index along
     ``axis``.
 
+    A "shift" leg with ``conj`` broadcasts t along its one axis in ``axes`` weighted by d⁻¹, d = γ[conj_index] +
+    conj_offset: p <- p + t ⊗ d⁻¹ (a reader of a LayerNorm's output moved along γ⁻¹, which the centred output
+    annihilates: lemma ``layernorm_kernel``).
+
     ``part``: the leg moves only the slice of the parameter at these (axis, index) pairs (one expert of a stacked
     experts weight); ``axis`` then counts the parameter's axes as usual.
 

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from gaugec.capture import capture, param_offsets, unique_named_parameters
-from gaugec.plan import Gauge, Leg, PlanMismatchError, apply_mult_leg, conj_gain, shift_from_vector
+from gaugec.plan import Gauge, Leg, PlanMismatchError, apply_mult_leg, conj_gain, shift_from_vector, shift_weight
 from gaugec.plan.runner import GraphRunner
 from gaugec.prove import Proof
 from gaugec.prove.numeric import numeric_check
@@ -45,7 +45,9 @@ class GaugePlan:
                     raise PlanMismatchError(f"gauge {g.name}: parameter {lg.param!r} is not in the model")
                 if lg.conj:
                     gain = self._param_info.get(lg.conj)
-                    if gain is None or lg.conj_index is None or len(lg.conj_index) != len(lg.entries) \
+                    along = len(lg.entries) if lg.entries is not None else (
+                        lg.part_shape(tuple(info.shape))[lg.axes[0]] if len(lg.axes) == 1 else -1)
+                    if gain is None or lg.conj_index is None or len(lg.conj_index) != along \
                             or int(lg.conj_index.max()) >= int(np.prod(gain.shape)) \
                             or lg.conj in {other.param for other in g.legs}:
                         raise PlanMismatchError(f"gauge {g.name}: the leg on {lg.param} is conjugated by {lg.conj!r}, "
@@ -183,7 +185,8 @@ class GaugePlan:
                 continue
             shape = tuple(params[lg.param].shape)
             n = lg.shift_dim(shape)
-            t = shift_from_vector(lg.part_shape(shape), lg.axes, vec[k:k + n].cpu(), lg.select)
+            t = shift_from_vector(lg.part_shape(shape), lg.axes, vec[k:k + n].cpu(), lg.select,
+                                  shift_weight(lg, params))
             if lg.part:                 # one expert's slice of a stacked weight
                 whole = torch.zeros(shape, dtype=t.dtype)
                 lg.slice_of(whole)[0].copy_(t)

@@ -5,8 +5,8 @@ Where things go:
   linear.py      linear, matmul, convolution, embedding: GL writers and readers, contractions (Q/K), V/O
   elementwise.py ReLU / LeakyReLU (positive scalings), products (GLU, gains), sums (biases, translations, residual
                  sums that move their other writer), barriers
-  norm.py        LayerNorm / RMSNorm / BatchNorm gains, the LayerNorm shift, the input scale at eps = 0 (and the
-                 written-out RMSNorm pattern)
+  norm.py        LayerNorm / RMSNorm / BatchNorm gains, the LayerNorm shift and kernel, the input scale at eps = 0,
+                 the stream rotations (and the written-out RMSNorm pattern)
   attention.py   scaled dot-product attention, softmax and the translations it absorbs
   rope.py        the rotary-embedding pattern and its commutant
   reduce.py      mean / sum / pooling

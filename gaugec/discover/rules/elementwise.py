@@ -22,7 +22,7 @@ import sympy as sp
 from gaugec.discover.fx import CAST_OPS, arg, node_shape, op_name, varying_axes
 from gaugec.discover.registry import barrier, rule
 from gaugec.discover.state import param_axis_coords
-from gaugec.discover.rules.linear import _absorb_bias
+from gaugec.discover.rules.linear import _absorb_bias, absorb_by_embedding
 from gaugec.discover.rules.norm import conjugate
 from gaugec.plan.gauge import Leg
 from gaugec.prove.lemmas import lemma
@@ -343,6 +343,8 @@ def add_add(ctx, node):
     if ctx.param_view(other) is not None and name.startswith("add") and ctx.probe.node is not node:
         if _absorb_bias(ctx, L, other, shape):
             return None
+    if name.startswith("add") and arg(node, 2, "alpha", 1) == 1 and absorb_by_embedding(ctx, L, other, shape):
+        return None
     ctx.cite("additive_passthrough")
     return L
 

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import numpy as np
 import sympy as sp
+import torch.fx
 
-from gaugec.discover.fx import arg, node_shape, norm_dim, op_name, varying_axes
+from gaugec.discover.fx import arg, node_shape, norm_dim, op_name, strip_casts, varying_axes
 from gaugec.discover.registry import rule
+from gaugec.discover.rules.norm import seed_layernorm_kernel
 from gaugec.discover.state import param_axis_coords, row_classes
 from gaugec.plan.gauge import Leg
 from gaugec.prove.lemmas import lemma, sym_matrix, sym_vector
@@ -137,13 +139,17 @@ def output_segments(node, axis: int, n: int) -> list[tuple[int, int]]:
 
 @rule("linear", kind="seed")
 def seed_linear(sc, node):
-    seed_writer(sc, node, arg(node, 1, "weight"), arg(node, 2, "bias"), len(node_shape(node)) - 1, "linear")
+    W, b = arg(node, 1, "weight"), arg(node, 2, "bias")
+    seed_writer(sc, node, W, b, len(node_shape(node)) - 1, "linear")
+    seed_layernorm_kernel(sc, node, arg(node, 0, "input"), W, b, 1, "linear")
 
 
 @rule("addmm", kind="seed")
 def seed_addmm(sc, node):
     """addmm(b, x, W) = b + x @ W (Hugging Face Conv1D)."""
-    seed_writer(sc, node, arg(node, 2, "mat2"), arg(node, 0, "self"), len(node_shape(node)) - 1, "addmm", 1)
+    W, b = arg(node, 2, "mat2"), arg(node, 0, "self")
+    seed_writer(sc, node, W, b, len(node_shape(node)) - 1, "addmm", 1)
+    seed_layernorm_kernel(sc, node, arg(node, 1, "mat1"), W, b, 0, "addmm")
 
 
 @rule("matmul", "mm", kind="seed")
@@ -173,11 +179,55 @@ def seed_embedding(sc, node):
     C = np.broadcast_to(np.arange(d), shape)
     sc.probe("mult", "gl", C, [Leg(pv.param, "out", axis=1, coords=np.arange(d))],
              describe=f"GL({d}) on the output of embedding {node.name}", cites=("embedding_writer",))
-    sc.probe("add", "translation", np.broadcast_to(np.arange(d), shape), [Leg(pv.param, "shift", axes=(0,))],
-             describe=f"translation of every row of embedding {node.name}", cites=("embedding_writer",))
+    p = sc.probe("add", "translation", np.broadcast_to(np.arange(d), shape), [Leg(pv.param, "shift", axes=(0,))],
+                 describe=f"translation of every row of embedding {node.name}", cites=("embedding_writer",))
+    _start_at_tied_heads(sc, p, pv, node)
     # W_E <- W_E + a 1^T: each token's row moves along the ones direction (a layer norm absorbs it)
     sc.probe("add", "row_shift", token_labels(shape), [Leg(pv.param, "shift", axes=(1,))],
              describe=f"row shift of embedding {node.name}", cites=("embedding_writer",))
+
+
+def _start_at_tied_heads(sc, probe, pv, node):
+    """A translation of every row of an embedding E <- E + 1 tᵀ whose table is read again as a linear head
+    (``linear(h, E)``, a tied head) moves that head's output by ⟨h, t⟩ 1 per token (``row_shift``): the probe
+    starts there as well, with per-token labels, and the head use counts as covered."""
+    for u in sc.engine.topo:
+        if u is node or u.op != "call_function" or op_name(u) != "linear" or len(u.args) < 2:
+            continue
+        head = sc.param_view(u.args[1])
+        if head is None or head.param != pv.param:
+            continue
+        shape = node_shape(u)
+        if head.fixed(-1) or head.ndim != 2 or not np.array_equal(head.P, pv.P) or shape is None \
+                or sc.param_view(u.args[0]) is not None or arg(u, 2, "bias") is not None:
+            continue
+        probe.also[u] = token_labels(shape)
+        probe.also_uses.setdefault(pv.param, set()).add(u.name)
+        probe.citations.append(("row_shift", u.name, None))
+
+
+def absorb_by_embedding(ctx, L: np.ndarray, other, shape) -> bool:
+    """A translation constant over the tokens meets the sum with another embedding's lookup: that table's rows take
+    it, E' <- E' - 1 tᵀ (``embedding_writer``), when the lookup feeds only this sum and comes after the
+    translation's seed in the graph (so the token and position tables do not both find the one gauge)."""
+    emb = strip_casts(other)
+    if not (isinstance(emb, torch.fx.Node) and op_name(emb) == "embedding") or len(emb.users) != 1 \
+            or (emb is not other and len(other.users) != 1):
+        return False
+    pv = ctx.param_view(arg(emb, 0, "weight"))
+    eshape = node_shape(emb)
+    if pv is None or pv.ndim != 2 or pv.fixed(-1) or eshape is None or eshape[-1] != shape[-1] \
+            or ctx.engine.index[emb] <= ctx.engine.index[ctx.probe.node]:
+        return False
+    lead = L.reshape(-1, L.shape[-1])
+    if not (lead == lead[:1]).all():
+        return False                    # not constant over the tokens
+    # every row r, feature j of the table is compensated by the change at the first token's feature j
+    rows, d = pv.pshape
+    ctx.leg(pv.param, "absorb", site=ctx.node.name, site_index=np.tile(np.arange(d), rows), at=emb)
+    ctx.cite("embedding_writer")
+    ctx.sink(f"embedding {pv.param}")
+    return True
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -14,6 +14,10 @@
   (``gain_conjugation``), which the linear readers absorb (W ← W D R⁻¹ D⁻¹): the residual-stream rotation. Through
   a LayerNorm the rotations that fix the ones vector pass (O(d − 1), ``layernorm_rotation``: centring commutes with
   them), and the LayerNorm's bias moves with the conjugated rotation.
+* The LayerNorm kernel: a LayerNorm's output y = γ ⊙ n + β has Σ n = 0, so γ⁻¹ · y = ⟨β, γ⁻¹⟩ for every input;
+  a linear reader moves its rows along γ⁻¹, W <- W + t γ⁻ᵀ, and its output moves by the constant t ⟨β, γ⁻¹⟩, which
+  its own bias absorbs (or a translation probe carries downstream; nothing moves at all when β is absent)
+  (``layernorm_kernel``). The leg reads γ (a weighted shift, ``Leg.conj``).
   The aten ``layer_norm`` / ``rms_norm`` ops have a rule; the hand-written RMSNorm ``x * rsqrt(mean(x²) + eps)`` is
   recognised as a pattern.
 """
@@ -25,11 +29,11 @@ import numpy as np
 import sympy as sp
 import torch.fx
 
-from gaugec.discover.fx import arg, node_shape, norm_dim, op_name, strip_casts
+from gaugec.discover.fx import CAST_OPS, arg, node_shape, norm_dim, op_name, strip_casts
 from gaugec.discover.state import param_axis_coords
 from gaugec.discover.registry import PatternMatch, pattern, rule, stream_readers
 from gaugec.plan.gauge import Leg
-from gaugec.prove.lemmas import lemma
+from gaugec.prove.lemmas import lemma, sym_matrix, sym_vector
 
 
 @lemma("layernorm_shift", "LN(x + s 1) = LN(x): centring removes a translation along the ones direction")
@@ -109,6 +113,84 @@ def _gain_conjugation():
     conj = D * R * D.inv()
     return [sp.simplify(D * (R * n) - conj * (D * n)),
             sp.simplify((W * D * R.inv() * D.inv()) * conj * (D * n) - W * (D * n))]
+
+
+@lemma("layernorm_kernel", "(W + t d^-T)(d * n + beta) + b - t <beta, d^-1> = W (d * n + beta) + b when sum(n) = 0: "
+       "a reader of a layer norm's output moves its rows along the inverse gain, its bias takes the constant")
+def _ln_kernel():
+    d = sp.symbols("d0:3", nonzero=True)
+    n0, n1 = sp.symbols("n0 n1", real=True)
+    n = [n0, n1, -n0 - n1]                      # the centred output of a layer norm sums to zero
+    W, t, beta, b = sym_matrix("w", 2, 3), sym_vector("t", 2), sym_vector("beta", 3), sym_vector("b", 2)
+    dinv = sp.Matrix([1 / di for di in d])
+    y = sp.Matrix([d[i] * n[i] + beta[i] for i in range(3)])
+    moved = (W + t * dinv.T) * y + b - t * (beta.T * dinv)[0]
+    return [sp.simplify(moved - (W * y + b))]
+
+
+def layer_norm_behind(x) -> torch.fx.Node | None:
+    """The ``layer_norm`` node over the last axis whose output ``x`` is, up to casts, copies, eval-mode dropout and
+    views that keep the last axis (HF Conv1D's [B, T, d] -> [B T, d]); None otherwise."""
+    for _ in range(16):
+        if not (isinstance(x, torch.fx.Node) and x.op == "call_function"):
+            return None
+        name = op_name(x)
+        if name == "layer_norm":
+            return x if len(arg(x, 1, "normalized_shape")) == 1 else None
+        keeps = name in CAST_OPS or name in ("detach", "view", "_unsafe_view", "reshape") or (
+            name == "dropout" and not arg(x, 2, "train", True))
+        src = x.args[0] if x.args else None
+        if not keeps or not isinstance(src, torch.fx.Node):
+            return None
+        a, b = node_shape(src), node_shape(x)
+        if not a or not b or a[-1] != b[-1]:
+            return None
+        x = src
+    return None
+
+
+def seed_layernorm_kernel(sc, node, x, W, b, w_in_view_axis: int, what: str):
+    """Seed the LayerNorm kernel at a linear reader ``node`` (output features on its last axis) of ``x``: the shift
+    W <- W + t γ⁻ᵀ along the weight view's input axis ``w_in_view_axis`` (``layernorm_kernel``). With the layer
+    norm's bias β the output moves by t ⟨β, γ⁻¹⟩ per feature: the reader's bias absorbs it, or the probe carries it;
+    without β nothing moves and the probe is closed at its seed."""
+    ln = layer_norm_behind(x)
+    pvW, shape = sc.param_view(W), node_shape(node)
+    if ln is None or pvW is None or shape is None:
+        return
+    d = node_shape(ln)[-1]
+    pshape = sc.engine.gg.params[pvW.param].shape
+    found = param_axis_coords(pvW.fibre(w_in_view_axis), np.arange(d), pshape)
+    if found is None or (found[1] < 0).any():
+        return
+    axis, features = found
+    part = pvW.fixed(axis)
+    if len(pshape) - len(part) != 2:
+        return
+    leg = Leg(pvW.param, "shift", axes=(axis - sum(k < axis for k, _ in part),), part=part)
+    gamma, beta = arg(ln, 2, "weight"), arg(ln, 3, "bias")
+    if gamma is not None:
+        pvg = sc.param_view(gamma)
+        if pvg is None or pvg.ndim != 1:
+            return
+        leg.conj, leg.conj_offset, leg.conj_index = pvg.param, pvg.offset, pvg.P.reshape(-1)[features]
+    if beta is not None and sc.param_view(beta) is None:
+        return                  # a computed bias: not derived
+    legs, initial = [leg], np.full(shape, -1)
+    if beta is not None:
+        initial = np.broadcast_to(np.arange(shape[-1]), shape)
+        pvb = sc.param_view(b)
+        if pvb is not None and pvb.ndim == 1 and pvb.shape[0] == shape[-1] and not pvb.fixed(-1):
+            flatP = np.broadcast_to(pvb.P, shape).reshape(-1)
+            first = np.zeros(shape[-1], dtype=np.int64)
+            order = np.arange(flatP.size)[::-1]
+            first[flatP[order]] = order          # the first output position each bias entry is added at
+            legs.append(Leg(pvb.param, "absorb", site=node.name, site_index=first))
+            initial = np.full(shape, -1)
+    p = sc.probe("add", "centred_reader", initial, legs, describe=f"rows of {what} {node.name} along the inverse "
+                 f"gain of layer norm {ln.name}", cites=("layernorm_kernel",))
+    if not (initial >= 0).any():
+        p.sinks.append((node.name, "layernorm_kernel"))
 
 
 def _normalised_axes(node, shape, nshape_arg):
