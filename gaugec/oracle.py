@@ -4,7 +4,8 @@ At a generic θ every symmetry generator ξ lies in the null space of J = ∂f(�
 and for analytic networks the null space is spanned by symmetry generators. The oracle:
 
 * re-initialises a float64 copy of the model at a generic point (fan-in scaled weights, gains near 1, nonzero
-  biases), draws random inputs covering every token and position until J has more rows than θ has entries,
+  biases), draws random inputs covering every token and position until J has ``row_factor`` x more rows than θ
+  has entries, then 1.5 x more at a time until the nullity stops falling (``max_batches`` bounds it),
 * accumulates G = JᵀJ and reads its eigenvalues: the nullity counts those below ``rel_tol`` x the largest,
   and the gap between the last null and the first non-null eigenvalue is reported,
 * checks every found generator: ‖Jξ‖ / (‖J‖ ‖ξ‖) at rounding level (soundness),
@@ -161,6 +162,23 @@ def orthonormal_columns(A: torch.Tensor, rtol: float | None = None, atol: float 
     return Qr
 
 
+def _module_rows(names, sizes, N, Q, Umiss) -> list[ModuleRow]:
+    """Per module, the squared mass of the null space (N), the found span (Q) and the missed space (Umiss) on its
+    parameters (orthonormal bases, so the masses add up to the dimensions)."""
+    by_module: dict[str, list[int]] = {}
+    o = 0
+    for k, sz in zip(names, sizes):
+        mod = k.rsplit(".", 1)[0] if "." in k else "(root)"
+        by_module.setdefault(mod, []).extend(range(o, o + sz))
+        o += sz
+    rows = []
+    for mod, idx in by_module.items():
+        ii = torch.tensor(idx)
+        rows.append(ModuleRow(mod, len(idx), float((N[ii] ** 2).sum()), float((Q[ii] ** 2).sum()),
+                              float((Umiss[ii] ** 2).sum())))
+    return rows
+
+
 def verify(model, example_inputs, plan=None, loss: str | None = "cross_entropy", seed: int = 0,
            rel_tol: float = 1e-10, row_factor: float = 4.0, max_batches: int = 64,
            soundness_only: bool = False) -> OracleReport:
@@ -203,19 +221,31 @@ def verify(model, example_inputs, plan=None, loss: str | None = "cross_entropy",
     batch_mult = max(1, math.ceil(row_factor * n / max(per_example, 1) / 8))
     if soundness_only:
         batch_mult, max_batches = 1, 2
-    while rows < row_factor * n and batches < max_batches:
-        inputs = sample_inputs(model64, example_inputs, gen, batch_mult)
-        J = jacrev(f_of)(theta, inputs)
-        if not bool(torch.isfinite(J).all()):
-            raise FloatingPointError("the Jacobian has non-finite entries at the oracle's point (a norm with "
-                                     "eps = 0 on a zero vector, or an overflow)")
+    target, counted = row_factor * n, None
+    while batches < max_batches:
+        while rows < target and batches < max_batches:
+            inputs = sample_inputs(model64, example_inputs, gen, batch_mult)
+            J = jacrev(f_of)(theta, inputs)
+            if not bool(torch.isfinite(J).all()):
+                raise FloatingPointError("the Jacobian has non-finite entries at the oracle's point (a norm with "
+                                         "eps = 0 on a zero vector, or an overflow)")
+            if G is None:
+                Js.append(J)
+            else:
+                G += J.T @ J
+            JB2 += ((J @ B.T) ** 2).sum(0)
+            rows += J.shape[0]
+            batches += 1
         if G is None:
-            Js.append(J)
-        else:
-            G += J.T @ J
-        JB2 += ((J @ B.T) ** 2).sum(0)
-        rows += J.shape[0]
-        batches += 1
+            break
+        # rows are added until the nullity stops falling: a piecewise-linear net (ReLU, max-pool) with few outputs
+        # per example needs many more rows than parameters before J shows its rank (a small convnet: 47 at 4 n rows,
+        # 25 from 16 n)
+        ev = torch.linalg.eigvalsh(G)
+        nullity_now = int((ev < rel_tol * ev[-1].clamp_min(1e-300)).sum())
+        if nullity_now == counted:
+            break
+        counted, target = nullity_now, rows * 1.5
     if soundness_only:
         J = torch.cat(Js)
         lam_max = float(torch.linalg.eigvalsh(J @ J.T)[-1].clamp_min(1e-300))
@@ -240,16 +270,6 @@ def verify(model, example_inputs, plan=None, loss: str | None = "cross_entropy",
     Umiss = orthonormal_columns(M, atol=1e-6)
     missed = Umiss.shape[1]
 
-    modules = []
-    by_module: dict[str, list[int]] = {}
-    o = 0
-    for k, sz in zip(names, sizes):
-        mod = k.rsplit(".", 1)[0] if "." in k else "(root)"
-        by_module.setdefault(mod, []).extend(range(o, o + sz))
-        o += sz
-    for mod, idx in by_module.items():
-        ii = torch.tensor(idx)
-        modules.append(ModuleRow(mod, len(idx), float((N[ii] ** 2).sum()), float((Q[ii] ** 2).sum()),
-                                 float((Umiss[ii] ** 2).sum())))
-    return OracleReport(n, rows, nullity, r, missed, gap, evals.numpy(), soundness, modules, rel_tol,
+    return OracleReport(n, rows, nullity, r, missed, gap, evals.numpy(), soundness,
+                        _module_rows(names, sizes, N, Q, Umiss), rel_tol,
                         missed_basis=Umiss, param_names=names, param_sizes=sizes)

@@ -70,7 +70,10 @@ CASES = [
     # row shift, and so does the loss each expert's head slice W2[e] (35 = the oracle's nullity)
     ("moe-mlp", zoo.moe_mlp, "cross_entropy", {"positive_rescale": 15, "logit_shift": 20}),
     ("gelu-mlp", zoo.gelu_mlp, "cross_entropy", {"logit_shift": 7}),
-    ("convnet-batchnorm", zoo.convnet, "cross_entropy", {"norm_gain": 4, "positive_rescale": 6, "logit_shift": 7}),
+    # conv1's bias translation passes the batch norm (eval) as (γ / s) t and its bias takes it; conv1's per-channel
+    # scale is undone by the batch norm's gain, its bias taking the running mean's share
+    ("convnet-batchnorm", zoo.convnet, "cross_entropy", {"norm_gain": 4, "positive_rescale": 6, "logit_shift": 7,
+                                                         "bias_translation": 4, "batchnorm_input_scale": 4}),
     ("layernorm-mlp", zoo.ln_mlp, None, {"norm_gain": 6, "norm_input_shift": 5, "bias_translation": 6,
                                          "norm_input_scale": 1, "residual_rotation": 10, "layernorm_kernel": 3}),
 ]

@@ -228,3 +228,29 @@ def test_stacked_experts_are_found_whole():
     assert all(lg.part for g in plan.gauges for lg in g.legs if lg.param in ("w1", "b1", "w2"))
     rep = gaugec.verify(model, inputs, plan)
     assert rep.sound and rep.found_rank == rep.nullity == 35
+
+
+def test_a_batch_norm_in_eval_mode_takes_its_inputs_scale_and_shift():
+    """Conv → BatchNorm (eval) → ReLU: the conv's per-channel scale is undone by the gain with the bias taking
+    γ μ (1/c − 1)/s, and its bias translation passes as (γ/s) t into the batch norm's bias. With running statistics
+    away from their initial (0, 1), so the running mean's share is exercised; the oracle finds nothing else."""
+    model, inputs = zoo.convnet()
+    with torch.no_grad():
+        model.bn1.running_mean.copy_(torch.randn(4))
+        model.bn1.running_var.copy_(torch.rand(4) + 0.5)
+    plan = gaugec.compile(model, inputs)
+    fams = {g.family: g for g in plan.gauges}
+    assert fams["batchnorm_input_scale"].dim == 4 and fams["bias_translation"].dim == 4
+    assert not plan.rejected and all(g.numeric_residual <= 1e-10 for g in plan.gauges)
+    rep = gaugec.verify(model, inputs, plan)
+    assert rep.sound and rep.missed == 0 and rep.nullity == 25
+    # the scale's tangent takes the running mean's share: the bias moves, and the gauge stays out of DDC with its
+    # reason (no section derived)
+    scale = fams["batchnorm_input_scale"]
+    T = plan.gauge_tangents(scale)
+    o, n = plan._offsets()[0]["bn1.bias"], 4
+    assert float(T[:, o:o + n].abs().max()) > 1e-3
+    from gaugec.optim.section import OrbitExecutor
+    with pytest.warns(UserWarning, match="batch norm's input scale"):
+        ex = OrbitExecutor(plan)
+    assert scale.name in dict(ex.skipped)

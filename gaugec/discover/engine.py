@@ -132,9 +132,9 @@ class Engine:
         for n in self.topo:
             if n.op != "call_function":
                 continue
-            fn = SEED_RULES.get(op_name(n))
-            if fn is not None and not data_dependent(n):
-                fn(SeedCtx(self, n), n)
+            if not data_dependent(n):
+                for fn in SEED_RULES.get(op_name(n), ()):
+                    fn(SeedCtx(self, n), n)
         self._add_rotation_twins()
 
     def _add_rotation_twins(self):

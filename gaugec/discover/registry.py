@@ -20,7 +20,8 @@ import torch.fx
 MULT_RULES: dict[str, Callable] = {}
 ADD_RULES: dict[str, Callable] = {}
 INDEX_RULES: dict[str, Callable] = {}     # pure array maps shared by every probe kind and by parameter views
-SEED_RULES: dict[str, Callable] = {}
+SEED_RULES: dict[str, list[Callable]] = {}   # every seed rule registered for an op runs (a linear seeds its own
+                                             # groups and, in norm.py, the kernel of the layer norm it reads)
 BARRIERS: dict[str, str] = {}             # op -> reason (explicit refusals, shown by --explain)
 CONJUGATED: set[str] = set()              # mult rules that read a gain-conjugated state (``ctx.conj_of``)
 STREAM_READERS: list[Callable] = []       # find(engine) -> nodes a normalised stream's rotation can pass
@@ -36,7 +37,10 @@ def rule(*names: str, kind: str, conjugated: bool = False):
                   "seed": [SEED_RULES], "index": [INDEX_RULES]}[kind]
         for table in tables:
             for n in names:
-                table[n] = fn
+                if table is SEED_RULES:
+                    table.setdefault(n, []).append(fn)
+                else:
+                    table[n] = fn
         if conjugated:
             CONJUGATED.update(names)
         return fn

@@ -143,6 +143,9 @@ class OrbitExecutor:
             if p in excluded:
                 return f"it moves {p}, which is {excluded[p]}"
         if g.kind == "mult":
+            if any(lg.role == "absorb" for lg in g.legs):
+                return ("a bias follows it through the graph (a batch norm's input scale): its section is not "
+                        "derived yet")
             axes: dict[tuple, set] = {}
             for lg in g.legs:
                 axes.setdefault((lg.param, lg.part), set()).add(lg.axis)

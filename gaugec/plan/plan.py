@@ -110,14 +110,21 @@ class GaugePlan:
         rows = []
         if gauge.kind == "mult":
             gains = {id(lg): conj_gain(lg, params) for lg in gauge.legs}
+            absorbers = [lg for lg in gauge.legs if lg.role == "absorb"]
             for b, X in gauge.algebra_basis():
                 mats = [None] * len(gauge.blocks)
                 mats[b] = X
-                v = torch.zeros(total, dtype=torch.float64)
+                tangent: dict[str, torch.Tensor] = {}
                 for lg in gauge.legs:
-                    t = apply_mult_leg(params[lg.param], lg, mats, tangent=True, gain=gains[id(lg)])
-                    o = offsets[lg.param]
-                    v[o:o + t.numel()] += t.reshape(-1)
+                    if lg.role != "absorb":
+                        t = apply_mult_leg(params[lg.param], lg, mats, tangent=True, gain=gains[id(lg)])
+                        tangent[lg.param] = tangent[lg.param] + t if lg.param in tangent else t
+                if absorbers:
+                    self._absorb_tangent(absorbers, params, tangent)
+                v = torch.zeros(total, dtype=torch.float64)
+                for name, t in tangent.items():
+                    o = offsets[name]
+                    v[o:o + t.numel()] += t.reshape(-1).cpu()
                 rows.append(v)
         else:
             for vec in torch.eye(gauge.additive_dim, dtype=torch.float64):
@@ -159,8 +166,14 @@ class GaugePlan:
         if kind == "mult":
             new = {}
             for lg in gauge.legs:       # a conjugating gain is never moved by the gauge it conjugates
-                src = new.get(lg.param, params[lg.param])
-                new[lg.param] = apply_mult_leg(src, lg, val, gain=conj_gain(lg, params))
+                if lg.role != "absorb":
+                    src = new.get(lg.param, params[lg.param])
+                    new[lg.param] = apply_mult_leg(src, lg, val, gain=conj_gain(lg, params))
+            absorbers = [lg for lg in gauge.legs if lg.role == "absorb"]
+            if absorbers:               # biases that take what still reaches them (a batch norm's, for its input scale)
+                changes = {name: t - params[name].detach().to(torch.float64) for name, t in new.items()}
+                for name, d in self._absorb(absorbers, params, changes).items():
+                    new[name] = params[name].detach().to(torch.float64) + d
             for name, t in new.items():
                 params[name].copy_(t.to(params[name].dtype))
         else:
@@ -194,22 +207,41 @@ class GaugePlan:
             k += n
             changes[lg.param] = changes[lg.param] + t if lg.param in changes else t
         absorbers = [lg for lg in gauge.legs if lg.role == "absorb"]
-        if absorbers:
-            # each bias cancels what reaches it once the biases before it (in graph order) have cancelled theirs
-            runner = self._runner()
-            order = {n.name: i for i, n in enumerate(runner.gg.graph.nodes)}
-            absorbers.sort(key=lambda lg: order[lg.site])
-            base = runner.values(params, {lg.site for lg in absorbers})
-            current = {n: p.detach().to(torch.float64) + changes[n].to(p.device) if n in changes
-                       else p.detach().to(torch.float64) for n, p in params.items()}
-            for lg in absorbers:
-                after = runner.values(current, {lg.site})
-                diff = (after[lg.site] - base[lg.site].to(torch.float64)).reshape(-1)
-                comp = -diff[torch.as_tensor(lg.site_index, device=diff.device)].cpu()
-                comp = comp.reshape(params[lg.param].shape)
-                changes[lg.param] = changes[lg.param] + comp if lg.param in changes else comp
-                current[lg.param] = current[lg.param] + comp.to(current[lg.param].device)
+        return self._absorb(absorbers, params, changes) if absorbers else changes
+
+    def _absorber_order(self, absorbers):
+        runner = self._runner()
+        order = {n.name: i for i, n in enumerate(runner.gg.graph.nodes)}
+        return runner, sorted(absorbers, key=lambda lg: order[lg.site])
+
+    def _absorb(self, absorbers, params, changes: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``changes`` (float64, per parameter) with every absorbing bias's compensation added: each bias cancels
+        what reaches its site once the biases before it (in graph order) have cancelled theirs."""
+        runner, absorbers = self._absorber_order(absorbers)
+        base = runner.values(params, {lg.site for lg in absorbers})
+        current = {n: p.detach().to(torch.float64) + changes[n].to(p.device) if n in changes
+                   else p.detach().to(torch.float64) for n, p in params.items()}
+        for lg in absorbers:
+            after = runner.values(current, {lg.site})
+            diff = (after[lg.site] - base[lg.site].to(torch.float64)).reshape(-1)
+            comp = -diff[torch.as_tensor(lg.site_index, device=diff.device)].cpu()
+            comp = comp.reshape(params[lg.param].shape)
+            changes[lg.param] = changes[lg.param] + comp if lg.param in changes else comp
+            current[lg.param] = current[lg.param] + comp.to(current[lg.param].device)
         return changes
+
+    def _absorb_tangent(self, absorbers, params, tangent: dict[str, torch.Tensor]):
+        """The first-order version of :meth:`_absorb`, in place on ``tangent``: each bias cancels the derivative of
+        its site along the tangent (forward-mode AD through the captured graph)."""
+        runner, absorbers = self._absorber_order(absorbers)
+        point = {n: p.detach().to(torch.float64) for n, p in params.items()}
+        for lg in absorbers:
+            direction = {n: tangent[n].to(point[n].device) if n in tangent else torch.zeros_like(point[n])
+                         for n in point}
+            _, d = torch.func.jvp(lambda p: runner.values(p, {lg.site})[lg.site], (point,), (direction,))
+            comp = -d.reshape(-1)[torch.as_tensor(lg.site_index, device=d.device)].cpu()
+            comp = comp.reshape(params[lg.param].shape).to(torch.float64)
+            tangent[lg.param] = tangent[lg.param] + comp if lg.param in tangent else comp
 
     # -- serialisation ---------------------------------------------------------------------------------------------
     def signature(self) -> dict:

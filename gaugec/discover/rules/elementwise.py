@@ -87,7 +87,7 @@ barrier("the activation is not positively homogeneous: no rescale passes it", "g
 barrier("a norm over the acted axis (only a common positive scale passes a layer / RMS norm, at eps = 0; residual "
         "rotations are not derived yet)",
         "layer_norm", "rms_norm", "native_layer_norm", "group_norm", "batch_norm", "instance_norm",
-        "_native_batch_norm_legit_no_training", "native_batch_norm", "_native_batch_norm_legit")
+        "_native_batch_norm_legit_no_training", "native_batch_norm", "_native_batch_norm_legit")   # rules override
 barrier("an in-place write into another tensor (where the written values go is not followed)", "copy_", "fill_",
         "index_put_", "masked_fill_", "slice_scatter", "select_scatter")
 barrier("a data-dependent index or comparison", "index", "index_select", "gather", "scatter", "where", "masked_fill",

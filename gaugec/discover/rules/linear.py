@@ -13,7 +13,6 @@ import torch.fx
 
 from gaugec.discover.fx import arg, node_shape, norm_dim, op_name, strip_casts, varying_axes
 from gaugec.discover.registry import rule
-from gaugec.discover.rules.norm import seed_layernorm_kernel
 from gaugec.discover.state import param_axis_coords, row_classes
 from gaugec.plan.gauge import Leg
 from gaugec.prove.lemmas import lemma, sym_matrix, sym_vector
@@ -139,17 +138,13 @@ def output_segments(node, axis: int, n: int) -> list[tuple[int, int]]:
 
 @rule("linear", kind="seed")
 def seed_linear(sc, node):
-    W, b = arg(node, 1, "weight"), arg(node, 2, "bias")
-    seed_writer(sc, node, W, b, len(node_shape(node)) - 1, "linear")
-    seed_layernorm_kernel(sc, node, arg(node, 0, "input"), W, b, 1, "linear")
+    seed_writer(sc, node, arg(node, 1, "weight"), arg(node, 2, "bias"), len(node_shape(node)) - 1, "linear")
 
 
 @rule("addmm", kind="seed")
 def seed_addmm(sc, node):
     """addmm(b, x, W) = b + x @ W (Hugging Face Conv1D)."""
-    W, b = arg(node, 2, "mat2"), arg(node, 0, "self")
-    seed_writer(sc, node, W, b, len(node_shape(node)) - 1, "addmm", 1)
-    seed_layernorm_kernel(sc, node, arg(node, 1, "mat1"), W, b, 0, "addmm")
+    seed_writer(sc, node, arg(node, 2, "mat2"), arg(node, 0, "self"), len(node_shape(node)) - 1, "addmm", 1)
 
 
 @rule("matmul", "mm", kind="seed")
@@ -234,12 +229,15 @@ def absorb_by_embedding(ctx, L: np.ndarray, other, shape) -> bool:
 # propagation
 
 
-def _absorb_bias(ctx, L: np.ndarray, b, out_shape) -> bool:
-    """Additive probe meets a bias: absorbed when the translation has the bias's shape (b <- b - delta)."""
+def _absorb_bias(ctx, L: np.ndarray, b, out_shape, axis: int | None = None) -> bool:
+    """Additive probe meets a bias: absorbed when the translation has the bias's shape (b <- b - delta). The bias is
+    broadcast against the trailing axes, or (``axis``, a 1-D bias) along that axis (a batch norm's channels)."""
     pvb = ctx.param_view(b)
-    if pvb is None:
+    if pvb is None or (axis is not None and pvb.ndim != 1):
         return False
     Pb = pvb.P
+    if axis is not None:
+        Pb = Pb.reshape([-1 if a == axis else 1 for a in range(len(out_shape))])
     P = np.broadcast_to(Pb.reshape((1,) * (len(out_shape) - Pb.ndim) + Pb.shape), out_shape)
     flatP, flatL = P.reshape(-1), L.reshape(-1)
     _, firstP, invP = np.unique(flatP, return_index=True, return_inverse=True)

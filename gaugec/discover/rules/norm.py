@@ -32,6 +32,7 @@ import torch.fx
 from gaugec.discover.fx import CAST_OPS, arg, node_shape, norm_dim, op_name, strip_casts
 from gaugec.discover.state import param_axis_coords
 from gaugec.discover.registry import PatternMatch, pattern, rule, stream_readers
+from gaugec.discover.rules.linear import _absorb_bias
 from gaugec.plan.gauge import Leg
 from gaugec.prove.lemmas import lemma, sym_matrix, sym_vector
 
@@ -149,6 +150,16 @@ def layer_norm_behind(x) -> torch.fx.Node | None:
     return None
 
 
+@rule("linear", "addmm", kind="seed")
+def seed_layernorm_kernels(sc, node):
+    """A linear (or HF Conv1D's addmm(b, x, W)) reading a layer norm's output seeds its kernel."""
+    if op_name(node) == "linear":
+        seed_layernorm_kernel(sc, node, arg(node, 0, "input"), arg(node, 1, "weight"), arg(node, 2, "bias"), 1,
+                              "linear")
+    else:
+        seed_layernorm_kernel(sc, node, arg(node, 1, "mat1"), arg(node, 2, "mat2"), arg(node, 0, "self"), 0, "addmm")
+
+
 def seed_layernorm_kernel(sc, node, x, W, b, w_in_view_axis: int, what: str):
     """Seed the LayerNorm kernel at a linear reader ``node`` (output features on its last axis) of ``x``: the shift
     W <- W + t γ⁻ᵀ along the weight view's input axis ``w_in_view_axis`` (``layernorm_kernel``). With the layer
@@ -258,7 +269,87 @@ def layer_norm_add(ctx, node):
     return ctx.kill_all("a translation that is not constant along the layer norm's axes")
 
 
-@rule("rms_norm", "batch_norm", "_native_batch_norm_legit_no_training", "group_norm", kind="add")
+@lemma("batchnorm_eval_shift", "in eval mode a batch norm is affine per channel, y = g (x - m) / s + b: a translation "
+       "x + t gives y + (g / s) t, which b <- b - (g / s) t absorbs")
+def _bn_eval_shift():
+    x, t, g, m, b = sp.symbols("x t g m b", real=True)
+    s = sp.Symbol("s", positive=True)
+    bn = lambda v, bias: g * (v - m) / s + bias      # noqa: E731
+    return [sp.simplify(bn(x + t, b) - (bn(x, b) + g / s * t)), sp.simplify(bn(x + t, b - g / s * t) - bn(x, b))]
+
+
+@rule("batch_norm", "_native_batch_norm_legit_no_training", kind="add")
+def batch_norm_add(ctx, node):
+    """Eval mode: a translation constant over the batch and the spatial axes (one value per channel) passes as
+    (γ / s) t per channel, and the batch norm's own bias absorbs it (``batchnorm_eval_shift``). Training mode
+    normalises by the batch's own statistics, which is another function: a barrier here."""
+    name = node.target._schema.name.split("::")[-1]
+    L, shape = ctx.state(arg(node, 0, "input")), node_shape(node)
+    if L is None or shape is None or (name == "batch_norm" and arg(node, 5, "training", False)):
+        return ctx.kill_all("a translation entering a batch norm in training mode (or its gain or bias)")
+    L = np.broadcast_to(L, shape)
+    if varying_along_other_axes(L, 1):
+        return ctx.kill_all("a translation entering a batch norm that is not one value per channel")
+    out = ctx.fresh(L, np.broadcast_to(np.arange(shape[1]).reshape([-1 if a == 1 else 1 for a in range(len(shape))]),
+                                       shape))
+    out = np.where(L >= 0, out, -1)
+    ctx.cite("batchnorm_eval_shift")
+    if _absorb_bias(ctx, out, arg(node, 2, "bias"), shape, axis=1):
+        return None
+    return out
+
+
+@lemma("batchnorm_eval_scale", "(g/c)(c x - m)/s + b + g m (1/c - 1)/s = g (x - m)/s + b: a per-channel scale of a "
+       "batch norm's (eval) input is undone by its gain, its bias taking the running mean's share")
+def _bn_eval_scale():
+    x, g, m, b = sp.symbols("x g m b", real=True)
+    c = sp.Symbol("c", nonzero=True)
+    s = sp.Symbol("s", positive=True)
+    return [sp.simplify((g / c) * (c * x - m) / s + b + g * m * (1 / c - 1) / s - (g * (x - m) / s + b))]
+
+
+@rule("batch_norm", "_native_batch_norm_legit_no_training", kind="mult")
+def batch_norm_mult(ctx, node):
+    """Eval mode: a per-channel scale c (one coordinate per channel, constant over the batch and the spatial axes)
+    of the input is undone by the gain, γ <- γ / c ("in" leg), and the bias takes the running mean's share,
+    β <- β + γ μ (1/c - 1) / s (an absorbing leg: read off the graph, so the current buffers are used)
+    (``batchnorm_eval_scale``). Nothing moves past the norm. Training mode, or a batch norm without gain and bias:
+    a barrier."""
+    name = node.target._schema.name.split("::")[-1]
+    x, shape = arg(node, 0, "input"), node_shape(node)
+    C = ctx.state(x)
+    if any(ctx.state(a) is not None for a in node.all_input_nodes if a is not x):
+        return ctx.kill_all("the group reaches a batch norm's gain, bias or statistics")
+    if C is None or shape is None or (name == "batch_norm" and arg(node, 5, "training", False)):
+        return ctx.kill_all("a map on a batch norm's input in training mode (the batch statistics undo a scale "
+                            "themselves: not derived)")
+    pvg, pvb = ctx.param_view(arg(node, 1, "weight")), ctx.param_view(arg(node, 2, "bias"))
+    C = np.broadcast_to(C.reshape((1,) * (len(shape) - C.ndim) + C.shape), shape)
+    if pvg is None or pvb is None or pvg.ndim != 1 or pvb.ndim != 1:
+        return ctx.kill_all("a map on the input of a batch norm without a parameter gain and bias")
+    per_channel = np.moveaxis(C, 1, 0).reshape(shape[1], -1)[:, 0]
+    on = per_channel[per_channel >= 0]
+    if varying_along_other_axes(C, 1) or len(np.unique(on)) != len(on):
+        return ctx.kill_all("a map on a batch norm's input that is not one coordinate per channel")
+    ctx.restrict(per_channel, "scalar")
+    ctx.fibres(C, [1])
+    ctx.leg(pvg.param, "in", axis=0, coords=per_channel[pvg.P.reshape(-1)], offset=pvg.offset)
+    first = np.zeros(shape[1], dtype=np.int64)
+    index = np.arange(int(np.prod(shape))).reshape(shape)
+    first[pvb.P.reshape(-1)] = np.moveaxis(index, 1, 0).reshape(shape[1], -1)[:, 0]
+    ctx.leg(pvb.param, "absorb", site=node.name, site_index=first)
+    ctx.cite("batchnorm_eval_scale", C)
+    ctx.tag("bn_input_scale", C)
+    return None
+
+
+def varying_along_other_axes(L: np.ndarray, axis: int) -> bool:
+    """Does L take more than one value along any axis but ``axis``?"""
+    moved = np.moveaxis(L, axis, 0).reshape(L.shape[axis], -1)
+    return bool((moved != moved[:, :1]).any())
+
+
+@rule("rms_norm", "group_norm", kind="add")
 def other_norm_add(ctx, node):
     return ctx.kill_all("a translation entering a norm that does not centre its input")
 
