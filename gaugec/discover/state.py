@@ -180,6 +180,17 @@ class ParamView:
         shape = self.shape
         return self._flat_index([np.broadcast_to(i, shape) for i in self.idx])
 
+    def is_whole(self) -> bool:
+        """The view is the parameter itself, axes in order (checked on the broadcast cores: no per-element array)."""
+        if tuple(self.shape) != tuple(self.pshape):
+            return False
+        for k, i in enumerate(self.idx):
+            core = i[tuple(slice(0, 1) if st == 0 else slice(None) for st in i.strides)]
+            want = np.arange(self.pshape[k]).reshape([s if a == k else 1 for a, s in enumerate(self.pshape)])
+            if core.shape != want.shape or not np.array_equal(core, want):
+                return False
+        return True
+
     def fixed(self, except_axis: int) -> tuple:
         """(parameter axis, index) for every axis but ``except_axis`` that the view holds at one index (an expert's
         slice ``W[e]`` of a stacked weight): a leg found through this view acts on that slice only."""

@@ -193,7 +193,7 @@ def _start_at_tied_heads(sc, probe, pv, node):
         if head is None or head.param != pv.param:
             continue
         shape = node_shape(u)
-        if head.fixed(-1) or head.ndim != 2 or not np.array_equal(head.P, pv.P) or shape is None \
+        if not head.is_whole() or not pv.is_whole() or shape is None \
                 or sc.param_view(u.args[0]) is not None or arg(u, 2, "bias") is not None:
             continue
         probe.also[u] = token_labels(shape)
