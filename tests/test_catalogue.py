@@ -26,9 +26,10 @@ CASES = [
      {**LLAMA_BASE, "attention_qk_rope": 4, "attention_qk": 8}),
     ("llama-interleaved-rope", lambda: zoo.llama(interleaved=True), "cross_entropy", LLAMA_BASE),
     # tied embeddings kill the logit shift and the final norm's gain (its reader is the embedding), and the stream
-    # rotation (the embedding would move by R as a writer and by D R D^-1 as the head)
+    # rotation (the embedding would move by R as a writer and by D R D^-1 as the head); the stream scale survives,
+    # the final norm's gain taking 1/c for the tied head
     ("llama-tied", lambda: zoo.llama(tie=True), "cross_entropy",
-     {**LLAMA_BASE, "logit_shift": 0, "norm_gain": 16, "norm_input_scale": 0, "residual_rotation": 0}),
+     {**LLAMA_BASE, "logit_shift": 0, "norm_gain": 16, "norm_input_scale": 1, "residual_rotation": 0}),
     # q/k/v biases move with their maps; with RoPE the key bias is no translation gauge
     ("llama-bias-rope", lambda: zoo.llama(bias=True), "cross_entropy", LLAMA_BASE),
     ("llama-bias-no-rope", lambda: zoo.llama(bias=True, rope=False), "cross_entropy",

@@ -73,7 +73,7 @@ class MLP(nn.Module):
 
 
 class Net(nn.Module):
-    def __init__(self, spec, vocab, d, tie, positions=0):
+    def __init__(self, spec, vocab, d, tie, positions=0, final="none"):
         super().__init__()
         self.emb = nn.Embedding(vocab, d)
         self.pos = nn.Embedding(positions, d) if positions else None     # a learned position table, summed
@@ -87,6 +87,8 @@ class Net(nn.Module):
                     "mlp": lambda: MLP(d, args["h"], args["act"], args["bias"])}[kind]()
             self.layers.append(nn.Sequential(norm, body))
             self.residual.append(residual)
+        # a final norm before the head (eps 0: the stream scale reaches a tied head through its gain)
+        self.final = {"none": nn.Identity(), "rms": RMSNorm(d, eps=0.0), "ln": nn.LayerNorm(d, eps=0.0)}[final]
         self.head = nn.Linear(d, vocab, bias=not tie)
         if tie:
             self.head.weight = self.emb.weight
@@ -97,7 +99,7 @@ class Net(nn.Module):
             x = x + self.pos(torch.arange(ids.shape[1]))
         for layer, res in zip(self.layers, self.residual):
             x = x + layer(x) if res else layer(x)
-        return self.head(x)
+        return self.head(self.final(x))
 
 
 @st.composite
@@ -116,7 +118,8 @@ def architectures(draw):
             args["h"] = draw(st.sampled_from([4, 6]))
             args["act"] = draw(st.sampled_from(list(ACTS)))
         spec.append((kind, args, draw(st.booleans())))
-    return spec, draw(st.booleans()), draw(st.sampled_from(["cross_entropy", None])), draw(st.sampled_from([0, 5]))
+    return (spec, draw(st.booleans()), draw(st.sampled_from(["cross_entropy", None])), draw(st.sampled_from([0, 5])),
+            draw(st.sampled_from(["none", "rms", "ln"])))
 
 
 class ConvNet(nn.Module):
@@ -162,9 +165,9 @@ def _check_sound(model, inputs, loss):
 
 
 def check_token_architecture(arch):
-    spec, tie, loss, positions = arch
+    spec, tie, loss, positions, final = arch
     torch.manual_seed(0)
-    model = Net(spec, vocab=10, d=8, tie=tie, positions=positions)
+    model = Net(spec, vocab=10, d=8, tie=tie, positions=positions, final=final)
     inputs = (torch.randint(0, 10, (2, 5), generator=torch.Generator().manual_seed(0)),)
     with torch.no_grad():
         assume(bool(torch.isfinite(model(*inputs)).all()))   # e.g. RMSNorm at eps 0 on an all-zero ReLU output

@@ -496,3 +496,22 @@ def test_the_layernorm_kernel_section_is_reached_and_kept():
         opt.step()
         Wg = model[2].weight @ model[1].weight
         assert float(Wg.abs().max()) < 1e-12 * float(model[2].weight.abs().max())
+
+
+def test_ddcadam_balances_the_tied_heads_stream_scale():
+    """With a tied head the stream scale has a dual leg (the final norm's gain takes 1/c), so its orbit has a
+    minimum-norm point: DDCAdam is equivariant on it (and on everything else of the tied Llama), AdamW is not."""
+    model, inputs = float64_twin(*zoo.llama(tie=True))
+    plan = gaugec.compile(model, inputs, loss="cross_entropy")
+    scale = next(g for g in plan.gauges if g.family == "norm_input_scale")
+    batches = tasks.label_batches(model, inputs, plan, 20)
+    g = _element(plan)
+    gaps = {}
+    for name, make in (("ddc", lambda m, b: DDCAdam(m.parameters(), b, lr=LR, weight_decay=WD)),
+                       ("adamw", lambda m, b: torch.optim.AdamW(m.parameters(), lr=LR, weight_decay=WD))):
+        ref, _, opt = tasks.run_from(model, inputs, plan, batches, None, make)
+        moved, _, _ = tasks.run_from(model, inputs, plan, batches, g, make)
+        gaps[name] = _worst_step_gap(ref, moved)
+        if name == "ddc":
+            assert scale.name not in opt.canonical_report["held"]
+    assert gaps["ddc"] <= 1e-9 and gaps["adamw"] >= 1e-3, gaps

@@ -106,6 +106,19 @@ def test_the_layernorm_kernel_is_found_whole_in_every_variant(affine, ln_bias, r
         assert sum(g.dim for g in kernel) == 4 and rep.missed == 0, (rep.nullity, rep.found_rank)
 
 
+def test_a_tied_head_keeps_the_stream_scale_through_the_final_gain():
+    """Llama with a tied head at eps 0: the stream scale c moves the embedding as a writer, and the head reads it
+    back through the final norm's gain, which takes 1/c (``tied_head_scale``): 69 = 69. The rotation stays refused
+    (the embedding would move by R as a writer and by D R D⁻¹ as the head)."""
+    model, inputs = zoo.llama(tie=True)
+    plan = gaugec.compile(model, inputs)
+    scale = [g for g in plan.gauges if g.family == "norm_input_scale"]
+    assert len(scale) == 1 and ("norm.weight", "in") in {(lg.param, lg.role) for lg in scale[0].legs}
+    assert not any(g.family == "residual_rotation" for g in plan.gauges)
+    rep = gaugec.verify(model, inputs, plan)
+    assert rep.sound and rep.nullity == rep.found_rank == 69
+
+
 @pytest.mark.parametrize("tie", [True, False])
 def test_gpt2_misses_only_what_is_named(tie):
     """The token table's translation is taken by the position table (with a tied head too: its logits move by

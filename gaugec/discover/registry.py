@@ -25,6 +25,7 @@ SEED_RULES: dict[str, list[Callable]] = {}   # every seed rule registered for an
 BARRIERS: dict[str, str] = {}             # op -> reason (explicit refusals, shown by --explain)
 CONJUGATED: set[str] = set()              # mult rules that read a gain-conjugated state (``ctx.conj_of``)
 STREAM_READERS: list[Callable] = []       # find(engine) -> nodes a normalised stream's rotation can pass
+TIED_USES: list[Callable] = []            # resolve(engine, param, use node, legs, kind_of) -> extra legs or None
 
 
 def rule(*names: str, kind: str, conjugated: bool = False):
@@ -53,6 +54,15 @@ def stream_readers(find: Callable) -> Callable:
     output reaches one gets a rotation twin of its GL probe, see ``Engine.seed_all``)."""
     STREAM_READERS.append(find)
     return find
+
+
+def tied_use(resolve: Callable) -> Callable:
+    """Register ``resolve(engine, param, node, legs, kind_of) -> list[Leg] | None``: a second use ``node`` of a
+    tied parameter that the gauge's probes never reached, made whole by extra legs (a tied head whose input gain
+    takes the inverse of a stream scale); None when it cannot be. ``kind_of(coords)`` gives the block kind of each
+    coordinate."""
+    TIED_USES.append(resolve)
+    return resolve
 
 
 def barrier(reason: str, *names: str):

@@ -22,6 +22,7 @@ import numpy as np
 
 from gaugec.discover.engine import Engine
 from gaugec.discover.families import additive_family, block_families
+from gaugec.discover.registry import TIED_USES
 from gaugec.groups import BLOCK_KINDS
 from gaugec.plan.gauge import Gauge, Leg
 from gaugec.prove import Proof
@@ -372,7 +373,7 @@ def _multiplicative_gauges(engine: Engine, bt: Blocks, reasons: Reasons, uses: d
     refusals: list[Refusal] = []
     for probes in comps.values():
         legs = [lg for p in probes for lg in p.legs]
-        _kill_shared_parameters(legs, uses, bt, reasons)
+        _kill_shared_parameters(legs, uses, bt, reasons, engine, probes[0])
         coords = np.concatenate([np.arange(p.coord_base, p.coord_base + p.coord_count) for p in probes])
         bids = np.unique(bt.block_of_coord[coords])
         for code in np.unique(bt.dead[bids][bt.dead[bids] >= 0]):
@@ -424,13 +425,26 @@ def _distinct(gauges: list[Gauge]) -> list[Gauge]:
     return out
 
 
-def _kill_shared_parameters(legs, uses, bt: Blocks, reasons: Reasons):
-    """Tied / shared parameters: every use must be a leg, or the blocks that move the parameter are fixed; and no
-    entry may be moved by two different legs (a tied embedding read back as the head: A on its columns as a
-    writer, A^-1 as a reader, which only an orthogonal A satisfies)."""
+def _kill_shared_parameters(legs, uses, bt: Blocks, reasons: Reasons, engine: Engine, probe):
+    """Tied / shared parameters: every use must be a leg, be made whole by a registered resolver (its extra legs
+    join ``legs``, its lemma ``probe``'s citations), or the blocks that move the parameter are fixed; and no entry
+    may be moved by two different legs (a tied embedding read back as the head: A on its columns as a writer, A^-1
+    as a reader, which only an orthogonal A satisfies)."""
     _kill_doubly_moved(legs, bt, reasons)
-    for param in {lg.param for lg in legs}:
+    nodes = None
+    for param in sorted({lg.param for lg in legs}):
         missing = _uncovered_uses(uses.get(param, {}), [lg for lg in legs if lg.param == param])
+        if missing and TIED_USES:
+            nodes = nodes or {n.name: n for n in engine.topo}
+            kind_of = lambda c: bt.kind[bt.block_of_coord[c]]    # noqa: E731
+            for name in sorted(missing):
+                for resolve in TIED_USES:
+                    extra = resolve(engine, param, nodes[name], [lg for lg in legs if lg.param == param], kind_of)
+                    if extra:
+                        legs.extend(extra)
+                        probe.citations.extend((lid, name, None) for lid in resolve.lemmas)
+                        missing = missing - {name}
+                        break
         if not missing:
             continue
         code = reasons.code(f"parameter {param} is also used where the group does not act (tied or shared)",

@@ -31,7 +31,7 @@ import torch.fx
 
 from gaugec.discover.fx import CAST_OPS, arg, node_shape, norm_dim, op_name, strip_casts
 from gaugec.discover.state import param_axis_coords
-from gaugec.discover.registry import PatternMatch, pattern, rule, stream_readers
+from gaugec.discover.registry import PatternMatch, pattern, rule, stream_readers, tied_use
 from gaugec.discover.rules.linear import _absorb_bias
 from gaugec.plan.gauge import Leg
 from gaugec.prove.lemmas import lemma, sym_matrix, sym_vector
@@ -544,3 +544,66 @@ def find_rms_normalisations(engine) -> list[RmsNormalisation]:
             continue
         found.append(RmsNormalisation(n, x, axes, eps, internal))
     return found
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# a tied head after the final norm: the stream scale survives the tie
+
+
+@lemma("tied_head_scale", "(c E) (g / c * n + b / c) = E (g * n + b): a tied table scaled by c as the stream's writer "
+       "is read back by a head whose input gain (and bias) is divided by c")
+def _tied_head_scale():
+    c = sp.Symbol("c", nonzero=True)
+    E, g, n, b = sym_matrix("e", 3, 2), sym_vector("g", 2), sym_vector("n", 2), sym_vector("b", 2)
+    y = sp.Matrix([g[i] * n[i] + b[i] for i in range(2)])
+    return [sp.simplify((c * E) * (y / c) - E * y)]
+
+
+def _head_input_gain(engine, x):
+    """(gain view, bias view or None) when ``x`` (casts stripped) is a normalised tensor times a parameter gain: a
+    layer / RMS norm op with its weight, or ``γ * normalised`` written out; else None."""
+    x = strip_casts(x)
+    if not isinstance(x, torch.fx.Node) or x.op != "call_function":
+        return None
+    name = op_name(x)
+    if name in ("layer_norm", "rms_norm"):
+        g = engine.param_views.get(arg(x, 2, "weight"))
+        b = engine.param_views.get(arg(x, 3, "bias")) if name == "layer_norm" else None
+        return (g, b) if g is not None else None
+    if name == "mul" and len(x.args) >= 2:
+        for g_node, other in (x.args[:2], x.args[1::-1]):
+            g = engine.param_views.get(g_node) if isinstance(g_node, torch.fx.Node) else None
+            if g is not None and g.ndim == 1 and engine.param_views.get(other) is None:
+                return g, None
+    return None
+
+
+@tied_use
+def head_after_a_norm_gain(engine, param, node, legs, kind_of):
+    """A tied table E whose only leg moves its feature columns by one common scale c (the stream scale of a
+    pre-norm stream at eps 0) and which is read back as ``linear(x, E)`` with x = γ ⊙ normalised (+ β), x read by
+    that head alone: γ and β take 1/c ("in" legs on the scale's coordinates; ``tied_head_scale``)."""
+    if node.op != "call_function" or op_name(node) != "linear" or arg(node, 2, "bias") is not None:
+        return None
+    head = engine.param_views.get(arg(node, 1, "weight"))
+    if head is None or head.param != param or not head.is_whole() or len(legs) != 1:
+        return None
+    lg = legs[0]
+    if lg.role != "out" or lg.axis != 1 or lg.part or lg.conj or lg.coords is None or (lg.coords < 0).any() \
+            or set(kind_of(lg.coords).tolist()) != {"scale"}:
+        return None
+    x = arg(node, 0, "input")
+    found = _head_input_gain(engine, x)
+    if found is None or any(len(n.users) != 1 for n in (x, strip_casts(x))):
+        return None
+    out = []
+    for pv in found:
+        if pv is None:
+            continue
+        if pv.ndim != 1 or not pv.is_whole() or pv.shape[0] != len(lg.coords):
+            return None
+        out.append(Leg(pv.param, "in", axis=0, coords=lg.coords.copy(), offset=pv.offset, node=node.name))
+    return out
+
+
+head_after_a_norm_gain.lemmas = ("tied_head_scale",)
