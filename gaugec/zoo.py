@@ -253,8 +253,9 @@ def llama(**kw):
 
 
 def llama_gqa(**kw):
-    """Llama-style decoder with GQA: 4 query heads over 2 KV heads, d 16."""
-    kw = {"d": 16, "n_heads": 4, "n_kv_heads": 2, "d_ff": 12, **kw}
+    """Llama-style decoder with GQA: 4 query heads over 2 KV heads, d 16, vocab 32 (a head no wider than the stream,
+    V - 1 < d once the softmax's shift is taken out, has extra kernel directions that are no gauge family)."""
+    kw = {"d": 16, "n_heads": 4, "n_kv_heads": 2, "d_ff": 12, "vocab": 32, **kw}
     return llama(**kw)
 
 

@@ -106,6 +106,14 @@ def test_the_layernorm_kernel_is_found_whole_in_every_variant(affine, ln_bias, r
         assert sum(g.dim for g in kernel) == 4 and rep.missed == 0, (rep.nullity, rep.found_rank)
 
 
+def test_the_gqa_llama_is_found_whole():
+    """4 query heads over 2 KV heads: one V/O map and one RoPE commutant per KV head, the O(16) stream rotation and
+    scale, the gains, SwiGLU and the logit shift: 237 = 237."""
+    model, inputs = zoo.llama_gqa()
+    rep = gaugec.verify(model, inputs)
+    assert rep.sound and rep.missed == 0 and rep.nullity == 237
+
+
 def test_a_tied_head_keeps_the_stream_scale_through_the_final_gain():
     """Llama with a tied head at eps 0: the stream scale c moves the embedding as a writer, and the head reads it
     back through the final norm's gain, which takes 1/c (``tied_head_scale``): 69 = 69. The rotation stays refused
