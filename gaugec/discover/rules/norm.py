@@ -333,7 +333,9 @@ def batch_norm_mult(ctx, node):
         return ctx.kill_all("a map on a batch norm's input that is not one coordinate per channel")
     ctx.restrict(per_channel, "scalar")
     ctx.fibres(C, [1])
-    ctx.leg(pvg.param, "in", axis=0, coords=per_channel[pvg.P.reshape(-1)], offset=pvg.offset)
+    coords = np.full(pvg.pshape[0], -1, dtype=np.int64)
+    coords[pvg.P.reshape(-1)] = per_channel          # per entry of γ, the coordinate of the channel it scales
+    ctx.leg(pvg.param, "in", axis=0, coords=coords, offset=pvg.offset)
     first = np.zeros(shape[1], dtype=np.int64)
     index = np.arange(int(np.prod(shape))).reshape(shape)
     first[pvb.P.reshape(-1)] = np.moveaxis(index, 1, 0).reshape(shape[1], -1)[:, 0]
