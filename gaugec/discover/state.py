@@ -210,6 +210,15 @@ class ParamView:
         return self._flat_index([np.broadcast_to(i, shape)[sl] for i in self.idx])
 
 
+def first_positions(flatP: np.ndarray, n: int) -> np.ndarray:
+    """For each of a parameter's ``n`` entries, the first flat position of a tensor (``flatP``: the entry read at
+    each position) where it is read (0 where it is never read): where an absorbing bias reads its correction."""
+    first = np.zeros(n, dtype=np.int64)
+    order = np.arange(flatP.size)[::-1]
+    first[flatP[order]] = order
+    return first
+
+
 def param_axis_coords(P: np.ndarray, C: np.ndarray, shape: tuple[int, ...]):
     """Find the parameter axis that carries the coordinates C, for a parameter view P used beside C.
 

@@ -13,7 +13,7 @@ import torch.fx
 
 from gaugec.discover.fx import arg, node_shape, norm_dim, op_name, strip_casts, varying_axes
 from gaugec.discover.registry import rule
-from gaugec.discover.state import param_axis_coords, row_classes
+from gaugec.discover.state import first_positions, param_axis_coords, row_classes
 from gaugec.plan.gauge import Leg
 from gaugec.prove.lemmas import lemma, sym_matrix, sym_vector
 
@@ -243,9 +243,7 @@ def _absorb_bias(ctx, L: np.ndarray, b, out_shape, axis: int | None = None) -> b
     _, firstP, invP = np.unique(flatP, return_index=True, return_inverse=True)
     if not np.array_equal(flatL[firstP][invP.reshape(-1)], flatL):
         return False   # one bias element would need two different corrections
-    first = np.zeros(int(np.prod(pvb.pshape, dtype=np.int64)), dtype=np.int64)
-    order = np.arange(flatP.size)[::-1]
-    first[flatP[order]] = order   # the first position of each bias element
+    first = first_positions(flatP, int(np.prod(pvb.pshape, dtype=np.int64)))
     ctx.leg(pvb.param, "absorb", site=ctx.node.name, site_index=first)
     ctx.cite("additive_linear")
     ctx.sink(f"bias {pvb.param}")

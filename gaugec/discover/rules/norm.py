@@ -30,7 +30,7 @@ import sympy as sp
 import torch.fx
 
 from gaugec.discover.fx import CAST_OPS, arg, node_shape, norm_dim, op_name, strip_casts
-from gaugec.discover.state import param_axis_coords
+from gaugec.discover.state import first_positions, param_axis_coords
 from gaugec.discover.registry import PatternMatch, pattern, rule, stream_readers, tied_use
 from gaugec.discover.rules.linear import _absorb_bias
 from gaugec.plan.gauge import Leg
@@ -192,10 +192,7 @@ def seed_layernorm_kernel(sc, node, x, W, b, w_in_view_axis: int, what: str):
         initial = np.broadcast_to(np.arange(shape[-1]), shape)
         pvb = sc.param_view(b)
         if pvb is not None and pvb.ndim == 1 and pvb.shape[0] == shape[-1] and not pvb.fixed(-1):
-            flatP = np.broadcast_to(pvb.P, shape).reshape(-1)
-            first = np.zeros(shape[-1], dtype=np.int64)
-            order = np.arange(flatP.size)[::-1]
-            first[flatP[order]] = order          # the first output position each bias entry is added at
+            first = first_positions(np.broadcast_to(pvb.P, shape).reshape(-1), shape[-1])
             legs.append(Leg(pvb.param, "absorb", site=node.name, site_index=first))
             initial = np.full(shape, -1)
     p = sc.probe("add", "centred_reader", initial, legs, describe=f"rows of {what} {node.name} along the inverse "
@@ -336,10 +333,8 @@ def batch_norm_mult(ctx, node):
     coords = np.full(pvg.pshape[0], -1, dtype=np.int64)
     coords[pvg.P.reshape(-1)] = per_channel          # per entry of γ, the coordinate of the channel it scales
     ctx.leg(pvg.param, "in", axis=0, coords=coords, offset=pvg.offset)
-    first = np.zeros(shape[1], dtype=np.int64)
-    index = np.arange(int(np.prod(shape))).reshape(shape)
-    first[pvb.P.reshape(-1)] = np.moveaxis(index, 1, 0).reshape(shape[1], -1)[:, 0]
-    ctx.leg(pvb.param, "absorb", site=node.name, site_index=first)
+    channel_P = np.broadcast_to(pvb.P.reshape([-1 if a == 1 else 1 for a in range(len(shape))]), shape)
+    ctx.leg(pvb.param, "absorb", site=node.name, site_index=first_positions(channel_P.reshape(-1), pvb.pshape[0]))
     ctx.cite("batchnorm_eval_scale", C)
     ctx.tag("bn_input_scale", C)
     return None
