@@ -56,13 +56,18 @@ def stream_readers(find: Callable) -> Callable:
     return find
 
 
-def tied_use(resolve: Callable) -> Callable:
+def tied_use(*lemmas: str):
     """Register ``resolve(engine, param, node, legs, kind_of) -> list[Leg] | None``: a second use ``node`` of a
     tied parameter that the gauge's probes never reached, made whole by extra legs (a tied head whose input gain
     takes the inverse of a stream scale); None when it cannot be. ``kind_of(coords)`` gives the block kind of each
-    coordinate."""
-    TIED_USES.append(resolve)
-    return resolve
+    coordinate; ``lemmas`` are cited at ``node`` by every gauge a resolution completes."""
+
+    def deco(resolve: Callable) -> Callable:
+        resolve.lemmas = lemmas
+        TIED_USES.append(resolve)
+        return resolve
+
+    return deco
 
 
 def barrier(reason: str, *names: str):

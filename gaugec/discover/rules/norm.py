@@ -29,7 +29,7 @@ import numpy as np
 import sympy as sp
 import torch.fx
 
-from gaugec.discover.fx import CAST_OPS, arg, node_shape, norm_dim, op_name, strip_casts
+from gaugec.discover.fx import CAST_OPS, arg, node_shape, norm_dim, op_name, strip_casts, varying_axes
 from gaugec.discover.state import first_positions, param_axis_coords
 from gaugec.discover.registry import PatternMatch, pattern, rule, stream_readers, tied_use
 from gaugec.discover.rules.linear import _absorb_bias
@@ -243,10 +243,14 @@ def seed_rms_norm(sc, node):
     _seed_affine(sc, node, axes, arg(node, 2, "weight"), None, "RMS norm")
 
 
+def batch_norm_training(node) -> bool:
+    """``aten.batch_norm`` with training=True (``_native_batch_norm_legit_no_training`` is eval by its name)."""
+    return node.target._schema.name.split("::")[-1] == "batch_norm" and bool(arg(node, 5, "training", False))
+
+
 @rule("batch_norm", "_native_batch_norm_legit_no_training", kind="seed")
 def seed_batch_norm(sc, node):
-    name = node.target._schema.name.split("::")[-1]
-    if name == "batch_norm" and arg(node, 5, "training", False):
+    if batch_norm_training(node):
         return
     _seed_affine(sc, node, [1], arg(node, 1, "weight"), arg(node, 2, "bias"), "batch norm")
 
@@ -280,12 +284,11 @@ def batch_norm_add(ctx, node):
     """Eval mode: a translation constant over the batch and the spatial axes (one value per channel) passes as
     (γ / s) t per channel, and the batch norm's own bias absorbs it (``batchnorm_eval_shift``). Training mode
     normalises by the batch's own statistics, which is another function: a barrier here."""
-    name = node.target._schema.name.split("::")[-1]
     L, shape = ctx.state(arg(node, 0, "input")), node_shape(node)
-    if L is None or shape is None or (name == "batch_norm" and arg(node, 5, "training", False)):
+    if L is None or shape is None or batch_norm_training(node):
         return ctx.kill_all("a translation entering a batch norm in training mode (or its gain or bias)")
     L = np.broadcast_to(L, shape)
-    if varying_along_other_axes(L, 1):
+    if varying_axes(L) - {1}:
         return ctx.kill_all("a translation entering a batch norm that is not one value per channel")
     out = ctx.fresh(L, np.broadcast_to(np.arange(shape[1]).reshape([-1 if a == 1 else 1 for a in range(len(shape))]),
                                        shape))
@@ -312,12 +315,11 @@ def batch_norm_mult(ctx, node):
     β <- β + γ μ (1/c - 1) / s (an absorbing leg: read off the graph, so the current buffers are used)
     (``batchnorm_eval_scale``). Nothing moves past the norm. Training mode, or a batch norm without gain and bias:
     a barrier."""
-    name = node.target._schema.name.split("::")[-1]
     x, shape = arg(node, 0, "input"), node_shape(node)
     C = ctx.state(x)
     if any(ctx.state(a) is not None for a in node.all_input_nodes if a is not x):
         return ctx.kill_all("the group reaches a batch norm's gain, bias or statistics")
-    if C is None or shape is None or (name == "batch_norm" and arg(node, 5, "training", False)):
+    if C is None or shape is None or batch_norm_training(node):
         return ctx.kill_all("a map on a batch norm's input in training mode (the batch statistics undo a scale "
                             "themselves: not derived)")
     pvg, pvb = ctx.param_view(arg(node, 1, "weight")), ctx.param_view(arg(node, 2, "bias"))
@@ -326,7 +328,7 @@ def batch_norm_mult(ctx, node):
         return ctx.kill_all("a map on the input of a batch norm without a parameter gain and bias")
     per_channel = np.moveaxis(C, 1, 0).reshape(shape[1], -1)[:, 0]
     on = per_channel[per_channel >= 0]
-    if varying_along_other_axes(C, 1) or len(np.unique(on)) != len(on):
+    if varying_axes(C) - {1} or len(np.unique(on)) != len(on):
         return ctx.kill_all("a map on a batch norm's input that is not one coordinate per channel")
     ctx.restrict(per_channel, "scalar")
     ctx.fibres(C, [1])
@@ -338,12 +340,6 @@ def batch_norm_mult(ctx, node):
     ctx.cite("batchnorm_eval_scale", C)
     ctx.tag("bn_input_scale", C)
     return None
-
-
-def varying_along_other_axes(L: np.ndarray, axis: int) -> bool:
-    """Does L take more than one value along any axis but ``axis``?"""
-    moved = np.moveaxis(L, axis, 0).reshape(L.shape[axis], -1)
-    return bool((moved != moved[:, :1]).any())
 
 
 @rule("rms_norm", "group_norm", kind="add")
@@ -575,7 +571,7 @@ def _head_input_gain(engine, x):
     return None
 
 
-@tied_use
+@tied_use("tied_head_scale")
 def head_after_a_norm_gain(engine, param, node, legs, kind_of):
     """A tied table E whose only leg moves its feature columns by one common scale c (the stream scale of a
     pre-norm stream at eps 0) and which is read back as ``linear(x, E)`` with x = γ ⊙ normalised (+ β), x read by
@@ -601,6 +597,3 @@ def head_after_a_norm_gain(engine, param, node, legs, kind_of):
             return None
         out.append(Leg(pv.param, "in", axis=0, coords=lg.coords.copy(), offset=pv.offset, node=node.name))
     return out
-
-
-head_after_a_norm_gain.lemmas = ("tied_head_scale",)
