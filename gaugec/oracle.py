@@ -264,7 +264,11 @@ def verify(model, example_inputs, plan=None, loss: str | None = "cross_entropy",
     soundness = _soundness(bound, B, JB2, lam_max)
     if not bool(torch.isfinite(B).all()):
         raise FloatingPointError("a generator of the plan is not finite at the oracle's point")
-    Q = orthonormal_columns(B.T, rtol=1e-9)
+    # generators scaled to unit norm (a GL block of big weights and a scalar gain differ by orders), and a cut well
+    # above the Gram route's floor (sqrt(eps) of the largest singular value): an exact dependency between gauges
+    # must not count as a found dimension
+    Bn = B / B.norm(dim=1, keepdim=True).clamp_min(1e-300)
+    Q = orthonormal_columns(Bn.T, rtol=1e-6)
     r = Q.shape[1]
     M = N - Q @ (Q.T @ N)
     Umiss = orthonormal_columns(M, atol=1e-6)

@@ -141,7 +141,7 @@ def _block_table(engine: Engine, reasons: Reasons) -> Blocks:
         coord_probe[base:base + count] = pid
         seed_scalar[base:base + count] = kind == "scalar"
     uf, probe_uf, kills = _contraction_ties(cons, coord_probe, len(engine.probes))
-    _tie_scalar_pairs(cons, uf, seed_scalar)
+    _tie_scalars(cons, uf, seed_scalar, coord_probe)
     roots, parity = uf.roots_and_parities()
     for r in uf.conflict:
         kills.append((np.array([r]), "a coordinate contracted with itself (A = A^-T): orthogonal groups are not "
@@ -153,15 +153,24 @@ def _block_table(engine: Engine, reasons: Reasons) -> Blocks:
     return _refine_blocks(cons, roots, parity, start, seed_scalar, root_kill, reasons, probe_comp)
 
 
-def _tie_scalar_pairs(cons, uf: UnionFind, seed_scalar: np.ndarray):
-    """A rotary pair whose two coordinates are diagonal scalars (a gain reaching RoPE: a QK-norm gain) commutes with
-    the rotation only as c I on the pair: the two coordinates become one scalar (a tied scalar), and the pair needs
-    no rot2 block."""
+def _tie_scalars(cons, uf: UnionFind, seed_scalar: np.ndarray, coord_probe: np.ndarray):
+    """Diagonal scalars that only move together become one scalar (a *tied scalar*, one coordinate):
+
+    * a rotary pair whose two coordinates are diagonal scalars (a gain reaching RoPE: a QK-norm gain) commutes with
+      the rotation only as c I on the pair, and the pair needs no rot2 block;
+    * a normalised vector (a norm at eps = 0, "scale") whose coordinates are all diagonal scalars of one probe (a
+      post-LN stream's gain, carried through the residual sum into the next norm) passes only as c I: the per-channel
+      gain becomes the common scale of the whole vector (``layernorm_scale``, ``rmsnorm_scale``)."""
     for kind, arr in cons.kinds:
         if kind == "rot2" and len(arr):
             pairs = arr.reshape(-1, 2)
             for a, b in pairs[seed_scalar[pairs].all(1)].tolist():
                 uf.union(a, b, 0)
+        elif kind == "scale" and arr.size:
+            rows = arr[seed_scalar[arr].all(1) & (coord_probe[arr] == coord_probe[arr[:, :1]]).all(1)]
+            for row in np.unique(rows, axis=0):
+                for c in row[1:].tolist():
+                    uf.union(int(row[0]), c, 0)
 
 
 def _contraction_ties(cons, coord_probe: np.ndarray, n_probes: int):
@@ -543,4 +552,26 @@ def _additive_gauges(engine: Engine, uses: dict[str, dict[str, tuple]]) -> tuple
         gauges.append(Gauge("", family, "add", [], [dataclasses.replace(lg, axes=tuple(lg.axes)) for lg in p.legs],
                             proof=Proof(sorted({(lid, nd) for lid, nd, _ in p.citations})), additive_dim=dim,
                             description=[p.describe]))
-    return gauges, refusals
+    return _drop_subsumed_shifts(gauges), refusals
+
+
+def _drop_subsumed_shifts(gauges: list[Gauge]) -> list[Gauge]:
+    """A uniform shift of a parameter (b += s 1: its one shift leg broadcast over all of b's axes) is an instance of
+    any surviving gauge that shifts b along the same or fewer broadcast axes (b's whole translation b += t, or a row
+    shift W += 1 aᵀ, b += s 1 at a = 0). It follows the same path to the same absorbers (a sink that absorbs only
+    constants would have killed the wider one), so it adds no dimension and is dropped; it stays where nothing wider
+    survived (BERT's tied head, whose table may not move)."""
+    def shifts(g):
+        return [lg for lg in g.legs if lg.role == "shift"]
+
+    def uniform(g):
+        s = shifts(g)
+        return len(s) == 1 and g.additive_dim == 1 and s[0].select is None and len(s[0].axes) > 0
+
+    def covered(g):
+        u = shifts(g)[0]
+        return any(h is not g and not uniform(h) and any(
+            lg.param == u.param and lg.part == u.part and lg.select is None and set(lg.axes) <= set(u.axes)
+            for lg in shifts(h)) for h in gauges)
+
+    return [g for g in gauges if not (uniform(g) and covered(g))]

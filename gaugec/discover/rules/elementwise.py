@@ -343,10 +343,48 @@ def add_add(ctx, node):
     if ctx.param_view(other) is not None and name.startswith("add") and ctx.probe.node is not node:
         if _absorb_bias(ctx, L, other, shape):
             return None
-    if name.startswith("add") and arg(node, 2, "alpha", 1) == 1 and absorb_by_embedding(ctx, L, other, shape):
+    if name.startswith("add") and arg(node, 2, "alpha", 1) == 1 and (absorb_by_embedding(ctx, L, other, shape)
+                                                                       or _absorb_by_other_writer(ctx, L, other, shape)):
         return None
     ctx.cite("additive_passthrough")
     return L
+
+
+@lemma("residual_bias_absorb", "(x + t) + (W z + b - t) = x + (W z + b): the other writer's bias of a sum takes a "
+       "translation of one summand")
+def _residual_bias_absorb():
+    W = sp.Matrix(2, 2, sp.symbols("w0:4"))
+    x, z, b, t = (sp.Matrix(sp.symbols(f"{v}0:2")) for v in "xzbt")
+    return [(x + t) + (W * z + (b - t)) - (x + (W * z + b))]
+
+
+def _absorb_by_other_writer(ctx, L, other, shape) -> bool:
+    """A translation meets a sum x + (W z + b) whose other summand is a linear the probe has not reached, feeding only
+    this sum (through casts, eval-mode dropout and reshapes that keep the features): its bias takes the translation, b <- b - delta, when the
+    translation has the bias's shape (``residual_bias_absorb``; a post-LN stream's bias, absorbed by the attention
+    output's or the MLP's bias). Passing the translation on instead finds the same span: the difference is that
+    bias's own translation, a probe of its own."""
+    lin = other
+    while hasattr(lin, "op") and lin.op == "call_function" and len(lin.users) == 1 and ctx.state(lin) is None and (
+            op_name(lin) in CAST_OPS or (op_name(lin) == "dropout" and not arg(lin, 2, "train", True))
+            or (op_name(lin) in ("view", "reshape", "_unsafe_view")
+                and (node_shape(lin) or (0,))[-1:] == (node_shape(lin.args[0]) or (1,))[-1:])):
+        lin = lin.args[0]     # casts, eval dropout, and token regrouping that keeps the features (Conv1D's addmm)
+    if not (hasattr(lin, "op") and lin.op == "call_function" and len(lin.users) == 1 and ctx.state(lin) is None):
+        return False
+    name = op_name(lin)
+    if name == "linear":
+        x, b = arg(lin, 0, "input"), arg(lin, 2, "bias")
+    elif name == "addmm":
+        x, b = arg(lin, 1, "mat1"), arg(lin, 0, "self")
+    else:
+        return False
+    if b is None or ctx.state(x) is not None or (node_shape(lin) or (0,))[-1:] != tuple(shape)[-1:]:
+        return False
+    if _absorb_bias(ctx, L, b, shape, at=lin):
+        ctx.cite("residual_bias_absorb")
+        return True
+    return False
 
 
 # ---------------------------------------------------------------------------------------------------------------

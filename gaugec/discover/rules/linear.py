@@ -7,6 +7,8 @@ attention V/O), ``additive_linear`` (a bias absorbs a translation pushed through
 """
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import sympy as sp
 import torch.fx
@@ -90,13 +92,18 @@ def seed_writer(sc, node, W, b, out_axis: int, what: str, w_out_view_axis: int =
             legs.append(Leg(pvb.param, "out", axis=bl[0], coords=bl[1], part=pvb.fixed(bl[0])))
     sc.probe("mult", "gl", C, legs, describe=f"GL({n}) on the output of {what} {node.name}",
              cites=("linear_writer",))
-    # translations: the row shift W += 1 a^T, b += s 1 (softmax / layer norm / loss absorb it) ...
+    # translations: the row shift W += 1 a^T, b += s 1 (softmax / layer norm / loss absorb it), and the bias's part
+    # alone, b += s 1, which survives where W may not move (BERT's tied head; the solver drops it when the row shift
+    # or the bias's whole translation survives: it adds no dimension then) ...
     part = pvW.fixed(wl[0])     # one expert's W[e] of a stacked weight: the shift acts on that slice
     if out_axis == len(shape) - 1 and len(pshape) - len(part) == 2:
         in_slice = wl[0] - sum(k < wl[0] for k, _ in part)
         legs = [Leg(pvW.param, "shift", axes=(in_slice,), part=part)]
         if pvb is not None and len(sc.engine.gg.params[pvb.param].shape) - len(pvb.fixed(-1)) == 1:
-            legs.append(Leg(pvb.param, "shift", axes=(0,), part=pvb.fixed(-1)))
+            bias_shift = Leg(pvb.param, "shift", axes=(0,), part=pvb.fixed(-1))
+            legs.append(bias_shift)
+            sc.probe("add", "row_shift", np.zeros(shape, dtype=np.int64), [dataclasses.replace(bias_shift)],
+                     describe=f"uniform shift of the bias of {what} {node.name}", cites=("row_shift",))
         sc.probe("add", "row_shift", token_labels(shape), legs, describe=f"row shift of {what} {node.name}",
                  cites=("row_shift",))
     # ... and the bias translation b += t (a later bias or attention softmax absorbs it), one probe per segment
@@ -184,7 +191,7 @@ def seed_embedding(sc, node):
 
 def _start_at_tied_heads(sc, probe, pv, node):
     """A translation of every row of an embedding E <- E + 1 tᵀ whose table is read again as a linear head
-    (``linear(h, E)``, a tied head) moves that head's output by ⟨h, t⟩ 1 per token (``row_shift``): the probe
+    (``linear(h, E, b)``, a tied head, with a bias or not) moves that head's output by ⟨h, t⟩ 1 per token (``row_shift``): the probe
     starts there as well, with per-token labels, and the head use counts as covered."""
     for u in sc.engine.topo:
         if u is node or u.op != "call_function" or op_name(u) != "linear" or len(u.args) < 2:
@@ -194,7 +201,7 @@ def _start_at_tied_heads(sc, probe, pv, node):
             continue
         shape = node_shape(u)
         if not head.is_whole() or not pv.is_whole() or shape is None \
-                or sc.param_view(u.args[0]) is not None or arg(u, 2, "bias") is not None:
+                or sc.param_view(u.args[0]) is not None:
             continue
         probe.also[u] = token_labels(shape)
         probe.also_uses.setdefault(pv.param, set()).add(u.name)
@@ -229,9 +236,10 @@ def absorb_by_embedding(ctx, L: np.ndarray, other, shape) -> bool:
 # propagation
 
 
-def _absorb_bias(ctx, L: np.ndarray, b, out_shape, axis: int | None = None) -> bool:
+def _absorb_bias(ctx, L: np.ndarray, b, out_shape, axis: int | None = None, at=None) -> bool:
     """Additive probe meets a bias: absorbed when the translation has the bias's shape (b <- b - delta). The bias is
-    broadcast against the trailing axes, or (``axis``, a 1-D bias) along that axis (a batch norm's channels)."""
+    broadcast against the trailing axes, or (``axis``, a 1-D bias) along that axis (a batch norm's channels). ``at``:
+    the node that reads the bias when it is not this one (the delta is still measured here)."""
     pvb = ctx.param_view(b)
     if pvb is None or (axis is not None and pvb.ndim != 1):
         return False
@@ -244,7 +252,7 @@ def _absorb_bias(ctx, L: np.ndarray, b, out_shape, axis: int | None = None) -> b
     if not np.array_equal(flatL[firstP][invP.reshape(-1)], flatL):
         return False   # one bias element would need two different corrections
     first = first_positions(flatP, int(np.prod(pvb.pshape, dtype=np.int64)))
-    ctx.leg(pvb.param, "absorb", site=ctx.node.name, site_index=first)
+    ctx.leg(pvb.param, "absorb", at=at, site=ctx.node.name, site_index=first)
     ctx.cite("additive_linear")
     ctx.sink(f"bias {pvb.param}")
     return True

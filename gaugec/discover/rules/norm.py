@@ -574,10 +574,10 @@ def _head_input_gain(engine, x):
 @tied_use("tied_head_scale")
 def head_after_a_norm_gain(engine, param, node, legs, kind_of):
     """A tied table E whose only leg moves its feature columns by one common scale c (the stream scale of a
-    pre-norm stream at eps 0) and which is read back as ``linear(x, E)`` with x = γ ⊙ normalised (+ β), x read by
+    stream at eps 0) and which is read back as ``linear(x, E[, b])`` with x = γ ⊙ normalised (+ β), x read by
     that head alone: γ and β take 1/c ("in" legs on the scale's coordinates; ``tied_head_scale``)."""
-    if node.op != "call_function" or op_name(node) != "linear" or arg(node, 2, "bias") is not None:
-        return None
+    if node.op != "call_function" or op_name(node) != "linear":
+        return None               # a head bias (BERT's) is untouched: (c E)(x / c) + b = E x + b
     head = engine.param_views.get(arg(node, 1, "weight"))
     if head is None or head.param != param or not head.is_whole() or len(legs) != 1:
         return None
