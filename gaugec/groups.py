@@ -10,6 +10,8 @@ A multiplicative gauge is a product of blocks, each a matrix group acting on a f
   orth   O(m)           R with RᵀR = I (a rotation of an RMS-normalised stream; the readers see it conjugated by the
                         norm's gain, D R D⁻¹: gaugec.plan.action)
   orth1  O(m - 1)       R with RᵀR = I and R 1 = 1 (a rotation of a LayerNorm-normalised stream: centring commutes)
+  shear1 R^m            I + w 1ᵀ with 1 + 1ᵀw > 0: fixes every centred vector, so it moves a layer norm's output
+                        only through its bias (conjugated by the gain, D (I + w 1ᵀ) D⁻¹; no DDC section yet)
 
 Each :class:`BlockKind` says how big its group is (``dim``), how it is written (``label``), how to draw a large
 random element and a Lie-algebra basis (the numeric checks and the generators), and how to balance a block on the
@@ -55,6 +57,7 @@ class BlockKind:
     within: tuple[str, ...] = ()                         # singleton kinds whose group contains this one's
     compact: bool = False                                # no non-compact part: the section is a frame choice only
     frame: Callable | None = None                        # compact kinds: (M, moment) -> the aligning element R
+    has_section: bool = True                             # False: the DDC optimizers leave its gauges out
 
 
 BLOCK_KINDS: dict[str, BlockKind] = {}
@@ -330,3 +333,32 @@ block_kind(BlockKind(
     random_element=lambda m, gen, ls, gls: _orth1_embed(_orth_random(m - 1, gen, ls, gls)),
     algebra_basis=_orth1_basis, solve=_identity_pair, first_order=_identity_pair, stable=_stable_all,
     orientation=_sign_per_row, compact=True, frame=_centred_axes))
+
+
+# -- shear1: I + w 1ᵀ, the maps that fix the centred space pointwise (a layer norm's output) -------------------------
+
+def _shear1_random(m, gen, ls, gls):
+    """I + w 1ᵀ with w of size ~gls and det = 1 + 1ᵀw = e^a, a uniform in [-ls, ls] (a large element, never
+    singular: the group is the component where 1 + 1ᵀw > 0)."""
+    z = _uniform(gen, (m,), gls)
+    a = float(_uniform(gen, (1,), ls)[0])
+    w = z + (math.exp(a) - 1.0 - float(z.sum())) / m
+    return torch.eye(m, dtype=torch.float64) + torch.outer(w, torch.ones(m, dtype=torch.float64))
+
+
+def _shear1_basis(m):
+    for i in range(m):
+        X = torch.zeros(m, m, dtype=torch.float64)
+        X[i, :] = 1.0
+        yield X
+
+
+def _no_section(P, Q):
+    raise NotImplementedError("a shear block (I + w 1ᵀ) has no canonical section yet: the DDC optimizers leave its "
+                              "gauge out of their frame (gaugec.optim.section)")
+
+
+block_kind(BlockKind(
+    "shear1", label=lambda m: f"Shear({m}) (I + w 1ᵀ)", dim=lambda m: m, random_element=_shear1_random,
+    algebra_basis=_shear1_basis, solve=_no_section, first_order=_no_section, stable=_no_section,
+    orientation=_no_section, has_section=False))

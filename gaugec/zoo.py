@@ -188,6 +188,45 @@ class TinyGPT2(nn.Module):
         return self.lm_head(self.ln_f(h))
 
 
+class PostLNBlock(nn.Module):
+    """A BERT-style (post-LN) encoder block: x <- LN(x + O(attn(x))), x <- LN(x + down(gelu(up(x))))."""
+
+    def __init__(self, d, n_heads, d_ff, eps):
+        super().__init__()
+        self.h, self.dh = n_heads, d // n_heads
+        self.q, self.k, self.v, self.o = (nn.Linear(d, d) for _ in range(4))
+        self.ln_attn = nn.LayerNorm(d, eps=eps)
+        self.up, self.down = nn.Linear(d, d_ff), nn.Linear(d_ff, d)
+        self.ln_mlp = nn.LayerNorm(d, eps=eps)
+
+    def forward(self, x):
+        B, T, D = x.shape
+        q, k, v = ((f(x).view(B, T, self.h, self.dh).transpose(1, 2)) for f in (self.q, self.k, self.v))
+        y = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, T, D)
+        x = self.ln_attn(x + self.o(y))
+        return self.ln_mlp(x + self.down(F.gelu(self.up(x))))
+
+
+class TinyPostLN(nn.Module):
+    """A BERT-style encoder: token and position tables summed into a LayerNorm, post-LN blocks, and a head with a
+    bias, tied to the token table by default (BERT's MLM decoder)."""
+
+    def __init__(self, vocab=16, d=8, n_layers=1, n_heads=2, d_ff=6, n_pos=6, eps=0.0, tie=True):
+        super().__init__()
+        self.tok, self.pos = nn.Embedding(vocab, d), nn.Embedding(n_pos, d)
+        self.ln_emb = nn.LayerNorm(d, eps=eps)
+        self.blocks = nn.ModuleList(PostLNBlock(d, n_heads, d_ff, eps) for _ in range(n_layers))
+        self.head = nn.Linear(d, vocab)
+        if tie:
+            self.head.weight = self.tok.weight
+
+    def forward(self, ids):
+        h = self.ln_emb(self.tok(ids) + self.pos(torch.arange(ids.shape[1], device=ids.device)))
+        for b in self.blocks:
+            h = b(h)
+        return self.head(h)
+
+
 class ConvNet(nn.Module):
     def __init__(self, classes=5):
         super().__init__()
@@ -267,6 +306,14 @@ def gpt2(**kw):
     return TinyGPT2(**cfg), _tokens(cfg["vocab"], T=cfg["n_pos"])
 
 
+def post_ln(**kw):
+    """1-layer BERT-style (post-LN) encoder, d 8, 2 heads, eps 0, head with a bias tied to the token table."""
+    torch.manual_seed(0)
+    cfg = dict(vocab=16, d=8, n_layers=1, n_heads=2, d_ff=6, n_pos=6)
+    cfg.update(kw)
+    return TinyPostLN(**cfg), _tokens(cfg["vocab"], T=cfg["n_pos"])
+
+
 def convnet():
     """Conv2d → BatchNorm2d (eval) → ReLU → MaxPool → Conv2d → ReLU → AvgPool → Linear."""
     torch.manual_seed(0)
@@ -308,6 +355,7 @@ ZOO = {
     "llama": llama,
     "llama_gqa": llama_gqa,
     "gpt2": gpt2,
+    "post_ln": post_ln,
     "convnet": convnet,
     "moe_mlp": moe_mlp,
 }

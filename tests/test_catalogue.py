@@ -57,10 +57,11 @@ CASES = [
     # the LayerNorm stream (d 8) rotates by O(7), fixing the ones vector; the tied head (below) refuses it
     # each reader with a bias of a layer norm (c_attn 24, c_fc 32) moves its rows along the inverse gain; the head
     # has no bias to absorb the constant, so its kernel is the logit shift's. The token table's translation is taken
-    # by the position table (8 of the bias translations)
+    # by the position table (8 of the bias translations); the bias-free head reads ln_f through its shear (8)
     ("gpt2-untied", lambda: zoo.gpt2(tie=False), "cross_entropy",
      {"norm_gain": 24, "attention_qk": 32, "attention_vo": 32, "norm_input_shift": 66, "bias_translation": 24,
-      "key_bias": 8, "value_bias": 8, "logit_shift": 8, "residual_rotation": 21, "layernorm_kernel": 56}),
+      "key_bias": 8, "value_bias": 8, "logit_shift": 8, "residual_rotation": 21, "layernorm_kernel": 56,
+      "layernorm_shear": 8}),
     # the fused QKV bias is split into query / key / value translations: the key and value parts survive
     # (the token translation moves the tied head's logits by <h, t> 1, which the loss absorbs: it survives the tie)
     ("gpt2-tied", lambda: zoo.gpt2(), "cross_entropy",

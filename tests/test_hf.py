@@ -149,3 +149,37 @@ def test_hf_moe_models_compile_with_per_expert_gauges_and_are_sound(kind):
     assert dims["residual_rotation"] == 120
     assert sum(1 for g in plan.gauges if g.family == "glu_rescale" and "experts" in g.name) == 4
     assert gaugec.verify(model, inputs, plan, soundness_only=True).sound
+
+
+def test_hf_bert_post_ln_encoder_is_found_whole():
+    """BERT (post-LN, eps 0) with its MLM head (dense, GELU, LayerNorm, a decoder with a bias tied to the token table):
+    each segment's scale, each LayerNorm bias taken by its readers' and the next residual writer's biases, the token
+    table's translation (into the position table) and scale (through the head norm's gain) survive the tie, and the
+    decoder bias keeps its uniform shift: 540 = 540."""
+    cfg = transformers.BertConfig(vocab_size=32, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                  intermediate_size=24, max_position_embeddings=6, type_vocab_size=1,
+                                  layer_norm_eps=0.0, pad_token_id=None, hidden_dropout_prob=0.0,
+                                  attention_probs_dropout_prob=0.0)
+    torch.manual_seed(0)
+    model = transformers.BertForMaskedLM(cfg).eval()
+    plan = gaugec.compile(model, _ids(32))
+    assert family_dims(plan)["norm_input_scale"] == 3
+    rep = gaugec.verify(model, _ids(32), plan)
+    assert rep.sound and rep.missed == 0 and rep.found_rank == rep.nullity == 540
+
+
+def test_hf_falcon_fused_multi_query_qkv_is_read_through_its_constant_index():
+    """Falcon's multi-query layout slices the fused QKV output with constant index lists (qkv[..., [-2], :]): the
+    index is known at capture, so the probes pass it (no "data-dependent index" barrier), and Q/K and V/O maps are
+    found. Its linears are written x @ Wᵀ without a bias: the parallel block's writers move together, and the
+    layer norm's output is read through its shear."""
+    cfg = transformers.FalconConfig(vocab_size=32, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                    ffn_hidden_size=8, layer_norm_epsilon=0.0, use_cache=False, pad_token_id=None)
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(cfg).eval()
+    plan = gaugec.compile(model, _ids(32))
+    dims = family_dims(plan)
+    assert dims["attention_vo"] == 64 and dims["attention_qk_rope"] == 8 and dims["layernorm_shear"] == 16
+    assert not any("data-dependent index" in r.reason for r in plan.refusals)
+    rep = gaugec.verify(model, _ids(32), plan)
+    assert rep.sound and rep.found_rank >= rep.nullity - 1

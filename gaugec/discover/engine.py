@@ -437,6 +437,14 @@ class SeedCtx:
     def param_view(self, a):
         return self.engine.param_views.get(a) if isinstance(a, torch.fx.Node) else None
 
+    def tie(self, C: np.ndarray, axes: list[int], kind: str):
+        """The last probe's coordinates C along ``axes`` form one block of ``kind`` each (:meth:`RuleCtx.tie`)."""
+        p = self.engine.probes[-1]
+        C = np.where(C >= 0, C + p.coord_base, -1)
+        rows = rows_along(C, axes)
+        self.engine.cons.add_fibre_rows(rows)
+        self.engine.cons.tie(rows, kind)
+
     def probe(self, kind, seed, initial, legs=(), coord_kind=None, describe="", tags=(), cites=()) -> Probe:
         """A new probe seeded here; ``cites`` are the lemmas that make the seed's legs a group action."""
         p = self.engine.add_probe(kind, seed, self.node, np.asarray(initial), coord_kind, describe)

@@ -43,6 +43,9 @@ MULTIPLICATIVE: list[Family] = [
            block_tags=("norm_scale",), lemmas=("rmsnorm_scale", "layernorm_scale")),
     Family("batchnorm_input_scale", "a per-channel scale of a batch norm's (eval) input, undone by its gain, its bias "
            "taking the running mean's share", block_tags=("bn_input_scale",), lemmas=("batchnorm_eval_scale",)),
+    Family("layernorm_shear", "a layer norm's output moved by D (I + w 1ᵀ) D⁻¹, which fixes its centred part: the "
+           "bias takes it, the readers (one without a bias) its inverse", probe_tags=("ln_shear",),
+           lemmas=("layernorm_shear",)),
     Family("residual_rotation", "a block that passed an RMS normalisation (O(d)) or a layer norm (O(d - 1), fixing "
            "the ones vector) as a rotation: a residual stream, or any tensor whose readers are such norms and "
            "linears", block_tags=("stream_rotation",), lemmas=("rmsnorm_rotation", "layernorm_rotation")),

@@ -253,8 +253,9 @@ def _refine_blocks(cons, roots, parity, start, seed_scalar, root_kill, reasons: 
     # scale by a normalisation "scale" (one coordinate: R+); a rotary pair "rot2"; an unrestricted block GL, GL(1)
     # being R* "scalar"), and why a block is fixed (-1: alive)
     scale = has["scale"] & (size > 1)
-    orth = has["orth"] & (size > 1) & ~has["scale"] & ~has["orth1"]
-    orth1 = has["orth1"] & (size > 2) & ~has["scale"] & ~has["orth"]
+    orth = has["orth"] & (size > 1) & ~has["scale"] & ~has["orth1"] & ~has["shear1"]
+    orth1 = has["orth1"] & (size > 2) & ~has["scale"] & ~has["orth"] & ~has["shear1"]
+    shear1 = has["shear1"] & (size > 1) & ~has["scale"] & ~has["orth"] & ~has["orth1"]
     has["pos"] = has["pos"] | (has["scale"] & (size == 1))
     kind = np.where(size > 1, "gl", "scalar").astype(object)
     singles = [k for k, bk in BLOCK_KINDS.items() if bk.singleton]
@@ -272,12 +273,13 @@ def _refine_blocks(cons, roots, parity, start, seed_scalar, root_kill, reasons: 
     kind[scale] = "scale"
     kind[orth] = "orth"
     kind[orth1] = "orth1"
+    kind[shear1] = "shear1"
     kind[has["rot2"]] = "rot2"
     dead = np.full(nb, -1, dtype=np.int64)
-    rotation = has["orth"] | has["orth1"]
-    dead[rotation & (restricted | has["rot2"] | has["scale"] | ~(orth | orth1))] = \
-        reasons.code("a rotation block that other ops restrict, that an RMS norm and a layer norm both read, or too "
-                     "small to rotate continuously")
+    rotation = has["orth"] | has["orth1"] | has["shear1"]
+    dead[rotation & (restricted | has["rot2"] | has["scale"] | ~(orth | orth1 | shear1))] = \
+        reasons.code("a rotation or shear block that other ops restrict, that two different normalisations tie, or "
+                     "too small to move continuously")
     dead[has["rot2"] & ((size != 2) | restricted | has["scale"])] = \
         reasons.code("a rotary pair that other ops split or restrict")
     dead[(size > 1) & restricted & ~has["rot2"] & ~scale & ~rotation & (dead < 0)] = \
@@ -322,6 +324,7 @@ def _fibre_keys(cons, roots, seed_scalar):
     flag["scale"] = np.zeros(n, dtype=bool)
     flag["orth"] = np.zeros(n, dtype=bool)
     flag["orth1"] = np.zeros(n, dtype=bool)
+    flag["shear1"] = np.zeros(n, dtype=bool)
     tied_rows = []
     rot_order: dict[tuple[int, int], tuple[int, int]] = {}
     for kind, arr in cons.kinds:
@@ -338,7 +341,7 @@ def _fibre_keys(cons, roots, seed_scalar):
             flag["rot2"][rp.reshape(-1)] = True
             for f, sec in rp.tolist():
                 rot_order.setdefault((min(f, sec), max(f, sec)), (f, sec))
-        elif kind in ("scale", "orth", "orth1"):
+        elif kind in ("scale", "orth", "orth1", "shear1"):
             rr = roots[arr]
             flag[kind][rr.reshape(-1)] = True
             tied_rows.append(rr)

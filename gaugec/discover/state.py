@@ -90,8 +90,8 @@ class Constraints:
 
     def tie(self, rows: np.ndarray, kind: str):
         """Each row's coordinates (one normalised vector) form one block of ``kind``: "scale" (one common positive
-        scale c I, a normalisation at eps = 0), "orth" (R with RᵀR = I, passing an RMS norm) or "orth1" (also
-        R 1 = 1, passing a layer norm)."""
+        scale c I, a normalisation at eps = 0), "orth" (R with RᵀR = I, passing an RMS norm), "orth1" (also
+        R 1 = 1, passing a layer norm) or "shear1" (I + w 1ᵀ, which fixes a layer norm's centred output)."""
         rows = np.asarray(rows, dtype=np.int64).reshape(len(rows), -1)
         if rows.size:
             self.kinds.append((kind, rows))

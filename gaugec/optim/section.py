@@ -143,6 +143,9 @@ class OrbitExecutor:
             if p in excluded:
                 return f"it moves {p}, which is {excluded[p]}"
         if g.kind == "mult":
+            for k, m in g.blocks:
+                if not block_kind(k).has_section:
+                    return f"its {block_kind(k).label(m)} block has no canonical section yet"
             if any(lg.role == "absorb" for lg in g.legs):
                 return ("a bias follows it through the graph (a batch norm's input scale): its section is not "
                         "derived yet")

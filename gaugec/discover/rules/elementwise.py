@@ -271,6 +271,8 @@ def _move_writer(ctx, other, C: np.ndarray, shape) -> bool:
             pvW, pvb, out_axis = ctx.param_view(arg(lin, 0, "weight")), None, 1
         elif op_name(lin) == "addmm":       # b + x @ W (Hugging Face Conv1D): W's output axis is its second
             pvW, pvb, out_axis = ctx.param_view(arg(lin, 2, "mat2")), ctx.param_view(arg(lin, 0, "self")), 1
+        elif op_name(lin) in ("matmul", "mm"):  # x @ Wᵀ written out (Falcon's linear): the view's second axis
+            pvW, pvb, out_axis = ctx.param_view(lin.args[1]), None, 1
         else:
             pvW, pvb, out_axis = ctx.param_view(arg(lin, 1, "weight")), ctx.param_view(arg(lin, 2, "bias")), 0
         if pvW is None or pvW.ndim != 2:
@@ -293,7 +295,7 @@ def _move_writer(ctx, other, C: np.ndarray, shape) -> bool:
 
 
 def _writers(ctx, node) -> list | None:
-    """The linear nodes (linear, addmm, embedding lookups) whose outputs (summed, through casts, eval-mode dropout,
+    """The linear nodes (linear, addmm, x @ W with W a parameter, embedding lookups) whose outputs (summed, through casts, eval-mode dropout,
     reshapes that keep the feature axis and products with per-token scalars such as a router's weights) make
     ``node``, each on a path that feeds only ``node``'s user and that the probe has not reached; None when ``node``
     is anything else."""
@@ -308,6 +310,8 @@ def _writers(ctx, node) -> list | None:
     if name in ("linear", "addmm", "embedding"):
         inp = {"linear": 0, "addmm": 1, "embedding": 1}[name]
         return [node] if ctx.state(node.args[inp]) is None else None
+    if name in ("matmul", "mm") and ctx.param_view(node.args[1]) is not None and ctx.param_view(node.args[0]) is None:
+        return [node] if ctx.state(node.args[0]) is None else None
     if name == "mul" and all(hasattr(a, "op") for a in node.args[:2]):
         # a writer times a per-token scalar (a router's weight): A (s W z) = s (A W) z when s is constant along the
         # features and the group does not reach it
@@ -318,8 +322,8 @@ def _writers(ctx, node) -> list | None:
                 if found is not None:
                     return found
         return None
-    if name == "add" and arg(node, 2, "alpha", 1) == 1 and all(hasattr(a, "op") for a in node.args[:2]):
-        parts = [_writers(ctx, a) for a in node.args[:2]]
+    if name in ("add", "add_") and arg(node, 2, "alpha", 1) == 1 and all(hasattr(a, "op") for a in node.args[:2]):
+        parts = [_writers(ctx, a) for a in node.args[:2]]       # (in place: Falcon's mlp_output += attn_output)
         return None if None in parts else parts[0] + parts[1]
     return None
 

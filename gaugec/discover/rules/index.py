@@ -6,13 +6,15 @@ sees the coordinates wherever they land and refines blocks by the fibres that la
 """
 from __future__ import annotations
 
+import dataclasses
 import operator
 
 import numpy as np
+import torch
 import torch.fx
 
 from gaugec.discover.fx import arg, node_shape, norm_dim, op_name
-from gaugec.discover.registry import INDEX_RULES, rule
+from gaugec.discover.registry import INDEX_RULES, PatternMatch, pattern, rule
 
 
 def _src(state, a):
@@ -175,3 +177,70 @@ def _getitem(node, state, fill):
 
 # operator.getitem's name as op_name reports it
 INDEX_RULES[operator.getitem.__name__] = _getitem
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# indexing by constant index tensors (Falcon's fused QKV: ``qkv[..., [-2], :]``): the indices are known when the
+# graph is captured, so the same numpy indexing moves the probe's array; an index computed from the input stays a
+# barrier ("a data-dependent index")
+
+
+def constant_value(engine, node) -> np.ndarray | None:
+    """The value of a tensor fixed at capture (a lifted constant of torch.export, through copies and casts), or None."""
+    while isinstance(node, torch.fx.Node) and node.op == "call_function" and \
+            _name(node) in ("lift_fresh_copy", "clone", "alias", "detach", "_to_copy", "to", "contiguous"):
+        node = node.args[0]
+    if not isinstance(node, torch.fx.Node):
+        return None
+    ep = engine.gg.exported
+    if node.op == "placeholder" and ep is not None:
+        name = ep.graph_signature.inputs_to_lifted_tensor_constants.get(node.name)
+        value = ep.constants.get(name) if name is not None else None
+    elif node.op == "get_attr":
+        value = getattr(engine.gg.graph_module, node.target, None)
+    else:
+        value = None
+    if not isinstance(value, torch.Tensor) or value.is_floating_point() or value.is_complex() \
+            or value.device.type == "meta":
+        return None
+    return value.detach().cpu().numpy().astype(np.int64)
+
+
+@dataclasses.dataclass
+class ConstantIndex(PatternMatch):
+    """``x[..., idx, ...]`` (aten.index.Tensor) whose index tensors are all capture-time constants."""
+
+    output: torch.fx.Node
+    x: torch.fx.Node
+    key: tuple                 # per leading axis: slice(None) or the constant index array
+    internal: set
+
+    name = "index by constant indices"
+
+    def apply(self, ctx, node):
+        a = ctx.state(self.x)
+        if a is None:
+            return None
+        ctx.cite("index_transport")
+        return a[self.key]
+
+
+@pattern("constant index")
+def find_constant_indices(engine) -> list[ConstantIndex]:
+    out = []
+    for n in engine.topo:
+        if n.op != "call_function" or _name(n) != "index" or len(n.args) < 2:
+            continue
+        key = []
+        for i in n.args[1]:
+            if i is None:
+                key.append(slice(None))
+                continue
+            v = constant_value(engine, i)
+            if v is None:
+                break
+            key.append(v)
+        else:
+            if isinstance(n.args[0], torch.fx.Node):
+                out.append(ConstantIndex(n, n.args[0], tuple(key), {n}))
+    return out

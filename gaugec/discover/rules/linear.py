@@ -267,17 +267,27 @@ def read_with_weight(ctx, C, pvW, act_axis: int, w_axis: int, what: str, x=None)
     lg = view_leg(pvW, w_axis, fibre_along(C, act_axis), _pshape(ctx, pvW), "in", ctx.node.name)
     if lg is None:
         return ctx.kill_all(f"could not map the {what}'s input axis to a weight axis")
-    conj = ctx.conj_of(x)
-    if conj is not None:     # a rotation seen through a norm gain: W <- W D R^-1 D^-1
-        found = param_axis_coords(pvW.fibre(w_axis), fibre_along(conj[2], act_axis), _pshape(ctx, pvW))
-        if found is None or found[0] != lg.axis:
-            return ctx.kill_all(f"could not map the gain conjugating a {what}'s input to its weight axis")
-        lg.conj, lg.conj_offset, lg.conj_index = conj[0], conj[1], found[1]
-        ctx.cite("gain_conjugation")
+    if not _conjugate_leg(ctx, lg, pvW, w_axis, x, act_axis):
+        return ctx.kill_all(f"could not map the gain conjugating a {what}'s input to its weight axis")
     ctx.probe.legs.append(lg)
     ctx.cite("linear_reader")
     ctx.tag("reader")
     return None
+
+
+def _conjugate_leg(ctx, lg, pvW, w_axis: int, x, act_axis: int) -> bool:
+    """A map seen through a norm gain on the reader's input ``x`` (a rotation or a shear, D M D⁻¹): the reader's leg
+    takes the same conjugation, W <- W D M⁻¹ D⁻¹ (``gain_conjugation``). False when the gain's index does not map to
+    the leg's weight axis; True (nothing to do) when ``x`` carries no conjugation."""
+    conj = ctx.conj_of(x)
+    if conj is None:
+        return True
+    found = param_axis_coords(pvW.fibre(w_axis), fibre_along(conj[2], act_axis), _pshape(ctx, pvW))
+    if found is None or found[0] != lg.axis:
+        return False
+    lg.conj, lg.conj_offset, lg.conj_index = conj[0], conj[1], found[1]
+    ctx.cite("gain_conjugation")
+    return True
 
 
 @rule("linear", kind="mult", conjugated=True)
@@ -324,8 +334,11 @@ def _linear_translation(ctx, node, x, W, b):
     return out
 
 
-@rule("matmul", "mm", "bmm", kind="mult")
+@rule("matmul", "mm", "bmm", kind="mult", conjugated=True)
 def matmul_mult(ctx, node):
+    """x @ W with W a parameter (view) reads the action on the contracted axis like a linear (a gain-conjugated one
+    too: Falcon's linear is written x @ Wᵀ); two activations contract it (attention scores) or carry it on the free
+    axis (attention values). A conjugated action only passes the parameter reader."""
     a, b = node.args[0], node.args[1]
     Ca, Cb = ctx.state(a), ctx.state(b)
     sa, sb, so = node_shape(a), node_shape(b), node_shape(node)
@@ -336,6 +349,11 @@ def matmul_mult(ctx, node):
         if C is None:
             continue
         k_axis = C.ndim - 1 if side == "a" else C.ndim - 2
+        if ctx.conj_of(a if side == "a" else b) is not None and (
+                ctx.param_view(other) is None or k_axis not in varying_axes(C)):
+            ctx.kill(C, "a map seen through a norm gain (D M D^-1) reaches a matmul other than a parameter reader "
+                        "of its features")
+            continue
         free_axis = C.ndim - 2 if side == "a" else C.ndim - 1
         var = varying_axes(C)
         if k_axis in var:
@@ -352,6 +370,9 @@ def matmul_mult(ctx, node):
                 lg = view_leg(pv, other_axis, fibre_along(C, k_axis), _pshape(ctx, pv), "in", node.name)
                 if lg is None:
                     ctx.kill(C, "could not map the contracted axis to a weight axis")
+                    continue
+                if not _conjugate_leg(ctx, lg, pv, other_axis, a if side == "a" else b, k_axis):
+                    ctx.kill(C, "could not map the gain conjugating a matmul's input to its weight axis")
                     continue
                 ctx.probe.legs.append(lg)
                 ctx.cite("linear_reader")

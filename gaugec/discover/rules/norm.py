@@ -234,6 +234,66 @@ def seed_layer_norm(sc, node):
     shape = node_shape(node)
     axes = _normalised_axes(node, shape, arg(node, 1, "normalized_shape"))
     _seed_affine(sc, node, axes, arg(node, 2, "weight"), arg(node, 3, "bias"), "layer norm")
+    _seed_shear(sc, node)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the shear of a layer norm's output: the coupled kernel of readers without a bias
+
+
+@lemma("layernorm_shear", "A = D (I + w 1ᵀ) D⁻¹ fixes D n when sum(n) = 0, so W A⁻¹ (D n + A β) = W (D n + β): the "
+       "bias takes A, the readers A⁻¹ (their rows move along the inverse gain by the amount that keeps W β)")
+def _ln_shear():
+    d = sp.symbols("d0:3", nonzero=True)
+    n0, n1 = sp.symbols("n0 n1", real=True)
+    n = sp.Matrix([n0, n1, -n0 - n1])          # the centred output of a layer norm sums to zero
+    w, beta, W = sym_vector("w", 3), sym_vector("beta", 3), sym_matrix("W", 2, 3)
+    D = sp.diag(*d)
+    A = D * (sp.eye(3) + w * sp.ones(1, 3)) * D.inv()
+    return [sp.simplify(W * A.inv() * (D * n + A * beta) - W * (D * n + beta))]
+
+
+def _linear_readers(engine, ln) -> list[tuple[torch.fx.Node, bool]]:
+    """The linear readers of a layer norm's output (through casts and views): (reader, whether it adds a bias)."""
+    out = []
+    for n in engine.topo:
+        if n.op != "call_function":
+            continue
+        name = op_name(n)
+        if name == "linear" and layer_norm_behind(arg(n, 0, "input")) is ln:
+            out.append((n, arg(n, 2, "bias") is not None))
+        elif name == "addmm" and layer_norm_behind(arg(n, 1, "mat1")) is ln:
+            out.append((n, True))
+        elif name in ("matmul", "mm") and layer_norm_behind(n.args[0]) is ln \
+                and engine.param_views.get(n.args[1]) is not None:
+            users = list(n.users)      # x @ Wᵀ (+ b) written out (Falcon's linear)
+            out.append((n, len(users) == 1 and op_name(users[0]) in ("add", "add_") and any(
+                engine.param_views.get(a) is not None for a in users[0].args[:2] if isinstance(a, torch.fx.Node))))
+    return out
+
+
+def _seed_shear(sc, node):
+    """A layer norm with a gain γ and a bias β whose output only linears read, one of them without a bias: the output
+    moves by A = D (I + w 1ᵀ) D⁻¹ (D = diag γ), which fixes the centred part D n, so β <- A β and every reader
+    W <- W A⁻¹ (``layernorm_shear``; a block of kind "shear1"). Readers that all have a bias need no such gauge: their
+    kernels and β's translation (absorbed by their biases) span it already."""
+    shape = node_shape(node)
+    gamma, beta = arg(node, 2, "weight"), arg(node, 3, "bias")
+    pvg, pvb = sc.param_view(gamma), sc.param_view(beta)
+    if shape is None or len(arg(node, 1, "normalized_shape")) != 1 or pvg is None or pvb is None \
+            or not pvg.is_whole() or not pvb.is_whole() or pvg.ndim != 1 or pvb.ndim != 1:
+        return
+    readers = _linear_readers(sc.engine, node)
+    if not readers or all(has_bias for _, has_bias in readers):
+        return
+    d = shape[-1]
+    C = np.broadcast_to(np.arange(d), shape)
+    leg = Leg(pvb.param, "out", axis=0, coords=np.arange(d), conj=pvg.param, conj_offset=pvg.offset,
+              conj_index=np.arange(d))
+    p = sc.probe("mult", "shear", C, [leg], describe=f"shear of the output of layer norm {node.name}",
+                 tags=("ln_shear",), cites=("layernorm_shear",))
+    p.conj[node] = (pvg.param, pvg.offset, np.broadcast_to(np.arange(d), shape))
+    sc.tie(C, [len(shape) - 1], "shear1")
 
 
 @rule("rms_norm", kind="seed")
