@@ -3,9 +3,10 @@ eps 0, positions = sequence length, no padding row), the oracle's nullity agains
 (rows no input reaches) count as missed here, so the ratio is a lower bound.
 
 A one-layer *parallel* block (GPT-NeoX, GPT-J, Falcon) feeds its MLP the token's embedding alone: 32 tokens are 32
-points, and an MLP wider than 32 x 16 conditions can pin down has null directions on that finite domain that are no
-gauge of the architecture (they vanish with a real vocabulary). Those models get an MLP of width 8, below that
-count. Needs transformers (the dev extra). Run: python examples/hf_completeness.py [NAME ...]"""
+points, and the token-only path (embedding, MLP) then has null directions on that finite domain that are no gauge of
+the architecture (they vanish with a real vocabulary: GPT-NeoX counts 41 of them at vocabulary 32 and none at 64).
+Those models get a vocabulary of 64 and an MLP of width 8. Needs transformers (the dev extra).
+Run: python examples/hf_completeness.py [NAME ...]"""
 import sys
 import time
 import warnings
@@ -17,6 +18,7 @@ import gaugec
 
 warnings.simplefilter("ignore")
 V, TOK = 32, 6
+V_PARALLEL = 64     # the vocabulary of the one-layer parallel blocks (see above)
 C = dict(vocab_size=V, hidden_size=16, intermediate_size=24, num_hidden_layers=1, num_attention_heads=2,
          max_position_embeddings=TOK, use_cache=False, pad_token_id=None)
 NARROW = 8      # the MLP width of the one-layer parallel blocks (see above)
@@ -34,11 +36,12 @@ MODELS = {
     "phi3": causal(lambda: T.Phi3Config(**C, num_key_value_heads=2, rms_norm_eps=0.0)),
     "olmo2": causal(lambda: T.Olmo2Config(**C, num_key_value_heads=2, rms_norm_eps=0.0)),
     "stablelm": causal(lambda: T.StableLmConfig(**C, num_key_value_heads=1, layer_norm_eps=0.0)),
-    "gptneox": causal(lambda: T.GPTNeoXConfig(**{**C, "intermediate_size": NARROW}, layer_norm_eps=0.0)),
-    "falcon": causal(lambda: T.FalconConfig(vocab_size=V, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+    "gptneox": causal(lambda: T.GPTNeoXConfig(**{**C, "intermediate_size": NARROW, "vocab_size": V_PARALLEL},
+                                              layer_norm_eps=0.0)),
+    "falcon": causal(lambda: T.FalconConfig(vocab_size=V_PARALLEL, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
                                             ffn_hidden_size=NARROW, layer_norm_epsilon=0.0, use_cache=False,
                                             pad_token_id=None)),
-    "gptj": causal(lambda: T.GPTJConfig(vocab_size=V, n_embd=16, n_layer=1, n_head=2, n_positions=TOK, rotary_dim=4,
+    "gptj": causal(lambda: T.GPTJConfig(vocab_size=V_PARALLEL, n_embd=16, n_layer=1, n_head=2, n_positions=TOK, rotary_dim=4,
                                         n_inner=NARROW, layer_norm_epsilon=0.0, use_cache=False, pad_token_id=None)),
     "mixtral": causal(lambda: T.MixtralConfig(**{**C, "intermediate_size": 12}, num_key_value_heads=1,
                                               rms_norm_eps=0.0, num_local_experts=4, num_experts_per_tok=2)),

@@ -107,40 +107,71 @@ def seed_writer(sc, node, W, b, out_axis: int, what: str, w_out_view_axis: int =
         sc.probe("add", "row_shift", token_labels(shape), legs, describe=f"row shift of {what} {node.name}",
                  cites=("row_shift",))
     # ... and the bias translation b += t (a later bias or attention softmax absorbs it), one probe per segment
-    # when the output is split along its features (fused QKV: the query part must not take the key part down)
+    # when the output is cut along its features (fused QKV: the query part must not take the key part down)
     if pvb is not None and bl is not None:
         out_index = np.arange(n).reshape([n if a == out_axis else 1 for a in range(len(shape))])
-        for lo, hi in output_segments(node, out_axis, n):
-            L = np.broadcast_to(np.where((out_index >= lo) & (out_index < hi), out_index, -1), shape)
-            select = None if (lo, hi) == (0, n) else np.nonzero((bl[1] >= lo) & (bl[1] < hi))[0]
-            part = "" if select is None else f" [{lo}:{hi}]"
+        segments = output_segments(sc.engine, node, out_axis, n)
+        for seg in segments:
+            inside = np.isin(out_index, seg)
+            L = np.broadcast_to(np.where(inside, out_index, -1), shape)
+            select = None if len(segments) == 1 else np.nonzero(np.isin(bl[1], seg))[0]
+            part = "" if select is None else f" [{_ranges(seg)}]"
             sc.probe("add", "translation", L, [Leg(pvb.param, "shift", axes=(), select=select)],
                      describe=f"translation of the bias of {what} {node.name}{part}", cites=("additive_passthrough",))
 
 
-def output_segments(node, axis: int, n: int) -> list[tuple[int, int]]:
-    """The segments a later split / chunk / slice cuts the output into along ``axis`` (one segment if none)."""
+def _ranges(idx: np.ndarray) -> str:
+    """0:8,24:32 for the indices 0..7 and 24..31."""
+    cuts = np.nonzero(np.diff(idx) != 1)[0]
+    starts, ends = np.r_[idx[:1], idx[cuts + 1]], np.r_[idx[cuts], idx[-1:]] + 1
+    return ",".join(f"{a}:{b}" for a, b in zip(starts, ends))
 
-    cuts = {0, n}
-    todo = [(u, axis) for u in node.users]       # (user, the feature axis in that user's input)
+
+def output_segments(engine, node, axis: int, n: int, depth: int = 8) -> list[np.ndarray]:
+    """The parts a later split, chunk, slice, select or constant index cuts the output's features into: the feature
+    index is carried through the index ops after ``node`` (views that split it into heads included, as GPT-NeoX's
+    per-head [q | k | v] layout), each piece they make records the features it holds, and features that lie in
+    exactly the same pieces form one segment (one segment, all features, when nothing cuts)."""
+    from gaugec.discover.registry import INDEX_RULES
+    from gaugec.discover.rules.index import apply_index_op
+
+    shape = node_shape(node)
+    start = np.broadcast_to(np.arange(n).reshape([n if a == axis else 1 for a in range(len(shape))]), shape)
+    signature = np.zeros(n, dtype=np.uint64)
+    rng = np.random.default_rng(0x5E6)
+    cut_ops = {"split", "split_with_sizes", "chunk", "unbind", "tensor_split", "slice", "narrow", "select"}
+    todo = [(u, start, 0) for u in node.users]
     while todo:
-        u, ax = todo.pop()
-        name = op_name(u)
-        in_shape = node_shape(u.args[0]) if u.args and hasattr(u.args[0], "meta") else None
-        if in_shape is None:
+        u, arr, level = todo.pop()
+        if level >= depth or u.op != "call_function":
             continue
-        if name in ("view", "reshape", "_unsafe_view") and ax == len(in_shape) - 1 and node_shape(u) \
-                and node_shape(u)[-1] == n:
-            todo.extend((w, len(node_shape(u)) - 1) for w in u.users)   # keeps the feature axis (HF Conv1D)
-        elif name in ("split", "split_with_sizes", "chunk") and isinstance(u.meta.get("val"), (tuple, list)):
-            dim = norm_dim(arg(u, 2, "dim", 0), len(in_shape))
-            if dim == ax:
-                cuts.update(np.cumsum([int(v.shape[dim]) for v in u.meta["val"]]).tolist())
-        elif name == "slice" and norm_dim(arg(u, 1, "dim", 0), len(in_shape)) == ax:
-            start, end = arg(u, 2, "start", 0) or 0, arg(u, 3, "end", None)
-            cuts.update({max(0, min(start, n)), n if end is None else max(0, min(end, n))})
-    edges = sorted(cuts)
-    return [(a, b) for a, b in zip(edges, edges[1:]) if b > a]
+        name, match = op_name(u), engine.matches.get(u)
+        try:
+            if match is not None and hasattr(match, "key") and match.x is u.args[0]:
+                out = arr[match.key]        # a constant index (Falcon's qkv[..., [-2], :])
+                cuts = True
+            elif match is None and name in INDEX_RULES:
+                out = apply_index_op(engine, u, {u.args[0]: arr} if u.args else {}, fill=-1)
+                cuts = name in cut_ops
+            else:
+                continue
+        except Exception:  # noqa: BLE001 - an index op this walk cannot follow cuts nothing it can see
+            continue
+        pieces = list(out) if isinstance(out, tuple) else [out]
+        for k, piece in enumerate(pieces):
+            if not isinstance(piece, np.ndarray):
+                continue
+            held = np.unique(piece[piece >= 0])
+            if cuts and 0 < held.size < n:
+                with np.errstate(over="ignore"):
+                    signature[held] += rng.integers(1, 2 ** 63, dtype=np.int64).astype(np.uint64)
+            if isinstance(out, tuple):      # a getitem picks this piece: carry it to that getitem's users
+                nxt = [x for w in u.users if op_name(w) == "getitem" and w.args[1] == k for x in w.users]
+            else:
+                nxt = list(u.users)
+            todo.extend((x, piece, level + 1) for x in nxt)
+    _, inv = np.unique(signature, return_inverse=True)
+    return [np.nonzero(inv == c)[0] for c in range(int(inv.max()) + 1)]
 
 
 @rule("linear", kind="seed")
