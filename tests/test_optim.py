@@ -532,3 +532,20 @@ def test_ddcadam_balances_the_tied_heads_stream_scale():
         if name == "ddc":
             assert scale.name not in opt.canonical_report["held"]
     assert gaps["ddc"] <= 1e-9 and gaps["adamw"] >= 1e-3, gaps
+
+
+def test_ddcadam_is_equivariant_on_a_post_ln_encoder():
+    """A BERT-style encoder: each segment's scale (a tied scalar), each LayerNorm bias absorbed by the next residual
+    writer's bias, the key bias (a whole translation without RoPE: its section zeroes it, and the balancing then
+    scales that zero, which the collapse guard must not mistake for a collapse), and the tied head with a bias.
+    DDCAdam from θ and from g·θ agree (g: every gauge at once); AdamW does not."""
+    model, inputs = tasks.float64_zoo("post_ln")
+    plan = gaugec.compile(model, inputs, loss="cross_entropy")
+    batches = tasks.label_batches(model, inputs, plan, 20)
+    g = _element(plan)
+    ref, _ = _train(model, inputs, plan, batches, None, "ddc", steps=20)
+    moved, _ = _train(model, inputs, plan, batches, g, "ddc", steps=20)
+    assert _worst_step_gap(ref, moved) <= 1e-9
+    ref_w, _ = _train(model, inputs, plan, batches, None, "adamw", steps=20)
+    moved_w, _ = _train(model, inputs, plan, batches, g, "adamw", steps=20)
+    assert _worst_step_gap(ref_w, moved_w) >= 1e-3
