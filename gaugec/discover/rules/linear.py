@@ -14,7 +14,8 @@ import sympy as sp
 import torch.fx
 
 from gaugec.discover.fx import arg, node_shape, norm_dim, op_name, strip_casts, varying_axes
-from gaugec.discover.registry import rule
+from gaugec.discover.registry import INDEX_RULES, rule
+from gaugec.discover.rules.index import ConstantIndex, apply_index_op
 from gaugec.discover.state import first_positions, param_axis_coords, row_classes
 from gaugec.plan.gauge import Leg
 from gaugec.prove.lemmas import lemma, sym_matrix, sym_vector
@@ -132,9 +133,6 @@ def output_segments(engine, node, axis: int, n: int, depth: int = 8) -> list[np.
     index is carried through the index ops after ``node`` (views that split it into heads included, as GPT-NeoX's
     per-head [q | k | v] layout), each piece they make records the features it holds, and features that lie in
     exactly the same pieces form one segment (one segment, all features, when nothing cuts)."""
-    from gaugec.discover.registry import INDEX_RULES
-    from gaugec.discover.rules.index import apply_index_op
-
     shape = node_shape(node)
     start = np.broadcast_to(np.arange(n).reshape([n if a == axis else 1 for a in range(len(shape))]), shape)
     signature = np.zeros(n, dtype=np.uint64)
@@ -147,7 +145,7 @@ def output_segments(engine, node, axis: int, n: int, depth: int = 8) -> list[np.
             continue
         name, match = op_name(u), engine.matches.get(u)
         try:
-            if match is not None and hasattr(match, "key") and match.x is u.args[0]:
+            if isinstance(match, ConstantIndex) and match.x is u.args[0]:
                 out = arr[match.key]        # a constant index (Falcon's qkv[..., [-2], :])
                 cuts = True
             elif match is None and name in INDEX_RULES:
