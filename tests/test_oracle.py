@@ -298,3 +298,28 @@ def test_a_post_ln_encoder_is_found_whole(tie):
     rep = gaugec.verify(model, inputs, plan)
     assert rep.sound and rep.missed == 0 and rep.found_rank == rep.nullity == (168 if tie else 214)
     assert rep.found_rank == plan.dim
+
+
+class _FusedKV(nn.Module):
+    """Attention whose key and value come from one fused linear with a bias, no RoPE: the key part of the bias is
+    absorbed by the softmax, the value part by the output bias, so the bias's uniform shift is spanned by them."""
+
+    def __init__(self, d=4):
+        super().__init__()
+        self.q, self.kv, self.o = nn.Linear(d, d), nn.Linear(d, 2 * d), nn.Linear(d, 3)
+
+    def forward(self, x):
+        k, v = self.kv(x).chunk(2, dim=-1)
+        return self.o(torch.nn.functional.scaled_dot_product_attention(self.q(x), k, v))
+
+
+def test_a_fused_key_value_bias_counts_each_direction_once():
+    """The fused bias is seeded per segment (key, value) and as a uniform shift; the uniform shift is dropped as it
+    lies in the span of the two segments' translations, so the gauges' dimensions add up to the plan's rank (the
+    sum is what a plan on the meta device reports)."""
+    torch.manual_seed(0)
+    model, inputs = _FusedKV(), (torch.randn(2, 5, 4),)
+    plan = gaugec.compile(model, inputs, loss=None)
+    assert sum(g.dim for g in plan.gauges) == plan.dim
+    rep = gaugec.verify(model, inputs, plan, loss=None)
+    assert rep.sound and rep.missed == 0

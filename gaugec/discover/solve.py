@@ -555,15 +555,17 @@ def _additive_gauges(engine: Engine, uses: dict[str, dict[str, tuple]]) -> tuple
         gauges.append(Gauge("", family, "add", [], [dataclasses.replace(lg, axes=tuple(lg.axes)) for lg in p.legs],
                             proof=Proof(sorted({(lid, nd) for lid, nd, _ in p.citations})), additive_dim=dim,
                             description=[p.describe]))
-    return _drop_subsumed_shifts(gauges), refusals
+    sizes = {name: int(np.prod(info.shape, dtype=np.int64)) for name, info in engine.gg.params.items()}
+    return _drop_subsumed_shifts(gauges, sizes), refusals
 
 
-def _drop_subsumed_shifts(gauges: list[Gauge]) -> list[Gauge]:
+def _drop_subsumed_shifts(gauges: list[Gauge], sizes: dict[str, int]) -> list[Gauge]:
     """A uniform shift of a parameter (b += s 1: its one shift leg broadcast over all of b's axes) is an instance of
-    any surviving gauge that shifts b along the same or fewer broadcast axes (b's whole translation b += t, or a row
-    shift W += 1 aᵀ, b += s 1 at a = 0). It follows the same path to the same absorbers (a sink that absorbs only
-    constants would have killed the wider one), so it adds no dimension and is dropped; it stays where nothing wider
-    survived (BERT's tied head, whose table may not move)."""
+    the surviving gauges that shift b along the same or fewer broadcast axes when together they cover every entry of
+    b (b's whole translation b += t, its segments' translations, or a row shift W += 1 aᵀ, b += s 1 at a = 0). It
+    follows the same paths to the same absorbers (a sink that absorbs only constants would have killed the wider
+    ones), so it adds no dimension and is dropped; it stays where nothing wider survived (BERT's tied head, whose
+    table may not move)."""
     def shifts(g):
         return [lg for lg in g.legs if lg.role == "shift"]
 
@@ -573,8 +575,15 @@ def _drop_subsumed_shifts(gauges: list[Gauge]) -> list[Gauge]:
 
     def covered(g):
         u = shifts(g)[0]
-        return any(h is not g and not uniform(h) and any(
-            lg.param == u.param and lg.part == u.part and lg.select is None and set(lg.axes) <= set(u.axes)
-            for lg in shifts(h)) for h in gauges)
+        entries: set = set()
+        for h in gauges:
+            if h is g or uniform(h):
+                continue
+            for lg in shifts(h):
+                if lg.param == u.param and lg.part == u.part and set(lg.axes) <= set(u.axes):
+                    if lg.select is None:
+                        return True
+                    entries.update(np.asarray(lg.select).tolist())
+        return not u.part and len(entries) == sizes.get(u.param, -1)
 
     return [g for g in gauges if not (uniform(g) and covered(g))]
