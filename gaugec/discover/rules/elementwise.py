@@ -294,19 +294,32 @@ def _move_writer(ctx, other, C: np.ndarray, shape) -> bool:
     return True
 
 
+def _unwrap(ctx, node):
+    """``node`` with casts, eval-mode dropout and reshapes that keep the feature axis stripped (tokens regrouped: HF
+    Conv1D's addmm, a flattened MoE batch): the first node that is none of these, or None when it or a node on the
+    way is not a computed tensor that feeds only the next one and that the probe has not reached."""
+    while True:
+        if not (hasattr(node, "op") and node.op == "call_function" and len(node.users) == 1
+                and ctx.state(node) is None):
+            return None
+        name = op_name(node)
+        keeps = name in CAST_OPS or (name == "dropout" and not arg(node, 2, "train", True)) or (
+            name in ("view", "reshape", "_unsafe_view")
+            and (node_shape(node) or (0,))[-1:] == (node_shape(node.args[0]) or (1,))[-1:])
+        if not keeps:
+            return node
+        node = node.args[0]
+
+
 def _writers(ctx, node) -> list | None:
     """The linear nodes (linear, addmm, x @ W with W a parameter, embedding lookups) whose outputs (summed, through casts, eval-mode dropout,
     reshapes that keep the feature axis and products with per-token scalars such as a router's weights) make
     ``node``, each on a path that feeds only ``node``'s user and that the probe has not reached; None when ``node``
     is anything else."""
-    if not (hasattr(node, "op") and node.op == "call_function" and len(node.users) == 1 and ctx.state(node) is None):
+    node = _unwrap(ctx, node)
+    if node is None:
         return None
     name = op_name(node)
-    if name in CAST_OPS or (name == "dropout" and not arg(node, 2, "train", True)):
-        return _writers(ctx, node.args[0])
-    if name in ("view", "reshape", "_unsafe_view") and (node_shape(node) or (0,))[-1:] == \
-            (node_shape(node.args[0]) or (1,))[-1:]:
-        return _writers(ctx, node.args[0])        # tokens regrouped, the feature axis kept (a flattened MoE batch)
     if name in ("linear", "addmm", "embedding"):
         inp = {"linear": 0, "addmm": 1, "embedding": 1}[name]
         return [node] if ctx.state(node.args[inp]) is None else None
@@ -368,13 +381,8 @@ def _absorb_by_other_writer(ctx, L, other, shape) -> bool:
     translation has the bias's shape (``residual_bias_absorb``; a post-LN stream's bias, absorbed by the attention
     output's or the MLP's bias). Passing the translation on instead finds the same span: the difference is that
     bias's own translation, a probe of its own."""
-    lin = other
-    while hasattr(lin, "op") and lin.op == "call_function" and len(lin.users) == 1 and ctx.state(lin) is None and (
-            op_name(lin) in CAST_OPS or (op_name(lin) == "dropout" and not arg(lin, 2, "train", True))
-            or (op_name(lin) in ("view", "reshape", "_unsafe_view")
-                and (node_shape(lin) or (0,))[-1:] == (node_shape(lin.args[0]) or (1,))[-1:])):
-        lin = lin.args[0]     # casts, eval dropout, and token regrouping that keeps the features (Conv1D's addmm)
-    if not (hasattr(lin, "op") and lin.op == "call_function" and len(lin.users) == 1 and ctx.state(lin) is None):
+    lin = _unwrap(ctx, other)
+    if lin is None:
         return False
     name = op_name(lin)
     if name == "linear":
