@@ -37,16 +37,31 @@ def rotate_interleaved(x):
     return torch.stack((-x[..., 1::2], x[..., 0::2]), dim=-1).flatten(-2)
 
 
+def rotate_complex(x, freqs):
+    """Llama-4 style: each (even, odd) pair is a complex number, multiplied by exp(i freqs)."""
+    z = torch.view_as_complex(x.reshape(*x.shape[:-1], -1, 2))
+    return torch.view_as_real(z * torch.polar(torch.ones_like(freqs), freqs)).flatten(-2)
+
+
 class Rotary(nn.Module):
-    def __init__(self, dim: int, base: float = 10000.0, interleaved: bool = False):
+    """Rotary embedding of the first ``dim`` features; ``style`` is how the pairs are written: "half" (rotate_half,
+    Llama), "interleaved" (rotate-every-two, GPT-J) or "complex" (view_as_complex, Llama-4)."""
+
+    def __init__(self, dim: int, base: float = 10000.0, style: str = "half"):
         super().__init__()
+        if style not in ("half", "interleaved", "complex"):
+            raise ValueError(f"unknown rotary style {style!r}")
         self.dim = dim
-        self.interleaved = interleaved
+        self.style = style
         self.register_buffer("inv_freq", 1.0 / base ** (torch.arange(0, dim, 2).float() / dim), persistent=False)
 
     def forward(self, x, positions):
         freqs = positions[:, None].to(self.inv_freq.dtype) * self.inv_freq[None, :]
-        if self.interleaved:
+        if self.style == "complex":
+            if self.dim == x.shape[-1]:
+                return rotate_complex(x, freqs.to(x.dtype))
+            return torch.cat((rotate_complex(x[..., :self.dim], freqs.to(x.dtype)), x[..., self.dim:]), dim=-1)
+        if self.style == "interleaved":
             emb = torch.repeat_interleave(freqs, 2, dim=-1)
             rot = rotate_interleaved
         else:
@@ -61,7 +76,7 @@ class Rotary(nn.Module):
 
 
 class LlamaAttention(nn.Module):
-    def __init__(self, d, n_heads, n_kv_heads, bias=False, rope=True, partial_rotary=1.0, interleaved=False,
+    def __init__(self, d, n_heads, n_kv_heads, bias=False, rope=True, partial_rotary=1.0, rope_style="half",
                  qk_norm=False, eps=1e-6):
         super().__init__()
         self.h, self.hkv, self.dh = n_heads, n_kv_heads, d // n_heads
@@ -73,7 +88,7 @@ class LlamaAttention(nn.Module):
         self.v_proj = nn.Linear(d, n_kv_heads * self.dh, bias=bias)
         self.o_proj = nn.Linear(n_heads * self.dh, d, bias=False)
         rot_dim = int(self.dh * partial_rotary) // 2 * 2
-        self.rotary = Rotary(rot_dim, interleaved=interleaved) if rope and rot_dim else None
+        self.rotary = Rotary(rot_dim, style=rope_style) if rope and rot_dim else None
 
     def forward(self, x):
         B, T, _ = x.shape
@@ -124,12 +139,12 @@ class TinyLlama(nn.Module):
     """Llama-style decoder: RMSNorm, RoPE, GQA (repeat_kv), SwiGLU, optional tied head / biases / Gemma gains."""
 
     def __init__(self, vocab=16, d=8, n_layers=1, n_heads=2, n_kv_heads=2, d_ff=12, eps=1e-6, tie=False,
-                 bias=False, rope=True, partial_rotary=1.0, interleaved=False, offset_gain=False, qk_norm=False):
+                 bias=False, rope=True, partial_rotary=1.0, rope_style="half", offset_gain=False, qk_norm=False):
         super().__init__()
         self.embed_tokens = nn.Embedding(vocab, d)
         self.layers = nn.ModuleList(
             LlamaBlock(d, n_heads, n_kv_heads, d_ff, eps, bias=bias, rope=rope, partial_rotary=partial_rotary,
-                       interleaved=interleaved, offset_gain=offset_gain, qk_norm=qk_norm) for _ in range(n_layers))
+                       rope_style=rope_style, offset_gain=offset_gain, qk_norm=qk_norm) for _ in range(n_layers))
         self.norm = RMSNorm(d, eps, offset_gain)
         self.lm_head = nn.Linear(d, vocab, bias=False)
         if tie:

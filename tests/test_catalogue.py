@@ -24,7 +24,8 @@ CASES = [
     # partial rotary (half of d_head 4): one rotary pair (R+ x SO(2)) and a free GL(2) per head
     ("llama-partial-rotary", lambda: zoo.llama(partial_rotary=0.5), "cross_entropy",
      {**LLAMA_BASE, "attention_qk_rope": 4, "attention_qk": 8}),
-    ("llama-interleaved-rope", lambda: zoo.llama(interleaved=True), "cross_entropy", LLAMA_BASE),
+    ("llama-interleaved-rope", lambda: zoo.llama(rope_style="interleaved"), "cross_entropy", LLAMA_BASE),
+    ("llama-complex-rope", lambda: zoo.llama(rope_style="complex"), "cross_entropy", LLAMA_BASE),
     # tied embeddings kill the logit shift and the final norm's gain (its reader is the embedding), and the stream
     # rotation (the embedding would move by R as a writer and by D R D^-1 as the head); the stream scale survives,
     # the final norm's gain taking 1/c for the tied head

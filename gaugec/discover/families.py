@@ -49,6 +49,9 @@ MULTIPLICATIVE: list[Family] = [
     Family("residual_rotation", "a block that passed an RMS normalisation (O(d)) or a layer norm (O(d - 1), fixing "
            "the ones vector) as a rotation: a residual stream, or any tensor whose readers are such norms and "
            "linears", block_tags=("stream_rotation",), lemmas=("rmsnorm_rotation", "layernorm_rotation")),
+    Family("attention_qk_rope_rotation", "a query-key rotary pair normalised after RoPE (Llama-4's QK L2 norm): of the "
+           "commutant a I + b J the norm passes the rotation, SO(2)", block_tags=("attn_qk", "rope", "stream_rotation"),
+           lemmas=("rope_commutant",)),
 ]
 
 ADDITIVE: list[Family] = [

@@ -274,10 +274,13 @@ def _refine_blocks(cons, roots, parity, start, seed_scalar, root_kill, reasons: 
     kind[orth] = "orth"
     kind[orth1] = "orth1"
     kind[shear1] = "shear1"
-    kind[has["rot2"]] = "rot2"
+    # a rotary pair inside a vector an RMS norm normalises after RoPE (Llama-4's QK L2 norm): the pair's commutant
+    # a I + b J meets O(m) in the pair's rotation, SO(2), an orthogonal block of two
+    pair_rotation = has["rot2"] & orth & (size == 2)
+    kind[has["rot2"] & ~pair_rotation] = "rot2"
     dead = np.full(nb, -1, dtype=np.int64)
     rotation = has["orth"] | has["orth1"] | has["shear1"]
-    dead[rotation & (restricted | has["rot2"] | has["scale"] | ~(orth | orth1 | shear1))] = \
+    dead[rotation & (restricted | (has["rot2"] & ~pair_rotation) | has["scale"] | ~(orth | orth1 | shear1))] = \
         reasons.code("a rotation or shear block that other ops restrict, that two different normalisations tie, or "
                      "too small to move continuously")
     dead[has["rot2"] & ((size != 2) | restricted | has["scale"])] = \
@@ -286,9 +289,11 @@ def _refine_blocks(cons, roots, parity, start, seed_scalar, root_kill, reasons: 
         reasons.code("a block wider than one coordinate with a diagonal restriction")
     dead[(size == 1) & restricted & ~chosen & (dead < 0)] = \
         reasons.code("restrictions to kinds with no common subgroup")
-    for rows in tied_rows:      # one normalised vector moved by several blocks: they would need one common map
+    for tie, rows in tied_rows:  # one normalised vector moved by several blocks: they would need one common map,
         rows_blocks = block_of_root[rows]
         split = np.unique(rows_blocks[(rows_blocks != rows_blocks[:, :1]).any(1)])
+        if tie == "orth" and (kind[split] == "orth").all():
+            continue                 # but a direct sum of orthogonal blocks is orthogonal: it keeps the RMS
         if split.size:
             dead[split[dead[split] < 0]] = reasons.code("a normalised vector moved by several independent blocks "
                                                         "(one common scale or rotation across blocks is not derived "
@@ -327,10 +332,17 @@ def _fibre_keys(cons, roots, seed_scalar):
     flag["shear1"] = np.zeros(n, dtype=bool)
     tied_rows = []
     rot_order: dict[tuple[int, int], tuple[int, int]] = {}
+    # a rotary pair inside a vector a norm at eps 0 ties to one scale c I needs no rotation block: c I commutes with
+    # the rotation (a QK norm after RoPE)
+    in_scale_row = np.zeros(n, dtype=bool)
+    for kind, arr in cons.kinds:
+        if kind == "scale":
+            in_scale_row[roots[arr]] = True
     for kind, arr in cons.kinds:
         if kind == "rot2":
             rp = roots[arr.reshape(-1, 2)]
-            rp = rp[rp[:, 0] != rp[:, 1]]           # pairs tied into one scalar need no rotation block
+            rp = rp[(rp[:, 0] != rp[:, 1]) & ~in_scale_row[rp].all(1)]   # pairs tied into one scalar or scale need
+            #                                                               no rotation block
             if not len(rp):
                 continue
             lo, hi = rp.min(1), rp.max(1)
@@ -344,7 +356,7 @@ def _fibre_keys(cons, roots, seed_scalar):
         elif kind in ("scale", "orth", "orth1", "shear1"):
             rr = roots[arr]
             flag[kind][rr.reshape(-1)] = True
-            tied_rows.append(rr)
+            tied_rows.append((kind, rr))
         else:
             if kind not in flag:
                 raise ValueError(f"a rule restricted coordinates to {kind!r}, which is not a singleton kind of "

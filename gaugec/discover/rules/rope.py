@@ -1,4 +1,5 @@
-"""Rotary position embeddings, recognised in the graph as ``x * cos + rotate_half(x) * sin``.
+"""Rotary position embeddings, recognised in the graph as ``x * cos + rotate_half(x) * sin`` or, written with complex
+numbers (Llama-4, DeepSeek-V2), as ``view_as_real(view_as_complex(x.reshape(..., d/2, 2)) * freqs_cis)``.
 
 rotate_half pairs coordinate i with a partner j (half-split: j = i + d/2; interleaved: j = i + 1 for even i), and
 the op applies R(s θ_p) to each pair at position s. A map A on x survives iff it commutes with every R(s θ_p): the
@@ -39,6 +40,14 @@ def _rope_half():
     return [x * c + rot_half * s - R * x]
 
 
+@lemma("rope_complex", "multiplying x0 + i x1 by a + i b applies the scaled rotation [[a, -b], [b, a]] to (x0, x1)")
+def _rope_complex():
+    x0, x1, a, b = sp.symbols("x0 x1 a b", real=True)
+    z = (x0 + sp.I * x1) * (a + sp.I * b)
+    M = sp.Matrix([[a, -b], [b, a]])
+    return [sp.Matrix([sp.re(z), sp.im(z)]) - M * sp.Matrix([x0, x1])]
+
+
 @dataclasses.dataclass
 class RopeMacro(PatternMatch):
     """q * cos + rotate_half(q) * sin, recognised as one rotary op on ``x`` along ``axis``."""
@@ -47,7 +56,7 @@ class RopeMacro(PatternMatch):
     x: torch.fx.Node
     axis: int
     pairs: list            # (i, j): positions along axis rotated together, J e_i = e_j
-    style: str             # "half" | "interleaved"
+    style: str             # "half" | "interleaved" | "complex"
     internal: set
 
     name = "rotary embedding"
@@ -159,7 +168,30 @@ def find_rope_macros(engine) -> list[RopeMacro]:
         if any(u not in internal and u is not n for i in internal for u in i.users):
             continue
         found_macros.append(RopeMacro(n, x, len(node_shape(x)) - 1, pairs, style, internal | {n}))
-    return found_macros
+    return found_macros + _complex_macros(engine)
+
+
+def _complex_macros(engine) -> list[RopeMacro]:
+    """``view_as_real(view_as_complex(x) * c)``: x is [..., m, 2] and each (re, im) pair on its last axis is rotated
+    (scaled) by the complex constant c; the internal nodes must feed only the macro."""
+    found = []
+    for n in engine.topo:
+        if n.op != "call_function" or op_name(n) != "view_as_real":
+            continue
+        m = _mul_operands(n.args[0])
+        if m is None:
+            continue
+        for z, c in (m, m[::-1]):
+            if op_name(z) == "view_as_complex" and c not in engine.param_views and op_name(c) != "view_as_complex":
+                break
+        else:
+            continue
+        x = z.args[0]
+        internal = {z, n.args[0]}
+        if node_shape(x) is None or any(u not in internal and u is not n for i in internal for u in i.users):
+            continue
+        found.append(RopeMacro(n, x, len(node_shape(x)) - 1, [(0, 1)], "complex", internal | {n}))
+    return found
 
 
 def rope_rule(ctx, node, macro: RopeMacro):
@@ -177,7 +209,7 @@ def rope_rule(ctx, node, macro: RopeMacro):
         return None
     so = node_shape(node)
     C = np.broadcast_to(C.reshape((1,) * (len(so) - C.ndim) + C.shape), so)
-    ctx.fibres(C, [-1])
+    ctx.fibres(C, [-2, -1] if macro.style == "complex" else [-1])    # the head: all its pairs
     first = np.stack([C[..., i] for i, _ in macro.pairs], -1).reshape(-1)
     second = np.stack([C[..., j] for _, j in macro.pairs], -1).reshape(-1)
     pairs = np.unique(np.stack([first, second], 1), axis=0)
@@ -187,6 +219,8 @@ def rope_rule(ctx, node, macro: RopeMacro):
     ctx.cons.kill(half, "a rotary pair only half acted on", node.name)
     if macro.style == "half":
         ctx.cite("rope_half_split", C)
+    elif macro.style == "complex":
+        ctx.cite("rope_complex", C)
     ctx.cite("rope_commutant", C)
     ctx.tag("rope", C)
     return C
