@@ -56,7 +56,13 @@ CASES = {
     "gpt2": (gpt2, {"norm_gain": 32, "attention_qk": 128, "attention_vo": 128, "norm_input_shift": 88,
                     "bias_translation": 48, "key_bias": 16, "value_bias": 16, "layernorm_kernel": 112}),
     "bert": (bert, None),
-    "vit": (vit, None),
+    # the stream's writers are the patch conv, the class token (through the cat) and the position table (through
+    # the sum): O(15) moves all three; each writer's shift along the ones vector (the conv's W[:, i, kh, kw] += a:
+    # 48 + its bias, the position rows 5); the conv bias's and the class token's translations taken by the position
+    # table (16 each); the classifier reads the final norm's class row (h[:, 0]) and keeps its LayerNorm kernel
+    "vit": (vit, {"norm_gain": 48, "attention_qk": 128, "attention_vo": 128, "residual_rotation": 105,
+                  "norm_input_shift": 96, "bias_translation": 80, "layernorm_kernel": 77, "key_bias": 16,
+                  "value_bias": 16, "logit_shift": 17}),
 }
 
 
@@ -208,3 +214,19 @@ def test_hf_llama4_complex_rope_and_qk_l2_norm_are_found_whole(qk_norm):
         assert dims["attention_qk_rope"] == 8
     rep = gaugec.verify(model, _ids(32), plan)
     assert rep.sound and rep.missed == 0 and rep.found_rank == rep.nullity == (280 if qk_norm else 281)
+
+
+@pytest.mark.slow
+def test_hf_vit_stream_through_the_class_token_and_position_table_is_found():
+    """A two-layer ViT (eps 0; two layers, since in one the class token's query is a constant): 398 of the oracle's
+    399, the one left an eigenvalue at 1e-10 of the largest, on the threshold (gap 8: the last layer's MLP sees only
+    the class rows). 357 before the class token moved with the stream (about 5 minutes here)."""
+    cfg = transformers.ViTConfig(hidden_size=8, num_hidden_layers=2, num_attention_heads=2, intermediate_size=8,
+                                 image_size=4, patch_size=2, num_channels=1, num_labels=3, layer_norm_eps=0.0,
+                                 hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    torch.manual_seed(0)
+    model = transformers.ViTForImageClassification(cfg).eval()
+    x = (torch.randn(4, 1, 4, 4),)
+    plan = gaugec.compile(model, x)
+    rep = gaugec.verify(model, x, plan)
+    assert rep.sound and rep.found_rank >= rep.nullity - 1 and rep.found_rank == 398

@@ -16,7 +16,7 @@ from gaugec.discover import rules  # noqa: F401  (registers the rules and patter
 from gaugec.discover.fx import arg, data_dependent, node_shape, op_name, varying_axes
 from gaugec.discover.registry import (ADD_RULES, BARRIERS, CONJUGATED, INDEX_RULES, MULT_RULES, PATTERNS,
                                       SEED_RULES, STREAM_READERS, PatternMatch, RuleError, strict_default)
-from gaugec.discover.rules.index import apply_index_op
+from gaugec.discover.rules.index import apply_index_op, cat_moves_parameters
 from gaugec.discover.state import Constraints, ParamView, Probe, row_classes, rows_along
 from gaugec.plan.gauge import Leg
 
@@ -316,6 +316,8 @@ class RuleCtx:
             if name in INDEX_RULES:
                 self.cite("index_transport")
                 out = apply_index_op(self.engine, self.node, self._state, fill=-1)
+                if self.mult and name in ("cat", "concat", "concatenate"):
+                    out = cat_moves_parameters(self, self.node, out)
                 if conj_in and not self._carry_conj(conj_in):
                     return None
                 return out

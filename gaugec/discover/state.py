@@ -180,6 +180,25 @@ class ParamView:
         shape = self.shape
         return self._flat_index([np.broadcast_to(i, shape) for i in self.idx])
 
+    def row_labels(self) -> np.ndarray | None:
+        """When the parameter's last axis runs along the view's last axis (a position table added to a stream, a
+        class token): per position, the flat index of the parameter's row (its other axes), so a shift p + s 1
+        along the last axis is a per-row scalar; None otherwise."""
+        shape = self.shape
+        if not shape or len(self.pshape) < 1:
+            return None
+        last = np.broadcast_to(self.idx[-1], shape)
+        if not (last == np.arange(shape[-1])).all() or shape[-1] != self.pshape[-1]:
+            return None
+        rest = [np.broadcast_to(i, shape) for i in self.idx[:-1]]
+        if any((r != r[..., :1]).any() for r in rest):
+            return None
+        flat, stride = np.zeros(shape, dtype=np.int64), 1
+        for k in reversed(range(len(rest))):
+            flat = flat + rest[k] * stride
+            stride *= self.pshape[k]
+        return flat
+
     def is_whole(self) -> bool:
         """The view is the parameter itself, axes in order (checked on the broadcast cores: no per-element array)."""
         if tuple(self.shape) != tuple(self.pshape):

@@ -22,6 +22,7 @@ import sympy as sp
 from gaugec.discover.fx import CAST_OPS, arg, node_shape, op_name, varying_axes
 from gaugec.discover.registry import barrier, rule
 from gaugec.discover.state import param_axis_coords
+from gaugec.discover.rules.index import seed_row_shift
 from gaugec.discover.rules.linear import _absorb_bias, absorb_by_embedding
 from gaugec.discover.rules.norm import conjugate
 from gaugec.plan.gauge import Leg
@@ -438,3 +439,5 @@ def seed_translation(sc, node):
         P = _broadcast(pv.P, shape)
         sc.probe("add", "translation", P.copy(), [Leg(pv.param, "shift", axes=())],
                  describe=f"translation of {pv.param} at {node.name}", cites=("additive_passthrough",))
+        seed_row_shift(sc, pv, _broadcast(pv.row_labels(), shape) if pv.row_labels() is not None else None)
+

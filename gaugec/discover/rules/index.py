@@ -10,11 +10,15 @@ import dataclasses
 import operator
 
 import numpy as np
+import sympy as sp
 import torch
 import torch.fx
 
 from gaugec.discover.fx import arg, node_shape, norm_dim, op_name
 from gaugec.discover.registry import INDEX_RULES, PatternMatch, pattern, rule
+from gaugec.discover.state import param_axis_coords
+from gaugec.plan.gauge import Leg
+from gaugec.prove.lemmas import lemma
 
 
 def _src(state, a):
@@ -144,6 +148,84 @@ def _cat(node, state, fill):
     arrs = [a for a in _list_arrays(node, state, fill) if a.size or a.ndim > 1]
     dim = arg(node, 1, "dim", 0)
     return np.concatenate(arrs, axis=norm_dim(dim, arrs[0].ndim))
+
+
+@lemma("cat_writer", "[A x, A p] = A [x, p]: a per-feature map passes a concatenation along another axis when the "
+       "concatenated parameter (a class token) moves with it")
+def _cat_writer():
+    A = sp.Matrix(2, 2, sp.symbols("a0:4"))
+    X, p = sp.Matrix(2, 3, sp.symbols("x0:6")), sp.Matrix(sp.symbols("p0:2"))
+    return [(A * X).row_join(A * p) - A * X.row_join(p)]
+
+
+def cat_moves_parameters(ctx, node, out: np.ndarray) -> np.ndarray:
+    """A multiplicative probe at ``cat([x, p, ...], dim)`` with p a parameter (through expand, a ViT's class token)
+    the probe does not reach: when the acted parts carry one row of coordinates along the last (feature) axis, the
+    same at every position, and ``dim`` is not that axis, p moves with them (lemma ``cat_writer``) and the output is
+    acted on everywhere. Otherwise ``out`` is returned as it is (the parameter's part untouched)."""
+    tensors = node.args[0]
+    dim = norm_dim(arg(node, 1, "dim", 0), out.ndim)
+    params = [a for a in tensors if isinstance(a, torch.fx.Node) and ctx.state(a) is None
+              and ctx.param_view(a) is not None]
+    if not params or dim == out.ndim - 1 or out.shape[-1] == 0:
+        return out
+    sizes = [node_shape(a)[dim] for a in tensors]
+    starts = np.concatenate([[0], np.cumsum(sizes)])
+    acted = np.concatenate([np.moveaxis(np.take(out, range(starts[k], starts[k + 1]), axis=dim), dim, 0)
+                            .reshape(-1, out.shape[-1]) for k, a in enumerate(tensors) if a not in params])
+    if not len(acted) or (acted < 0).any() or not (acted == acted[:1]).all():
+        return out
+    row = acted[0]
+    legs = []
+    for a in params:
+        pv = ctx.param_view(a)
+        found = param_axis_coords(pv.P, np.broadcast_to(row, node_shape(a)), ctx.engine.gg.params[pv.param].shape)
+        if found is None:
+            return out
+        legs.append((pv, found))
+    for pv, (axis, coords) in legs:
+        ctx.leg(pv.param, "out", axis=axis, coords=coords)
+    ctx.cite("cat_writer")
+    return np.broadcast_to(row, out.shape).copy()
+
+
+def seed_row_shift(sc, pv, labels):
+    """The part of a parameter's translation that is one scalar per row, p + s 1 along the last axis (a position
+    table's rows, a class token): it survives a layer norm where the whole translation does not. ``labels``: per
+    position of the node, the parameter row (None: no such rows)."""
+    if labels is not None and len(pv.pshape) >= 2:
+        sc.probe("add", "row_shift", labels.copy(), [Leg(pv.param, "shift", axes=(len(pv.pshape) - 1,))],
+                 describe=f"row shift of {pv.param} at {sc.node.name}", cites=("row_shift",))
+
+
+@rule("cat", "concat", "concatenate", kind="seed")
+def seed_cat_translation(sc, node):
+    """A parameter concatenated beside computed tensors (a ViT's class token before the patches) is a writer of the
+    result like a bias: its translation p + t is a probe, zero on the other parts."""
+    tensors = node.args[0]
+    shape = node_shape(node)
+    if shape is None or not all(isinstance(a, torch.fx.Node) and node_shape(a) is not None for a in tensors):
+        return
+    computed = [a for a in tensors if sc.param_view(a) is None]
+    if not computed:
+        return
+    dim = norm_dim(arg(node, 1, "dim", 0), len(shape))
+    starts = np.concatenate([[0], np.cumsum([node_shape(a)[dim] for a in tensors])])
+    for k, a in enumerate(tensors):
+        pv = sc.param_view(a)
+        if pv is None:
+            continue
+        P = np.full(shape, -1, dtype=np.int64)
+        region = [slice(None)] * len(shape)
+        region[dim] = slice(int(starts[k]), int(starts[k + 1]))
+        P[tuple(region)] = np.broadcast_to(pv.P, node_shape(a))
+        sc.probe("add", "translation", P, [Leg(pv.param, "shift", axes=())],
+                 describe=f"translation of {pv.param} at {node.name}", cites=("additive_passthrough",))
+        rows = pv.row_labels()
+        if rows is not None and dim != len(shape) - 1:
+            labels = np.full(shape, -1, dtype=np.int64)
+            labels[tuple(region)] = np.broadcast_to(rows, node_shape(a))
+            seed_row_shift(sc, pv, labels)
 
 
 @rule("stack", kind="index")

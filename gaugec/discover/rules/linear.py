@@ -61,10 +61,11 @@ def _pshape(ctx, pv):
 # seeds
 
 
-def token_labels(shape) -> np.ndarray:
-    """Labels constant along the last axis, one per position of the other axes (a per-token scalar)."""
-    lead = int(np.prod(shape[:-1], dtype=np.int64))
-    return np.broadcast_to(np.arange(lead).reshape(shape[:-1] + (1,)), shape)
+def token_labels(shape, axis: int = -1) -> np.ndarray:
+    """Labels constant along ``axis`` (the features), one per position of the other axes (a per-token scalar)."""
+    axis = axis % len(shape)
+    rest = tuple(1 if a == axis else n for a, n in enumerate(shape))
+    return np.broadcast_to(np.arange(int(np.prod(rest, dtype=np.int64))).reshape(rest), shape)
 
 
 def seed_writer(sc, node, W, b, out_axis: int, what: str, w_out_view_axis: int = 0):
@@ -97,7 +98,8 @@ def seed_writer(sc, node, W, b, out_axis: int, what: str, w_out_view_axis: int =
     # alone, b += s 1, which survives where W may not move (BERT's tied head; the solver drops it when the row shift
     # or the bias's whole translation survives: it adds no dimension then) ...
     part = pvW.fixed(wl[0])     # one expert's W[e] of a stacked weight: the shift acts on that slice
-    if out_axis == len(shape) - 1 and len(pshape) - len(part) == 2:
+    # (a conv's rows too: W[:, i, kh, kw] += a, constant along the output channels at every pixel)
+    if (out_axis == len(shape) - 1 and len(pshape) - len(part) == 2) or (what == "conv" and not part):
         in_slice = wl[0] - sum(k < wl[0] for k, _ in part)
         legs = [Leg(pvW.param, "shift", axes=(in_slice,), part=part)]
         if pvb is not None and len(sc.engine.gg.params[pvb.param].shape) - len(pvb.fixed(-1)) == 1:
@@ -105,7 +107,7 @@ def seed_writer(sc, node, W, b, out_axis: int, what: str, w_out_view_axis: int =
             legs.append(bias_shift)
             sc.probe("add", "row_shift", np.zeros(shape, dtype=np.int64), [dataclasses.replace(bias_shift)],
                      describe=f"uniform shift of the bias of {what} {node.name}", cites=("row_shift",))
-        sc.probe("add", "row_shift", token_labels(shape), legs, describe=f"row shift of {what} {node.name}",
+        sc.probe("add", "row_shift", token_labels(shape, out_axis), legs, describe=f"row shift of {what} {node.name}",
                  cites=("row_shift",))
     # ... and the bias translation b += t (a later bias or attention softmax absorbs it), one probe per segment
     # when the output is cut along its features (fused QKV: the query part must not take the key part down)

@@ -130,17 +130,20 @@ def _ln_kernel():
 
 
 def layer_norm_behind(x) -> torch.fx.Node | None:
-    """The ``layer_norm`` node over the last axis whose output ``x`` is, up to casts, copies, eval-mode dropout and
-    views that keep the last axis (HF Conv1D's [B, T, d] -> [B T, d]); None otherwise."""
+    """The ``layer_norm`` node over the last axis whose output ``x`` is, up to casts, copies, eval-mode dropout,
+    views that keep the last axis (HF Conv1D's [B, T, d] -> [B T, d]) and selections of whole rows (a ViT's class
+    token, ``h[:, 0]``); None otherwise."""
     for _ in range(16):
         if not (isinstance(x, torch.fx.Node) and x.op == "call_function"):
             return None
         name = op_name(x)
         if name == "layer_norm":
             return x if len(arg(x, 1, "normalized_shape")) == 1 else None
-        keeps = name in CAST_OPS or name in ("detach", "view", "_unsafe_view", "reshape") or (
-            name == "dropout" and not arg(x, 2, "train", True))
         src = x.args[0] if x.args else None
+        keeps = name in CAST_OPS or name in ("detach", "view", "_unsafe_view", "reshape") or (
+            name == "dropout" and not arg(x, 2, "train", True)) or (
+            name in ("select", "slice") and isinstance(src, torch.fx.Node) and node_shape(src)
+            and norm_dim(arg(x, 1, "dim", 0), len(node_shape(src))) != len(node_shape(src)) - 1)
         if not keeps or not isinstance(src, torch.fx.Node):
             return None
         a, b = node_shape(src), node_shape(x)
