@@ -54,6 +54,10 @@ MODELS = {
                                                  num_experts_per_tok=2)),
     "gpt2_untied": causal(lambda: T.GPT2Config(vocab_size=V, n_embd=16, n_layer=1, n_head=2, n_positions=TOK,
                                                use_cache=False, layer_norm_epsilon=0.0, tie_word_embeddings=False)),
+    # two layers: in one, the class token's query is a constant and the oracle counts its kernel as null
+    "vit": lambda: T.ViTForImageClassification(T.ViTConfig(hidden_size=8, num_hidden_layers=2, num_attention_heads=2,
+                                                           intermediate_size=8, image_size=4, patch_size=2,
+                                                           num_channels=1, num_labels=3, layer_norm_eps=0.0, **DROP)),
     "bert": lambda: T.AutoModelForMaskedLM.from_config(T.BertConfig(**C, type_vocab_size=1, layer_norm_eps=0.0,
                                                                     **DROP)),
 }
@@ -61,14 +65,16 @@ MODELS = {
 
 def main(names):
     ids = (torch.randint(0, V, (2, TOK), generator=torch.Generator().manual_seed(0)),)
+    images = (torch.randn(4, 1, 4, 4, generator=torch.Generator().manual_seed(0)),)
     total_found = total_null = 0
     print(f"{'model':14s} {'found':>6s} {'oracle':>6s} {'ratio':>6s} {'gap':>8s} {'sound':>6s}  missed by module (top 3)")
     for name in names:
         t0 = time.time()
         torch.manual_seed(0)
         model = MODELS[name]().eval()
-        plan = gaugec.compile(model, ids)
-        rep = gaugec.verify(model, ids, plan)
+        inputs = images if name == "vit" else ids
+        plan = gaugec.compile(model, inputs)
+        rep = gaugec.verify(model, inputs, plan)
         top = sorted(rep.modules, key=lambda r: -r.missed)[:3]
         where = ", ".join(f"{r.module} {r.missed:.1f}" for r in top if r.missed > 0.5)
         total_found += rep.found_rank

@@ -144,6 +144,30 @@ def test_a_rule_that_raises_is_loud_in_strict_mode_and_a_barrier_otherwise(monke
     assert any("could not handle" in r.reason for r in plan.refusals)
 
 
+def test_a_pattern_finder_or_seed_rule_that_raises_costs_its_gauges_not_the_compile(monkeypatch):
+    """A crash in a pattern finder (the issue's RoPE matcher on a 0-d node) or a seed rule used to escape the barrier
+    net as a compile failure: now it is loud in strict mode and a reported refusal otherwise."""
+    from gaugec.discover.registry import PATTERNS, SEED_RULES
+
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)).double()
+    x = torch.randn(5, 3, dtype=torch.float64)
+
+    def broken(*args):
+        raise IndexError("tuple index out of range")
+
+    monkeypatch.setitem(PATTERNS, "rotary embedding", broken)
+    with pytest.raises(RuleError, match="rotary embedding pattern.*IndexError"):
+        gaugec.compile(model, (x,), strict=True)
+    plan = gaugec.compile(model, (x,), strict=False)
+    assert "positive_rescale" in {g.family for g in plan.gauges}
+    assert any("rotary embedding pattern could not handle" in r.reason for r in plan.refusals)
+
+    monkeypatch.setitem(SEED_RULES, "linear", [broken])
+    plan = gaugec.compile(model, (x,), strict=False)
+    assert "positive_rescale" not in {g.family for g in plan.gauges}
+    assert any("seed rule broken could not handle" in r.reason for r in plan.refusals)
+
+
 def test_a_new_block_kind_is_one_registry_entry(monkeypatch):
     """The worked example of docs/concepts.md: a singleton kind registered in gaugec.groups, reached by a rule's
     ``ctx.restrict``, flows through the solver, the proofs, the numeric check, the plan's generators and the DDC

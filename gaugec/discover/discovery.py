@@ -33,4 +33,4 @@ def discover(gg: GaugeGraph, loss: str | None = "cross_entropy", f_leaves: list[
     engine.seed_all()
     engine.run()
     gauges, refusals = solve(engine)
-    return Discovery(engine, gauges, refusals)
+    return Discovery(engine, gauges, [Refusal(*f) for f in engine.rule_failures] + refusals)

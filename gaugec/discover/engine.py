@@ -33,6 +33,7 @@ class Engine:
         self.probes: list[Probe] = []
         self.param_views: dict[torch.fx.Node, ParamView] = {}
         self.strict = strict_default() if strict is None else strict
+        self.rule_failures: list[tuple[str, str, str]] = []     # (where, which rule, why): see _guarded
         self.matches: dict[torch.fx.Node, PatternMatch] = {}   # every node of a recognised multi-node op
         self.unknown_ops: dict[str, int] = {}
         self.output_node = next(n for n in reversed(self.topo) if n.op == "output")
@@ -121,9 +122,21 @@ class Engine:
                 self.param_views[n] = ParamView(src.param, tuple(np.broadcast_to(i, shape) for i in src.idx),
                                                 src.pshape, float(arg(n, 1, "other")))
 
+    def _guarded(self, what: str, where: str, fn, *args):
+        """Run a pattern finder or a seed rule: one that raises costs its gauges, never the compile (recorded in
+        ``rule_failures`` and reported as a refusal); in strict mode it re-raises."""
+        try:
+            return fn(*args)
+        except Exception as exc:  # noqa: BLE001 - a rule crash is a barrier, never a compile failure
+            if self.strict:
+                raise RuleError(f"{what} raised at {where} (strict mode): {type(exc).__name__}: {exc}") from exc
+            self.rule_failures.append((where, what, f"{what} could not handle this node ({type(exc).__name__}: "
+                                                    f"{str(exc)[:120]}): its gauges are not found"))
+            return None
+
     def _find_patterns(self):
-        for find in PATTERNS.values():
-            for match in find(self):
+        for name, find in PATTERNS.items():
+            for match in self._guarded(f"the {name} pattern", "the graph", find, self) or ():
                 for node in match.internal:
                     self.matches[node] = match
 
@@ -134,7 +147,7 @@ class Engine:
                 continue
             if not data_dependent(n):
                 for fn in SEED_RULES.get(op_name(n), ()):
-                    fn(SeedCtx(self, n), n)
+                    self._guarded(f"the seed rule {fn.__name__}", n.name, fn, SeedCtx(self, n), n)
         self._add_rotation_twins()
 
     def _add_rotation_twins(self):

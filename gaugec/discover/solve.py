@@ -341,8 +341,8 @@ def _fibre_keys(cons, roots, seed_scalar):
     for kind, arr in cons.kinds:
         if kind == "rot2":
             rp = roots[arr.reshape(-1, 2)]
-            rp = rp[(rp[:, 0] != rp[:, 1]) & ~in_scale_row[rp].all(1)]   # pairs tied into one scalar or scale need
-            #                                                               no rotation block
+            # pairs tied into one scalar, or inside one scale, need no rotation block
+            rp = rp[(rp[:, 0] != rp[:, 1]) & ~in_scale_row[rp].all(1)]
             if not len(rp):
                 continue
             lo, hi = rp.min(1), rp.max(1)

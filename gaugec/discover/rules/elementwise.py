@@ -439,5 +439,5 @@ def seed_translation(sc, node):
         P = _broadcast(pv.P, shape)
         sc.probe("add", "translation", P.copy(), [Leg(pv.param, "shift", axes=())],
                  describe=f"translation of {pv.param} at {node.name}", cites=("additive_passthrough",))
-        seed_row_shift(sc, pv, _broadcast(pv.row_labels(), shape) if pv.row_labels() is not None else None)
-
+        rows = pv.row_labels()
+        seed_row_shift(sc, pv, None if rows is None else _broadcast(rows, shape))

@@ -79,6 +79,8 @@ def _slice_info(n):
     if not hasattr(n, "op") or op_name(n) != "slice":
         return None
     shape = node_shape(n.args[0])
+    if not shape:           # a slice of a 0-d or non-tensor node: no rotate_half
+        return None
     dim = norm_dim(arg(n, 1, "dim", 0), len(shape))
     size = shape[dim]
     start = arg(n, 2, "start", 0) or 0
