@@ -105,17 +105,48 @@ def generic_init_(model: torch.nn.Module, seed: int = 0):
                 p.copy_(1.0 + noise if looks_like_gain else noise)
 
 
-def _vocab_size(model) -> int | None:
-    sizes = [m.num_embeddings for m in model.modules() if isinstance(m, torch.nn.Embedding)]
-    return max(sizes) if sizes else None
+def input_vocabularies(model, example_inputs: tuple) -> dict[int, tuple[int, set]]:
+    """For each integer input: (the size of the smallest embedding table it is looked up in, their padding rows),
+    found by one forward pass with hooks on every ``nn.Embedding`` (a table whose lookup equals that input; when none
+    does, the largest table). A position table longer than the vocabulary is not the vocabulary: ids drawn below it
+    would index past the token table."""
+    tables = [m for m in model.modules() if isinstance(m, torch.nn.Embedding)]
+    ints = {i: x for i, x in enumerate(example_inputs) if isinstance(x, torch.Tensor) and not x.is_floating_point()
+            and x.dtype != torch.bool}
+    if not tables or not ints:
+        return {}
+    seen: dict[int, list] = {}
+
+    def hook(module, args):
+        if args and isinstance(args[0], torch.Tensor):
+            for i, x in ints.items():
+                if args[0].shape == x.shape and torch.equal(args[0].to(x.device), x):
+                    seen.setdefault(i, []).append(module)
+
+    handles = [m.register_forward_pre_hook(hook) for m in tables]
+    try:
+        with torch.no_grad(), dense_experts(model):
+            model(*example_inputs)
+    except Exception:  # noqa: BLE001 - a model that cannot run here: fall back to every table (below)
+        seen = {}
+    finally:
+        for h in handles:
+            h.remove()
+    out = {}
+    for i in ints:       # no table takes the input as it is (ids offset first): every table, the largest
+        mods = seen.get(i)
+        size = min(m.num_embeddings for m in mods) if mods else max(m.num_embeddings for m in tables)
+        out[i] = (size, {m.padding_idx for m in (mods or tables) if m.padding_idx is not None})
+    return out
 
 
-def sample_inputs(model, example_inputs: tuple, gen: torch.Generator, batch_mult: int = 1) -> tuple:
-    """Random inputs shaped like the examples (leading axis x batch_mult): token ids over the whole vocabulary but
-    an embedding's ``padding_idx`` (autograd gives that row no gradient although the forward reads it, so J would
-    disagree with f there), floats from N(0, 1)."""
-    vocab = _vocab_size(model)
-    pads = {m.padding_idx for m in model.modules() if isinstance(m, torch.nn.Embedding) and m.padding_idx is not None}
+def sample_inputs(model, example_inputs: tuple, gen: torch.Generator, batch_mult: int = 1,
+                  vocab: dict | None = None) -> tuple:
+    """Random inputs shaped like the examples (leading axis x batch_mult): token ids over the vocabulary of the table
+    they are looked up in (``vocab``: :func:`input_vocabularies`, computed here when None) but its ``padding_idx``
+    (autograd gives that row no gradient although the forward reads it, so J would disagree with f there), floats
+    from N(0, 1)."""
+    vocab = input_vocabularies(model, example_inputs) if vocab is None else vocab
     out = []
     for i, x in enumerate(example_inputs):
         if isinstance(x, torch.Tensor) and x.ndim >= 1 and batch_mult > 1:
@@ -127,7 +158,7 @@ def sample_inputs(model, example_inputs: tuple, gen: torch.Generator, batch_mult
         elif x.dtype == torch.bool or (i > 0 and x.numel() and bool(((x == 0) | (x == 1)).all())):
             out.append(x.clone())   # masks stay as they are
         else:
-            hi = vocab if vocab is not None else int(x.max()) + 1
+            hi, pads = vocab.get(i, (int(x.max()) + 1, set()))
             allowed = torch.tensor([t for t in range(hi) if t not in pads])
             out.append(allowed[torch.randint(0, len(allowed), x.shape, generator=gen)])
     return tuple(out)
@@ -217,14 +248,15 @@ def verify(model, example_inputs, plan=None, loss: str | None = "cross_entropy",
     JB2 = torch.zeros(B.shape[0], dtype=torch.float64)   # ‖J ξ‖² per generator, accumulated exactly
     rows = 0
     batches = 0
-    per_example = f_of(theta, sample_inputs(model64, example_inputs, gen)).numel()
+    vocab = input_vocabularies(model64, example_inputs)
+    per_example = f_of(theta, sample_inputs(model64, example_inputs, gen, vocab=vocab)).numel()
     batch_mult = max(1, math.ceil(row_factor * n / max(per_example, 1) / 8))
     if soundness_only:
         batch_mult, max_batches = 1, 2
     target, counted = row_factor * n, None
     while batches < max_batches:
         while rows < target and batches < max_batches:
-            inputs = sample_inputs(model64, example_inputs, gen, batch_mult)
+            inputs = sample_inputs(model64, example_inputs, gen, batch_mult, vocab=vocab)
             J = jacrev(f_of)(theta, inputs)
             if not bool(torch.isfinite(J).all()):
                 raise FloatingPointError("the Jacobian has non-finite entries at the oracle's point (a norm with "

@@ -216,11 +216,10 @@ def test_hf_llama4_complex_rope_and_qk_l2_norm_are_found_whole(qk_norm):
     assert rep.sound and rep.missed == 0 and rep.found_rank == rep.nullity == (280 if qk_norm else 281)
 
 
-@pytest.mark.slow
 def test_hf_vit_stream_through_the_class_token_and_position_table_is_found():
     """A two-layer ViT (eps 0; two layers, since in one the class token's query is a constant): 398 of the oracle's
     399, the one left an eigenvalue at 1e-10 of the largest, on the threshold (gap 8: the last layer's MLP sees only
-    the class rows). 357 before the class token moved with the stream (about 5 minutes here)."""
+    the class rows). 357 before the class token moved with the stream."""
     cfg = transformers.ViTConfig(hidden_size=8, num_hidden_layers=2, num_attention_heads=2, intermediate_size=8,
                                  image_size=4, patch_size=2, num_channels=1, num_labels=3, layer_norm_eps=0.0,
                                  hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)

@@ -323,3 +323,17 @@ def test_a_fused_key_value_bias_counts_each_direction_once():
     assert sum(g.dim for g in plan.gauges) == plan.dim
     rep = gaugec.verify(model, inputs, plan, loss=None)
     assert rep.sound and rep.missed == 0
+
+
+def test_token_ids_are_drawn_below_the_table_they_index_not_a_longer_position_table():
+    """A position table longer than the vocabulary (GPT-2 with 64 positions over 16 tokens) used to make the oracle
+    draw ids up to 64: an IndexError in the token table."""
+    from gaugec.oracle import input_vocabularies, sample_inputs
+
+    model = zoo.TinyGPT2(vocab=16, d=8, n_layers=1, n_heads=2, n_pos=64)
+    ids = torch.randint(0, 16, (2, 6), generator=torch.Generator().manual_seed(0))
+    assert input_vocabularies(model, (ids,)) == {0: (16, set())}
+    drawn = sample_inputs(model, (ids,), torch.Generator().manual_seed(1), batch_mult=50)[0]
+    assert int(drawn.max()) == 15
+    rep = gaugec.verify(model, (ids,), soundness_only=True)
+    assert rep.sound
