@@ -229,3 +229,33 @@ def test_hf_vit_stream_through_the_class_token_and_position_table_is_found():
     plan = gaugec.compile(model, x)
     rep = gaugec.verify(model, x, plan)
     assert rep.sound and rep.found_rank >= rep.nullity - 1 and rep.found_rank == 398
+
+
+def _gptj():
+    cfg = transformers.GPTJConfig(vocab_size=64, n_embd=16, n_layer=1, n_head=2, n_positions=6, rotary_dim=4,
+                                  n_inner=8, layer_norm_epsilon=0.0, use_cache=False, pad_token_id=None,
+                                  bos_token_id=None, eos_token_id=None)
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(cfg).eval()
+    return model, gaugec.compile(model, _ids(64))
+
+
+@pytest.mark.slow
+def test_hf_gptj_is_found_whole():
+    """GPT-J (vocabulary 64, MLP width 8: examples/hf_completeness.py): 539 = 539 (531 before the key kernel's
+    rotary cut, below). About 45 s here."""
+    model, plan = _gptj()
+    rep = gaugec.verify(model, _ids(64), plan)
+    assert rep.sound and rep.missed == 0 and rep.found_rank == rep.nullity == 539
+
+
+def test_hf_gptj_key_kernel_splits_at_the_rotary_cut():
+    """GPT-J: bias-free q/k/v read a LayerNorm with a bias, so a reader's kernel W ← W + t γ⁻ᵀ moves its output by
+    t ⟨β, γ⁻¹⟩. For the keys, partial rotary (4 of 8 per head) cuts the features: the non-rotary part's translation
+    is absorbed by the softmax over keys (8 = 2 heads × 4), the rotary part's is not. Seeded as one probe, the rotary
+    part killed it all (the whole orbit: the slow test above)."""
+    model, plan = _gptj()
+    kernel = [g for g in plan.gauges if g.family == "key_bias"]
+    assert sum(g.dim for g in kernel) == 8 and {lg.param for g in kernel for lg in g.legs} == {
+        "transformer.h.0.attn.k_proj.weight"}
+    assert gaugec.verify(model, _ids(64), plan, soundness_only=True).sound

@@ -32,7 +32,7 @@ import torch.fx
 from gaugec.discover.fx import CAST_OPS, arg, node_shape, norm_dim, op_name, strip_casts, varying_axes
 from gaugec.discover.state import first_positions, param_axis_coords
 from gaugec.discover.registry import PatternMatch, pattern, rule, stream_readers, tied_use
-from gaugec.discover.rules.linear import _absorb_bias
+from gaugec.discover.rules.linear import _absorb_bias, _ranges, output_segments
 from gaugec.plan.gauge import Leg
 from gaugec.prove.lemmas import lemma, sym_matrix, sym_vector
 
@@ -190,6 +190,7 @@ def seed_layernorm_kernel(sc, node, x, W, b, w_in_view_axis: int, what: str):
         leg.conj, leg.conj_offset, leg.conj_index = pvg.param, pvg.offset, pvg.P.reshape(-1)[features]
     if beta is not None and sc.param_view(beta) is None:
         return                  # a computed bias: not derived
+    describe = f"rows of {what} {node.name} along the inverse gain of layer norm {ln.name}"
     legs, initial = [leg], np.full(shape, -1)
     if beta is not None:
         initial = np.broadcast_to(np.arange(shape[-1]), shape)
@@ -198,8 +199,18 @@ def seed_layernorm_kernel(sc, node, x, W, b, w_in_view_axis: int, what: str):
             first = first_positions(np.broadcast_to(pvb.P, shape).reshape(-1), shape[-1])
             legs.append(Leg(pvb.param, "absorb", site=node.name, site_index=first))
             initial = np.full(shape, -1)
-    p = sc.probe("add", "centred_reader", initial, legs, describe=f"rows of {what} {node.name} along the inverse "
-                 f"gain of layer norm {ln.name}", cites=("layernorm_kernel",))
+    if (initial >= 0).any():
+        # without a bias the reader's output moves by t ⟨β, γ⁻¹⟩: one probe per segment of its features (GPT-J's
+        # keys: the non-rotary part's translation is absorbed by the softmax, the rotary part's is not)
+        rows = param_axis_coords(pvW.fibre(1 - w_in_view_axis), np.arange(shape[-1]), pshape)
+        segments = output_segments(sc.engine, node, len(shape) - 1, shape[-1]) if rows is not None else []
+        if len(segments) > 1:
+            for seg in segments:
+                cut = dataclasses.replace(leg, select=np.nonzero(np.isin(rows[1], seg))[0])
+                sc.probe("add", "centred_reader", np.where(np.isin(initial, seg), initial, -1), [cut],
+                         describe=f"{describe} [{_ranges(seg)}]", cites=("layernorm_kernel",))
+            return
+    p = sc.probe("add", "centred_reader", initial, legs, describe=describe, cites=("layernorm_kernel",))
     if not (initial >= 0).any():
         p.sinks.append((node.name, "layernorm_kernel"))
 
