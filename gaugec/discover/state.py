@@ -185,7 +185,7 @@ class ParamView:
         class token): per position, the flat index of the parameter's row (its other axes), so a shift p + s 1
         along the last axis is a per-row scalar; None otherwise."""
         shape = self.shape
-        if not shape or len(self.pshape) < 1:
+        if not shape or len(self.pshape) < 2:
             return None
         last = np.broadcast_to(self.idx[-1], shape)
         if not (last == np.arange(shape[-1])).all() or shape[-1] != self.pshape[-1]:

@@ -193,7 +193,7 @@ def seed_row_shift(sc, pv, labels):
     """The part of a parameter's translation that is one scalar per row, p + s 1 along the last axis (a position
     table's rows, a class token): it survives a layer norm where the whole translation does not. ``labels``: per
     position of the node, the parameter row (None: no such rows)."""
-    if labels is not None and len(pv.pshape) >= 2:
+    if labels is not None:
         sc.probe("add", "row_shift", labels.copy(), [Leg(pv.param, "shift", axes=(len(pv.pshape) - 1,))],
                  describe=f"row shift of {pv.param} at {sc.node.name}", cites=("row_shift",))
 
