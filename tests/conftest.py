@@ -19,6 +19,19 @@ def family_dims(plan) -> dict:
     return out
 
 
+def tiny_llama4(qk_norm: bool) -> torch.nn.Module:
+    """A dense one-layer Hugging Face Llama-4 (complex-written RoPE; its QK L2 norm when ``qk_norm``), eps 0, rope θ
+    10⁴ (at 5·10⁵ the slowest pair barely turns over 6 positions); needs transformers."""
+    import transformers
+    cfg = transformers.Llama4TextConfig(
+        vocab_size=32, hidden_size=16, intermediate_size=24, intermediate_size_mlp=24, num_hidden_layers=1,
+        num_attention_heads=2, num_key_value_heads=1, head_dim=8, max_position_embeddings=6, rms_norm_eps=0.0,
+        use_cache=False, pad_token_id=None, interleave_moe_layer_step=2, no_rope_layers=[1], use_qk_norm=qk_norm,
+        attn_temperature_tuning=False, rope_parameters={"rope_type": "default", "rope_theta": 10000.0})
+    torch.manual_seed(0)
+    return transformers.Llama4ForCausalLM(cfg).eval()
+
+
 @pytest.fixture(scope="session")
 def llama_plan():
     import gaugec

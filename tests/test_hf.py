@@ -6,7 +6,7 @@ import torch
 
 import gaugec
 
-from .conftest import family_dims
+from .conftest import family_dims, tiny_llama4
 
 transformers = pytest.importorskip("transformers", reason="transformers is part of the dev extra (make test)")
 warnings.filterwarnings("ignore", module="transformers")
@@ -198,13 +198,7 @@ def test_hf_llama4_complex_rope_and_qk_l2_norm_are_found_whole(qk_norm):
     norm passes the rotation SO(2) (4 = 4 pairs of the one KV head), and at eps 0 each query and key head's scale
     (3). rope_theta 10⁴: at Llama-4's 5·10⁵ the slowest pair turns by < 10⁻³ over 6 positions and the oracle cannot
     tell it from a free GL(2)."""
-    cfg = transformers.Llama4TextConfig(
-        vocab_size=32, hidden_size=16, intermediate_size=24, intermediate_size_mlp=24, num_hidden_layers=1,
-        num_attention_heads=2, num_key_value_heads=1, head_dim=8, max_position_embeddings=6, rms_norm_eps=0.0,
-        use_cache=False, pad_token_id=None, interleave_moe_layer_step=2, no_rope_layers=[1], use_qk_norm=qk_norm,
-        attn_temperature_tuning=False, rope_parameters={"rope_type": "default", "rope_theta": 10000.0})
-    torch.manual_seed(0)
-    model = transformers.Llama4ForCausalLM(cfg).eval()
+    model = tiny_llama4(qk_norm)
     plan = gaugec.compile(model, _ids(32))
     dims = family_dims(plan)
     if qk_norm:

@@ -14,6 +14,7 @@ from gaugec.optim import DDCAdam, tasks
 from gaugec.functional import float64_twin, model_f
 
 from .conftest import EQUIVARIANCE_STEPS as STEPS
+from .conftest import tiny_llama4
 
 float64_zoo = tasks.float64_zoo
 
@@ -534,6 +535,16 @@ def test_ddcadam_balances_the_tied_heads_stream_scale():
     assert gaps["ddc"] <= 1e-9 and gaps["adamw"] >= 1e-3, gaps
 
 
+def _assert_ddc_equivariant_and_adamw_not(model, inputs, plan, batches, g, steps=20):
+    """20 steps from θ and from g·θ: DDCAdam's trajectories agree to 1e-9, AdamW's differ by 1e-3 or more."""
+    ref, _ = _train(model, inputs, plan, batches, None, "ddc", steps=steps)
+    moved, _ = _train(model, inputs, plan, batches, g, "ddc", steps=steps)
+    assert _worst_step_gap(ref, moved) <= 1e-9
+    ref_w, _ = _train(model, inputs, plan, batches, None, "adamw", steps=steps)
+    moved_w, _ = _train(model, inputs, plan, batches, g, "adamw", steps=steps)
+    assert _worst_step_gap(ref_w, moved_w) >= 1e-3
+
+
 def test_ddcadam_is_equivariant_on_a_post_ln_encoder():
     """A BERT-style encoder: each segment's scale (a tied scalar), each LayerNorm bias absorbed by the next residual
     writer's bias, the key bias (a whole translation without RoPE: its section zeroes it, and the balancing then
@@ -543,12 +554,7 @@ def test_ddcadam_is_equivariant_on_a_post_ln_encoder():
     plan = gaugec.compile(model, inputs, loss="cross_entropy")
     batches = tasks.label_batches(model, inputs, plan, 20)
     g = _element(plan)
-    ref, _ = _train(model, inputs, plan, batches, None, "ddc", steps=20)
-    moved, _ = _train(model, inputs, plan, batches, g, "ddc", steps=20)
-    assert _worst_step_gap(ref, moved) <= 1e-9
-    ref_w, _ = _train(model, inputs, plan, batches, None, "adamw", steps=20)
-    moved_w, _ = _train(model, inputs, plan, batches, g, "adamw", steps=20)
-    assert _worst_step_gap(ref_w, moved_w) >= 1e-3
+    _assert_ddc_equivariant_and_adamw_not(model, inputs, plan, batches, g)
 
 
 
@@ -557,14 +563,8 @@ def test_ddcadam_on_a_qk_l2_norm_leaves_the_pair_rotations_out_loudly_and_is_equ
     normalised head) have no leg that only they move, so DDC leaves them out of its frame with a warning (not
     equivariant for them: measured gap 5e-3), and holds the one-sided head scales at eps 0; for every other family
     DDCAdam from θ and from g·θ agree, AdamW does not."""
-    transformers = pytest.importorskip("transformers")
-    cfg = transformers.Llama4TextConfig(
-        vocab_size=32, hidden_size=16, intermediate_size=24, intermediate_size_mlp=24, num_hidden_layers=1,
-        num_attention_heads=2, num_key_value_heads=1, head_dim=8, max_position_embeddings=6, rms_norm_eps=0.0,
-        use_cache=False, pad_token_id=None, interleave_moe_layer_step=2, no_rope_layers=[1], use_qk_norm=True,
-        attn_temperature_tuning=False, rope_parameters={"rope_type": "default", "rope_theta": 10000.0})
-    torch.manual_seed(0)
-    model = transformers.Llama4ForCausalLM(cfg).eval().double()
+    pytest.importorskip("transformers")
+    model = tiny_llama4(qk_norm=True).double()
     inputs = (torch.randint(0, 32, (2, 6), generator=torch.Generator().manual_seed(0)),)
     plan = gaugec.compile(model, inputs, loss="cross_entropy")
     with pytest.warns(UserWarning, match="left out of the canonical frame.*attention_qk_rope_rotation"):
@@ -573,9 +573,4 @@ def test_ddcadam_on_a_qk_l2_norm_leaves_the_pair_rotations_out_loudly_and_is_equ
     batches = tasks.label_batches(model, inputs, plan, 20)
     g = [e if g.family not in ("norm_input_scale", "attention_qk_rope_rotation") else g.identity_element()
          for g, e in zip(plan.gauges, _element(plan))]
-    ref, _ = _train(model, inputs, plan, batches, None, "ddc", steps=20)
-    moved, _ = _train(model, inputs, plan, batches, g, "ddc", steps=20)
-    assert _worst_step_gap(ref, moved) <= 1e-9
-    ref_w, _ = _train(model, inputs, plan, batches, None, "adamw", steps=20)
-    moved_w, _ = _train(model, inputs, plan, batches, g, "adamw", steps=20)
-    assert _worst_step_gap(ref_w, moved_w) >= 1e-3
+    _assert_ddc_equivariant_and_adamw_not(model, inputs, plan, batches, g)
