@@ -23,6 +23,11 @@ rows X) and by A^-T ("dual" rows Y), with P = Σ X Xᵀ and Q = Σ Y Yᵀ,
   ``stable(P, Q)``       whether the orbit is closed with a finite stabiliser (the minimum exists),
   ``orientation(m)``     the convention that fixes the compact part (O(m), SO(2), ±1) from the rows' moments.
 
+and how big the stabiliser of such a block is (``stabiliser(P, Q)``: the dimension of {X in the algebra : X·rows = 0},
+read off the ranks of the two Grams), which the orbit dimension needs (``gaugec.plan.tangent``), and the algebra
+element with given coordinates in ``algebra_basis`` (``algebra_element(c, m)``, linear, differentiable), which the
+tangent operator applies without listing the basis.
+
 Adding a kind is one :func:`block_kind` entry here plus its tests. A *singleton* kind (one coordinate per block) is
 reached by a rule calling ``ctx.restrict(C, name)``; the solver gives a block the restriction it met that lies
 ``within`` every other it met (R+ within R*: ReLU after a diagonal product is R+), and fixes a block whose
@@ -58,6 +63,8 @@ class BlockKind:
     compact: bool = False                                # no non-compact part: the section is a frame choice only
     frame: Callable | None = None                        # compact kinds: (M, moment) -> the aligning element R
     has_section: bool = True                             # False: the DDC optimizers leave its gauges out
+    algebra_element: Callable | None = None              # (c [dim], m) -> Σ c_i X_i, X_i = algebra_basis(m)
+    stabiliser: Callable | None = None                   # (P, Q) -> dim of the algebra fixing the rows
 
 
 BLOCK_KINDS: dict[str, BlockKind] = {}
@@ -105,6 +112,41 @@ def _unit(*entries):
     return torch.tensor(entries, dtype=torch.float64)
 
 
+# A Gram's eigenvalue counts towards its rank above GRAM_RANK_RTOL x the largest: a singular value 1e-5 x the largest
+# of the rows (the Gram squares them), far above the rounding of an exactly rank-deficient Gram (~1e-16 relative).
+GRAM_RANK_RTOL = 1e-10
+
+
+def gram_rank(G: torch.Tensor) -> int:
+    """The rank of the rows whose Gram is G (symmetric positive semi-definite, m x m)."""
+    if G.numel() == 0:
+        return 0
+    w = torch.linalg.eigvalsh(0.5 * (G + G.mT))
+    top = float(w[-1])
+    return int((w > GRAM_RANK_RTOL * top).sum()) if top > 0 else 0
+
+
+def _zero_rows(P, Q) -> bool:
+    return float(torch.diagonal(P).sum()) <= 0 and float(torch.diagonal(Q).sum()) <= 0
+
+
+def _fixed_unless_all_zero(dim: int):
+    """The stabiliser of a group whose every non-zero element is invertible on the rows (c, c I, a I + b J): all of
+    it when every row is zero, nothing otherwise."""
+    return lambda P, Q: dim if _zero_rows(P, Q) else 0
+
+
+def _orth_element(c, m):
+    """Σ c_k X_k over the (i < j) basis of _orth_basis: X[j, i] = c, X[i, j] = -c."""
+    i, j = torch.triu_indices(m, m, 1)
+    K = torch.zeros(m, m, dtype=c.dtype, device=c.device).index_put((i, j), c)
+    return K.mT - K
+
+
+def _so_dim(r: int) -> int:
+    return r * (r - 1) // 2
+
+
 # -- scalars: R* and R+ -------------------------------------------------------------------------------------------
 
 def _scalar_solve(P, Q):
@@ -125,14 +167,15 @@ block_kind(BlockKind(
     * torch.exp(_uniform(gen, (1, 1), ls)),
     algebra_basis=lambda m: iter([torch.ones(1, 1, dtype=torch.float64)]),
     solve=_scalar_solve, first_order=_scalar_solve, stable=_traces_positive, orientation=_sign_per_row,
-    singleton=True))
+    singleton=True, algebra_element=lambda c, m: c.reshape(1, 1), stabiliser=_fixed_unless_all_zero(1)))
 
 block_kind(BlockKind(
     "pos", label=lambda m: "R+", dim=lambda m: 1,
     random_element=lambda m, gen, ls, gls: torch.exp(_uniform(gen, (1, 1), ls)),
     algebra_basis=lambda m: iter([torch.ones(1, 1, dtype=torch.float64)]),
     solve=_scalar_solve, first_order=_scalar_solve, stable=_traces_positive,
-    orientation=lambda moment: torch.ones_like(moment), singleton=True, within=("scalar",)))
+    orientation=lambda moment: torch.ones_like(moment), singleton=True, within=("scalar",),
+    algebra_element=lambda c, m: c.reshape(1, 1), stabiliser=_fixed_unless_all_zero(1)))
 
 
 # -- rot2: R+ x SO(2), the RoPE commutant ---------------------------------------------------------------------------
@@ -170,7 +213,10 @@ block_kind(BlockKind(
     "rot2", label=lambda m: "(R+ x SO(2))", dim=lambda m: 2, random_element=_rot2_random,
     algebra_basis=lambda m: iter([torch.eye(2, dtype=torch.float64), _unit([0.0, -1.0], [1.0, 0.0])]),
     solve=_rot2_solve, first_order=_common_scale, stable=_traces_positive,
-    orientation=lambda moment: _sign_per_row(moment)[:, :1].expand_as(moment)))   # the principal row's sign
+    orientation=lambda moment: _sign_per_row(moment)[:, :1].expand_as(moment),   # the principal row's sign
+    algebra_element=lambda c, m: c[0] * torch.eye(2, dtype=c.dtype, device=c.device)
+    + c[1] * _unit([0.0, -1.0], [1.0, 0.0]).to(c),
+    stabiliser=_fixed_unless_all_zero(2)))
 
 
 # -- gl: GL(m) ----------------------------------------------------------------------------------------------------
@@ -232,7 +278,10 @@ def _gl_stable(P, Q):
 
 block_kind(BlockKind(
     "gl", label=lambda m: f"GL({m})", dim=lambda m: m * m, random_element=_gl_random, algebra_basis=_gl_basis,
-    solve=_gl_solve, first_order=_gl_first_order, stable=_gl_stable, orientation=_sign_per_row))
+    solve=_gl_solve, first_order=_gl_first_order, stable=_gl_stable, orientation=_sign_per_row,
+    algebra_element=lambda c, m: c.reshape(m, m),
+    # X P = 0 and Xᵀ Q = 0: X maps the direct rows' span to 0 and its image is orthogonal to the dual rows' span
+    stabiliser=lambda P, Q: (P.shape[-1] - gram_rank(P)) * (P.shape[-1] - gram_rank(Q))))
 
 
 # -- scale: R+ acting as c I_m --------------------------------------------------------------------------------------
@@ -242,7 +291,9 @@ block_kind(BlockKind(
     random_element=lambda m, gen, ls, gls: torch.exp(_uniform(gen, (1,), ls))[0] * torch.eye(m, dtype=torch.float64),
     algebra_basis=lambda m: iter([torch.eye(m, dtype=torch.float64)]),
     solve=_common_scale, first_order=_common_scale, stable=_traces_positive,
-    orientation=lambda moment: torch.ones_like(moment)))
+    orientation=lambda moment: torch.ones_like(moment),
+    algebra_element=lambda c, m: c[0] * torch.eye(m, dtype=c.dtype, device=c.device),
+    stabiliser=_fixed_unless_all_zero(1)))
 
 
 # -- orth: O(m), a rotation of a normalised stream ------------------------------------------------------------------
@@ -290,7 +341,9 @@ def _stable_all(P, Q):
 block_kind(BlockKind(
     "orth", label=lambda m: f"O({m})", dim=lambda m: m * (m - 1) // 2, random_element=_orth_random,
     algebra_basis=_orth_basis, solve=_identity_pair, first_order=_identity_pair, stable=_stable_all,
-    orientation=_sign_per_row, compact=True, frame=_principal_axes))
+    orientation=_sign_per_row, compact=True, frame=_principal_axes, algebra_element=_orth_element,
+    # a skew X that kills every row (direct or dual: Xᵀ = -X) is a rotation of the rows' orthogonal complement
+    stabiliser=lambda P, Q: _so_dim(P.shape[-1] - gram_rank(P + Q))))
 
 
 # -- orth1: O(m - 1), the rotations that fix the all-ones vector (a LayerNorm-normalised stream) ---------------------
@@ -320,6 +373,22 @@ def _orth1_basis(m):
         yield U @ B @ U.T
 
 
+def _orth1_element(c, m):
+    U = centred_basis(m).to(c)
+    B = torch.zeros(m, m, dtype=c.dtype, device=c.device)
+    B[1:, 1:] = _orth_element(c, m - 1)
+    return U @ B @ U.mT
+
+
+def _orth1_stabiliser(P, Q):
+    """Rotations of the complement of the rows and of 1 (the algebra already fixes 1)."""
+    m = P.shape[-1]
+    ones = torch.ones(m, 1, dtype=P.dtype, device=P.device)
+    S = P + Q
+    top = float(torch.diagonal(S).max()) if m else 0.0
+    return _so_dim(m - gram_rank(S + max(top, 1.0) * (ones @ ones.mT)))
+
+
 def _centred_axes(M, moment):
     """The principal axes of M inside the centred space (R fixes 1/√m)."""
     U = centred_basis(M.shape[-1]).to(M.dtype)
@@ -332,7 +401,8 @@ block_kind(BlockKind(
     "orth1", label=lambda m: f"O({m - 1}) (fixing 1)", dim=lambda m: (m - 1) * (m - 2) // 2,
     random_element=lambda m, gen, ls, gls: _orth1_embed(_orth_random(m - 1, gen, ls, gls)),
     algebra_basis=_orth1_basis, solve=_identity_pair, first_order=_identity_pair, stable=_stable_all,
-    orientation=_sign_per_row, compact=True, frame=_centred_axes))
+    orientation=_sign_per_row, compact=True, frame=_centred_axes, algebra_element=_orth1_element,
+    stabiliser=_orth1_stabiliser))
 
 
 # -- shear1: I + w 1ᵀ, the maps that fix the centred space pointwise (a layer norm's output) -------------------------
@@ -353,6 +423,16 @@ def _shear1_basis(m):
         yield X
 
 
+def _shear1_stabiliser(P, Q):
+    """X = w 1ᵀ: on the direct rows X R = w (1ᵀ R) vanishes only for w = 0, unless 1ᵀ R = 0 (1ᵀ P 1 = 0); on the
+    dual rows Xᵀ R = 1 (wᵀ R) vanishes for w orthogonal to them."""
+    m = P.shape[-1]
+    ones = torch.ones(m, dtype=P.dtype, device=P.device)
+    if float(ones @ P @ ones) > GRAM_RANK_RTOL * float(torch.diagonal(P).sum()):
+        return 0
+    return m - gram_rank(Q)
+
+
 def _no_section(P, Q):
     raise NotImplementedError("a shear block (I + w 1ᵀ) has no canonical section yet: the DDC optimizers leave its "
                               "gauge out of their frame (gaugec.optim.section)")
@@ -361,4 +441,6 @@ def _no_section(P, Q):
 block_kind(BlockKind(
     "shear1", label=lambda m: f"Shear({m}) (I + w 1ᵀ)", dim=lambda m: m, random_element=_shear1_random,
     algebra_basis=_shear1_basis, solve=_no_section, first_order=_no_section, stable=_no_section,
-    orientation=_no_section, has_section=False))
+    orientation=_no_section, has_section=False,
+    algebra_element=lambda c, m: c[:, None] * torch.ones(1, m, dtype=c.dtype, device=c.device),
+    stabiliser=_shear1_stabiliser))

@@ -9,6 +9,7 @@ import torch
 from gaugec.capture import capture, param_offsets, unique_named_parameters
 from gaugec.plan import Gauge, Leg, PlanMismatchError, apply_mult_leg, conj_gain, shift_from_vector, shift_weight
 from gaugec.plan.runner import GraphRunner
+from gaugec.plan import tangent as tangent_space
 from gaugec.prove import Proof
 from gaugec.prove.numeric import numeric_check
 
@@ -68,16 +69,18 @@ class GaugePlan:
 
     @property
     def dim(self) -> int:
-        """Total orbit dimension found: the rank of the tangent basis (the sum of the gauge dimensions for a model
-        on the meta device, whose generators cannot be evaluated)."""
+        """Total orbit dimension found: the rank of the tangent basis at the model's parameters, from the plan's
+        structure without forming it (:func:`gaugec.plan.tangent.orbit_dimension`); the sum of the gauge dimensions
+        for a model on the meta device, whose generators cannot be evaluated."""
         if not self.gauges:
             return 0
         if self.model_is_meta():
             return sum(g.dim for g in self.gauges)
-        B = self.tangent_basis()
-        if B.shape[0] == 0:
-            return 0
-        return int(torch.linalg.matrix_rank(B).item())
+        return tangent_space.orbit_dimension(self)
+
+    def tangent_operator(self, params: dict[str, torch.Tensor] | None = None) -> "tangent_space.TangentOperator":
+        """The tangent basis B as an operator (matvec(c) = Bᵀc, rmatvec(v) = Bv), at any size."""
+        return tangent_space.TangentOperator(self, params)
 
     def bind(self, model: torch.nn.Module) -> "GaugePlan":
         """The same gauges on another model of the same architecture (a copy, a float64 twin, a fresh init)."""
@@ -103,39 +106,54 @@ class GaugePlan:
         return GraphRunner(self.graph, self.model, self.example_inputs)
 
     # -- generators ------------------------------------------------------------------------------------------------
-    def gauge_tangents(self, gauge: Gauge, params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
-        """Generators of one gauge at the current parameters: [gauge.dim, n_params] (float64)."""
+    def gauge_tangents(self, gauge: Gauge, params: dict[str, torch.Tensor] | None = None,
+                       layout: tuple[dict[str, int], int] | None = None) -> torch.Tensor:
+        """Generators of one gauge at the current parameters: [gauge.dim, n_params] (float64). ``layout``
+        (offsets, length): lay the columns out over those parameters only (a component of the plan)."""
         params = params if params is not None else self._params()
-        offsets, total = self._offsets()
+        offsets, total = layout if layout is not None else self._offsets()
         rows = []
         if gauge.kind == "mult":
-            gains = {id(lg): conj_gain(lg, params) for lg in gauge.legs}
-            absorbers = [lg for lg in gauge.legs if lg.role == "absorb"]
             for b, X in gauge.algebra_basis():
                 mats = [None] * len(gauge.blocks)
                 mats[b] = X
-                tangent: dict[str, torch.Tensor] = {}
-                for lg in gauge.legs:
-                    if lg.role != "absorb":
-                        t = apply_mult_leg(params[lg.param], lg, mats, tangent=True, gain=gains[id(lg)])
-                        tangent[lg.param] = tangent[lg.param] + t if lg.param in tangent else t
-                if absorbers:
-                    self._absorb_tangent(absorbers, params, tangent)
-                v = torch.zeros(total, dtype=torch.float64)
-                for name, t in tangent.items():
-                    o = offsets[name]
-                    v[o:o + t.numel()] += t.reshape(-1).cpu()
-                rows.append(v)
+                rows.append(self._flat(self.mult_tangent(gauge, mats, params), offsets, total))
         else:
             for vec in torch.eye(gauge.additive_dim, dtype=torch.float64):
-                rows.append(self._additive_delta(gauge, vec, params, offsets, total))
+                rows.append(self._flat(self.additive_changes(gauge, vec, params), offsets, total))
         return torch.stack(rows) if rows else torch.zeros(0, total, dtype=torch.float64)
+
+    def mult_tangent(self, gauge: Gauge, mats: list, params) -> dict[str, torch.Tensor]:
+        """Per moved parameter, the tangent of the algebra element ``mats`` (one matrix per block, None for 0):
+        linear and differentiable in ``mats``."""
+        tangent: dict[str, torch.Tensor] = {}
+        for lg in gauge.legs:
+            if lg.role != "absorb":
+                t = apply_mult_leg(params[lg.param], lg, mats, tangent=True, gain=conj_gain(lg, params))
+                tangent[lg.param] = tangent[lg.param] + t if lg.param in tangent else t
+        absorbers = [lg for lg in gauge.legs if lg.role == "absorb"]
+        if absorbers:
+            self._absorb_tangent(absorbers, params, tangent)
+        return tangent
+
+    @staticmethod
+    def _flat(parts: dict[str, torch.Tensor], offsets: dict[str, int], total: int) -> torch.Tensor:
+        v = torch.zeros(total, dtype=torch.float64)
+        for name, t in parts.items():
+            o = offsets[name]
+            v[o:o + t.numel()] += t.reshape(-1).cpu()
+        return v
 
     def _offsets(self):
         return param_offsets(self._param_info)
 
     def tangent_basis(self, params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
-        """[sum of gauge dims, n_params]: every gauge's generators at the model's current θ (or at ``params``)."""
+        """[sum of gauge dims, n_params]: every gauge's generators at the model's current θ (or at ``params``), dense,
+        for small models; above BASIS_LIMIT entries it refuses (use :meth:`tangent_operator`)."""
+        k, n = sum(g.dim for g in self.gauges), self._offsets()[1]
+        if k * n > tangent_space.BASIS_LIMIT:
+            raise ValueError(f"the tangent basis would be {k} x {n} dense ({k * n * 8 / 2**30:.1f} GiB): use "
+                             f"plan.tangent_operator() (matvec / rmatvec without forming it)")
         params = self._params() if params is None else params
         parts = [self.gauge_tangents(g, params) for g in self.gauges]
         if not parts:
@@ -180,14 +198,6 @@ class GaugePlan:
             for name, d in self.additive_changes(gauge, val, params).items():
                 params[name].add_(d.to(device=params[name].device, dtype=params[name].dtype))
 
-    def _additive_delta(self, gauge: Gauge, vec: torch.Tensor, params, offsets, total) -> torch.Tensor:
-        """The flat parameter change of translation ``vec`` (see :meth:`additive_changes`)."""
-        delta = torch.zeros(total, dtype=torch.float64)
-        for name, d in self.additive_changes(gauge, vec, params).items():
-            o = offsets[name]
-            delta[o:o + d.numel()] += d.reshape(-1)
-        return delta
-
     def additive_changes(self, gauge: Gauge, vec: torch.Tensor, params) -> dict[str, torch.Tensor]:
         """Per moved parameter, the change of translation ``vec`` (float64): the seed shift plus minus what
         reaches each absorbing bias."""
@@ -218,7 +228,7 @@ class GaugePlan:
         """``changes`` (float64, per parameter) with every absorbing bias's compensation added: each bias cancels
         what reaches its site once the biases before it (in graph order) have cancelled theirs."""
         runner, absorbers = self._absorber_order(absorbers)
-        base = runner.values(params, {lg.site for lg in absorbers})
+        base = runner.values({n: p.detach() for n, p in params.items()}, {lg.site for lg in absorbers})
         current = {n: p.detach().to(torch.float64) + changes[n].to(p.device) if n in changes
                    else p.detach().to(torch.float64) for n, p in params.items()}
         for lg in absorbers:

@@ -20,7 +20,8 @@ class GraphRunner:
         self.example_inputs = example_inputs
 
     def values(self, params: dict[str, torch.Tensor], names: set[str]) -> dict[str, torch.Tensor]:
-        """Values of the nodes ``names`` (float64) with the model's parameters replaced by ``params``."""
+        """Values of the nodes ``names`` (float64) with the model's parameters replaced by ``params``; differentiable
+        in ``params`` when they require grad (the tangent operator's adjoint), no graph is kept otherwise."""
         ep = self.ep
         buffers = dict(self.model.named_buffers())
         flat_inputs = pytree.tree_leaves(self.example_inputs)
@@ -62,6 +63,5 @@ class GraphRunner:
                 return out
 
         args = [a.to(torch.float64) if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args]
-        with torch.no_grad():
-            _Interp(self.gg.graph_module).run(*args)
+        _Interp(self.gg.graph_module).run(*args)
         return captured
