@@ -47,47 +47,69 @@ def conj_gain(leg: Leg, params: dict[str, torch.Tensor]) -> torch.Tensor | None:
     return d
 
 
+def leg_layout(entries: np.ndarray) -> list[tuple[int, int, np.ndarray, np.ndarray]]:
+    """The copies of :func:`groups_of_entries` batched by (block size m, parity): per class, the block of each copy
+    [nc] and its positions in local order [nc, m]. A copy that covers part of a block is a plan error."""
+    classes: dict[tuple[int, int], tuple[list, list]] = {}
+    for b, copies in groups_of_entries(entries).items():
+        m = int(entries[(entries[:, 0] == b), 1].max()) + 1
+        for pos, loc, parity in copies:
+            if sorted(loc) != list(range(m)):
+                raise PlanMismatchError(f"a leg covers part of block {b} (locals {sorted(loc)})")
+            blocks, rows = classes.setdefault((m, parity), ([], []))
+            blocks.append(b)
+            rows.append(np.asarray(pos)[np.argsort(loc)])
+    return [(m, parity, np.asarray(bl), np.stack(rw)) for (m, parity), (bl, rw) in classes.items()]
+
+
+def _cached_layout(leg: Leg):
+    """leg_layout, kept on the leg (a plan's legs do not change once built)."""
+    cached = leg.__dict__.get("_layout")
+    if cached is None or cached[0] is not leg.entries:
+        cached = (leg.entries, leg_layout(leg.entries))
+        leg.__dict__["_layout"] = cached
+    return cached[1]
+
+
 def apply_mult_leg(p: torch.Tensor, leg: Leg, mats: list[torch.Tensor], tangent: bool = False,
                    gain: torch.Tensor | None = None) -> torch.Tensor:
     """Return the moved parameter (or, with tangent=True and mats = Lie algebra elements, the tangent). ``gain``:
     :func:`conj_gain` of a conjugated leg (its blocks act as D M D⁻¹). A leg on a ``part`` returns the whole
-    parameter with only that slice moved."""
+    parameter with only that slice moved. Every copy of a block of one size is moved by one batched product."""
     if leg.part:
         src, axis = leg.slice_of(p.detach().to(torch.float64))
         out = torch.zeros_like(p, dtype=torch.float64) if tangent else p.detach().to(torch.float64, copy=True)
         leg.slice_of(out)[0].copy_(apply_mult_leg(src, dataclasses.replace(leg, part=(), axis=axis), mats, tangent,
                                                   gain))
         return out
+    if leg.role not in ("out", "in", "gain"):
+        raise PlanMismatchError(f"unknown role {leg.role!r} for a multiplicative leg")
     x = p.detach().to(torch.float64).movedim(leg.axis, 0)
     flat = x.reshape(x.shape[0], -1)
     out = torch.zeros_like(flat) if tangent else flat.clone()
-    for b, copies in groups_of_entries(leg.entries).items():
-        A = mats[b]
-        if A is None:
+    for m, parity, blocks, pos in _cached_layout(leg):
+        keep = [i for i, b in enumerate(blocks) if mats[b] is not None]
+        if not keep:
             continue
-        for pos, loc, parity in copies:
-            if sorted(loc) != list(range(A.shape[0])):
-                raise PlanMismatchError(f"leg {leg.param} covers part of a block (locals {sorted(loc)})")
-            M = A[loc][:, loc]
-            if parity:
-                M = -M.T if tangent else torch.linalg.inv(A).T[loc][:, loc]
-            idx = torch.tensor(pos)
-            M = M.to(flat.device)
-            if gain is not None:
-                d = gain[idx].to(M.device)
-                M = d[:, None] * M / d[None, :]
-            if leg.role == "out":
-                out[idx] = M @ flat[idx]
-            elif leg.role == "in":
-                out[idx] = (-M.T if tangent else torch.linalg.inv(M).T) @ flat[idx]
-            elif leg.role == "gain":
-                d = torch.diagonal(M)
-                if tangent:
-                    out[idx] = d[:, None] * (flat[idx] + leg.offset)
-                else:
-                    out[idx] = d[:, None] * (flat[idx] + leg.offset) - leg.offset
-            else:
-                raise PlanMismatchError(f"unknown role {leg.role!r} for a multiplicative leg")
+        pos = torch.as_tensor(pos[keep])                                     # [nc, m]
+        A = torch.stack([mats[blocks[i]] for i in keep]).to(flat.device)     # [nc, m, m]
+        if A.shape[-1] != m:
+            raise PlanMismatchError(f"leg {leg.param}: a block of size {A.shape[-1]} meets a copy of size {m}")
+        M = A
+        if parity:
+            M = -A.mT if tangent else torch.linalg.inv(A).mT
+        if gain is not None:
+            d = gain.to(M.device)[pos]
+            M = d[:, :, None] * M / d[:, None, :]
+        rows = flat[pos]                                                     # [nc, m, rest]
+        if leg.role == "out":
+            new = M @ rows
+        elif leg.role == "in":
+            new = (-M.mT if tangent else torch.linalg.inv(M).mT) @ rows
+        else:
+            diag = torch.diagonal(M, dim1=-2, dim2=-1)[:, :, None]
+            new = diag * (rows + leg.offset) if tangent else diag * (rows + leg.offset) - leg.offset
+        out[pos.reshape(-1)] = new.reshape(-1, flat.shape[1])
     return out.reshape(x.shape).movedim(0, leg.axis)
 
 
@@ -107,7 +129,7 @@ def shift_from_vector(shape: tuple, axes: tuple, vec: torch.Tensor, select=None,
         if len(axes) != 1:
             raise PlanMismatchError("a weighted shift broadcasts along exactly one axis")
         t = t * weight.to(t.dtype).reshape([-1 if i == axes[0] else 1 for i in range(len(shape))])
-    return t.expand(shape).clone()
+    return t.expand(shape)      # a broadcast view (no copy of a large table): read it, never write into it
 
 
 def shift_weight(leg: Leg, params: dict[str, torch.Tensor]) -> torch.Tensor | None:

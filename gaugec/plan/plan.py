@@ -228,11 +228,12 @@ class GaugePlan:
         """``changes`` (float64, per parameter) with every absorbing bias's compensation added: each bias cancels
         what reaches its site once the biases before it (in graph order) have cancelled theirs."""
         runner, absorbers = self._absorber_order(absorbers)
-        base = runner.values({n: p.detach() for n, p in params.items()}, {lg.site for lg in absorbers})
-        current = {n: p.detach().to(torch.float64) + changes[n].to(p.device) if n in changes
-                   else p.detach().to(torch.float64) for n, p in params.items()}
+        point = {n: p.detach().to(torch.float64) for n, p in params.items()}
+        # every node up to the last site once; each site after that recomputes only what the changes reach
+        base = runner.values(point, {lg.site for lg in absorbers}, keep_all=True)
+        current = {n: p + changes[n].to(p.device) if n in changes else p for n, p in point.items()}
         for lg in absorbers:
-            after = runner.values(current, {lg.site})
+            after = runner.values(current, {lg.site}, base=base, changed=set(changes))
             diff = (after[lg.site] - base[lg.site].to(torch.float64)).reshape(-1)
             comp = -diff[torch.as_tensor(lg.site_index, device=diff.device)].cpu()
             comp = comp.reshape(params[lg.param].shape)

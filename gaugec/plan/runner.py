@@ -19,9 +19,29 @@ class GraphRunner:
         self.model = model
         self.example_inputs = example_inputs
 
-    def values(self, params: dict[str, torch.Tensor], names: set[str]) -> dict[str, torch.Tensor]:
+    def _downstream(self, changed: frozenset) -> set[str]:
+        """The nodes whose value depends on the parameters ``changed``."""
+        cache = self.__dict__.setdefault("_downstream_cache", {})
+        if changed not in cache:
+            seeds = [n for n in self.gg.graph.nodes
+                     if n.op == "placeholder" and self.gg.placeholder_param.get(n.name) in changed]
+            seen, stack = set(), list(seeds)
+            while stack:
+                n = stack.pop()
+                if n.name not in seen:
+                    seen.add(n.name)
+                    stack.extend(n.users)
+            cache[changed] = seen
+        return cache[changed]
+
+    def values(self, params: dict[str, torch.Tensor], names: set[str], base: dict | None = None,
+               changed: set[str] = frozenset(), keep_all: bool = False) -> dict[str, torch.Tensor]:
         """Values of the nodes ``names`` (float64) with the model's parameters replaced by ``params``; differentiable
-        in ``params`` when they require grad (the tangent operator's adjoint), no graph is kept otherwise."""
+        in ``params`` when they require grad (the tangent operator's adjoint), no graph is kept otherwise.
+
+        ``keep_all``: return every node computed on the way (a ``base`` for later calls). ``base`` and ``changed``:
+        ``params`` differ from the base's only in ``changed``, so only the nodes downstream of those are computed."""
+        affected = self._downstream(frozenset(changed)) if base is not None else None
         ep = self.ep
         buffers = dict(self.model.named_buffers())
         flat_inputs = pytree.tree_leaves(self.example_inputs)
@@ -43,6 +63,7 @@ class GraphRunner:
             else:
                 raise ValueError(f"unsupported graph input kind {kind}")
         captured: dict[str, torch.Tensor] = {}
+        read: set[str] = set()
 
         class _Interp(torch.fx.Interpreter):
             """Runs the float32-traced graph in float64: metadata asserts are skipped, float casts go to float64."""
@@ -51,17 +72,32 @@ class GraphRunner:
                 name = getattr(getattr(target, "_schema", None), "name", "")
                 if name == "aten::_assert_tensor_metadata":
                     return None
-                if kwargs.get("dtype") in _FLOATS:
+                if isinstance(kwargs.get("dtype"), torch.dtype) and kwargs["dtype"] in _FLOATS:
                     kwargs = {**kwargs, "dtype": torch.float64}
-                args = tuple(torch.float64 if a in _FLOATS else a for a in args)
+                args = tuple(torch.float64 if isinstance(a, torch.dtype) and a in _FLOATS else a for a in args)
                 return super().call_function(target, args, kwargs)
 
             def run_node(self, n):
-                out = super().run_node(n)
+                if affected is not None and n.op != "placeholder" and n.name not in affected and n.name in base:
+                    out = base[n.name]
+                else:
+                    out = super().run_node(n)
+                if keep_all:
+                    captured[n.name] = out
                 if n.name in names:
                     captured[n.name] = out
+                    read.add(n.name)
+                    if len(read) == len(names):
+                        raise _AllRead      # the rest of the graph cannot change what was read
                 return out
 
         args = [a.to(torch.float64) if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args]
-        _Interp(self.gg.graph_module).run(*args)
+        try:
+            _Interp(self.gg.graph_module).run(*args)
+        except _AllRead:
+            pass
         return captured
+
+
+class _AllRead(Exception):
+    """Every requested node has been read: the interpreter stops there."""

@@ -280,43 +280,51 @@ def _additive_rank(plan, idx: list[int], params, op: TangentOperator) -> int:
     return total - int(torch.linalg.matrix_rank(C).item()) + _rank_of_tangents(plan, op, candidates)
 
 
-def _weight(leg, params, n: int) -> torch.Tensor:
+def _weight(leg, params, shape: tuple) -> torch.Tensor:
+    """The broadcast pattern a seed coordinate moves: w over the leg's ``axes`` (flattened; 1 when there are none)."""
     w = shift_weight(leg, params)
+    n = int(np.prod([shape[a] for a in leg.axes], dtype=np.int64))
     return torch.ones(n, dtype=torch.float64) if w is None else w.reshape(-1).to(torch.float64)
 
 
+def _free_indices(leg, shape: tuple) -> np.ndarray:
+    n = int(np.prod([s for i, s in enumerate(shape) if i not in leg.axes], dtype=np.int64))
+    return np.arange(n) if leg.select is None else np.asarray(leg.select)
+
+
 def _overlaps(params, k: int, sa, sb) -> list[tuple[torch.Tensor, float]]:
-    """Candidate dependencies between two seed legs on one parameter. On a matrix, a leg broadcast along axis a
-    moves w ⊗ e_f (w along a, f along the other axis; ``select`` picks the f's), so two legs broadcast along
-    different axes meet in w_A ⊗ w_B when both move every f (coordinates w_B on A, −w_A on B), and two along the
-    same axis coincide on their common f's when w_A = λ w_B."""
+    """Candidate dependencies between two seed legs on one parameter. Coordinate j of a leg moves e_f ⊗ w (f its
+    j-th free index, w its pattern over the broadcast ``axes``). Two legs broadcast along the same axes coincide on
+    their common f's when w_A = λ w_B (coordinates 1 on A, −λ on B); on a matrix, a leg broadcast along rows and one
+    along columns meet in w_A ⊗ w_B when both move every f (coordinates w_B on A, −w_A on B)."""
     (A, ka), (B, kb) = sa, sb
     shape = tuple(params[A.param].shape)
-    if A.part != B.part and {ax for ax, _ in A.part} == {ax for ax, _ in B.part}:
-        return []                               # two experts' slices of one stacked weight: disjoint
-    if A.part or B.part or len(shape) != 2 or len(A.axes) != 1 or len(B.axes) != 1:
+    if A.part != B.part:
+        if A.part and B.part and {ax for ax, _ in A.part} == {ax for ax, _ in B.part}:
+            return []                           # two experts' slices of one stacked weight: disjoint
         raise StructuralRankError(f"two seed legs on {A.param} in a pattern the structural rank does not cover")
-    a, b = A.axes[0], B.axes[0]
-    wa, wb = _weight(A, params, shape[a]), _weight(B, params, shape[b])
-    sel_a = np.arange(shape[1 - a]) if A.select is None else np.asarray(A.select)
-    sel_b = np.arange(shape[1 - b]) if B.select is None else np.asarray(B.select)
+    shape = tuple(s for i, s in enumerate(shape) if i not in {ax for ax, _ in A.part})
+    wa, wb = _weight(A, params, shape), _weight(B, params, shape)
+    fa, fb = _free_indices(A, shape), _free_indices(B, shape)
     out = []
-    if a != b:
-        if len(sel_a) == shape[1 - a] and len(sel_b) == shape[1 - b]:
-            c = torch.zeros(k, dtype=torch.float64)
-            c[ka:ka + len(sel_a)] = wb[torch.as_tensor(sel_a)]
-            c[kb:kb + len(sel_b)] = -wa[torch.as_tensor(sel_b)]
-            out.append((c, float(wa.norm() * wb.norm())))
+    if tuple(A.axes) == tuple(B.axes):
+        lam = float(wa @ wb) / float(wb @ wb)
+        if float((wa - lam * wb).norm()) > NULL_RTOL * float(wa.norm()):
+            return out
+        pos_b = {int(f): j for j, f in enumerate(fb)}
+        for j, f in enumerate(fa):
+            if int(f) in pos_b:
+                c = torch.zeros(k, dtype=torch.float64)
+                c[ka + j], c[kb + pos_b[int(f)]] = 1.0, -lam
+                out.append((c, float(wa.norm())))
         return out
-    lam = float(wa @ wb) / float(wb @ wb)
-    if float((wa - lam * wb).norm()) > NULL_RTOL * float(wa.norm()):
-        return out
-    pos_b = {int(f): j for j, f in enumerate(sel_b)}
-    for j, f in enumerate(sel_a):
-        if int(f) in pos_b:
-            c = torch.zeros(k, dtype=torch.float64)
-            c[ka + j], c[kb + pos_b[int(f)]] = 1.0, -lam
-            out.append((c, float(wa.norm())))
+    if len(shape) != 2 or len(A.axes) != 1 or len(B.axes) != 1:
+        raise StructuralRankError(f"two seed legs on {A.param} in a pattern the structural rank does not cover")
+    if len(fa) == len(wb) and len(fb) == len(wa):
+        c = torch.zeros(k, dtype=torch.float64)
+        c[ka:ka + len(fa)] = wb[torch.as_tensor(fa)]
+        c[kb:kb + len(fb)] = -wa[torch.as_tensor(fb)]
+        out.append((c, float(wa.norm() * wb.norm())))
     return out
 
 
