@@ -293,11 +293,12 @@ def cmd_measure(args) -> int:
             raise UsageError(f"checkpoint {args.checkpoint} does not match the model: {str(exc)[:400]}") from exc
     model, inputs, wide, likelihood, layers = _measure_setup(args, model, inputs)
     plan = gaugec.compile(model, inputs, loss=_loss(args.loss))
-    B = plan.tangent_basis()
-    rows, o = [], 0
-    for g in plan.gauges:
-        rows.append(B[o])
-        o += g.dim
+    op = plan.tangent_operator()            # one generator per gauge, without the whole basis
+    rows = []
+    for sl in op.slices:
+        unit = torch.zeros(op.shape[0], dtype=torch.float64)
+        unit[sl.start] = 1.0
+        rows.append(op.matvec(unit))
     ts = np.logspace(-3, -1, 5)
     readings = measure.classify(model, inputs, rows, plan=plan, likelihood=likelihood, ts=ts)
     print(f"{'gauge':<48} {'family':<18} {'reading':<9} {'max uᵀFu':>10}")

@@ -12,6 +12,7 @@ from gaugec.bench.ddc import bench_equivariance, bench_parity, format_ddc
 from gaugec.bench.discovery import bench_discover, format_rows
 from gaugec.bench.readings import LLC_CALIBRATION, LLC_ROWS, bench_llc, bench_llc_modular, bench_rrr, format_llc, \
     format_llc_modular, format_rrr
+from gaugec.bench.realsize import bench_realsize, format_realsize
 from gaugec.bench.step import bench_step, format_step
 from gaugec.bench.tables import dump_rows, write_section
 from gaugec.bench.trust import bench_construction, bench_training, format_trust
@@ -33,7 +34,9 @@ def main(argv=None):
     tr = sub.add_parser("trust", help="DDCAdam on zero-init / LoRA / rank-deficient models against AdamW")
     tr.add_argument("--steps", type=int, default=200)
     tr.add_argument("--seeds", type=int, default=2)
-    for parser in (d, r, lc, st, dd, tr):
+    rs = sub.add_parser("realsize", help="compile + plan.dim with real weights (4→4096→3 MLP, GPT-2 small)")
+    rs.add_argument("--only", nargs="*", help="substrings of config names (mlp, gpt2)")
+    for parser in (d, r, lc, st, dd, tr, rs):
         parser.add_argument("--write", action="store_true", help="record the table in docs/benchmarks.md")
     args = ap.parse_args(argv)
     if args.what == "step":
@@ -70,6 +73,11 @@ def main(argv=None):
         table = format_trust(bench_construction(), bench_training(range(args.seeds), args.steps))
         text = (f"Command: `python -m gaugec.bench trust --write` ({args.steps} steps, seeds 0..{args.seeds - 1}, "
                 f"{time.perf_counter() - t0:.0f} s on {os.cpu_count()} CPU cores)\n\n{table}")
+    elif args.what == "realsize":
+        torch.set_num_threads(max(1, os.cpu_count() or 1))
+        machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"
+        text = (f"Measured on: {machine} (CPU only).\nCommand: `python -m gaugec.bench realsize --write` (one "
+                f"process, the models in turn: peak RSS is cumulative)\n\n{format_realsize(bench_realsize(args.only))}")
     elif args.what == "rrr":
         t0 = time.perf_counter()
         rows, agreement = bench_rrr()
