@@ -101,6 +101,18 @@ class Float64Mode(torch.overrides.TorchFunctionMode):
 def float64_twin(model: torch.nn.Module, inputs: tuple = (), copy_model: bool = True):
     """(model, inputs) in float64: a deep copy of the model (``copy_model=False`` converts it in place; the train /
     eval mode is kept), and every floating-point input cast; integer inputs (token ids) are kept."""
-    twin = (copy.deepcopy(model) if copy_model else model).to(torch.float64)
+    if copy_model:
+        # the memo hands deepcopy float64 copies of the floating parameters and buffers, so their float32 data is
+        # never copied first (a 124M-parameter model: one 0.5 GB copy and its page faults fewer)
+        memo = {}
+        for t in [*model.parameters(), *model.buffers()]:
+            if id(t) not in memo and t.is_floating_point() and not t.is_meta:
+                c = t.detach().to(torch.float64, copy=True)
+                memo[id(t)] = torch.nn.Parameter(c, requires_grad=t.requires_grad) \
+                    if isinstance(t, torch.nn.Parameter) else c
+        twin = copy.deepcopy(model, memo)
+    else:
+        twin = model
+    twin = twin.to(torch.float64)
     return twin, tuple(x.to(torch.float64) if isinstance(x, torch.Tensor) and x.is_floating_point() else x
                        for x in inputs)

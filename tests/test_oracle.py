@@ -179,6 +179,10 @@ def test_oracle_catches_an_unsound_generator(llama_plan):
     rep = gaugec.verify(model, inputs, bad)
     assert not rep.sound
     assert rep.soundness["fake@gate"] > 1e-3
+    # the matrix-free check (jvp / vjp, one random combination per gauge) sees it too, and only it
+    quick = gaugec.verify(model, inputs, bad, soundness_only=True)
+    assert quick.soundness["fake@gate"] > 1e-3
+    assert all(v <= 1e-8 for k, v in quick.soundness.items() if k != "fake@gate")
 
 
 def test_qk_norm_claims_nothing_false():

@@ -174,11 +174,15 @@ class GaugePlan:
         if len(g) != len(gauges):
             raise PlanMismatchError(f"group element has {len(g)} parts, the plan has {len(gauges)} gauges")
         params = self._params()
+        reads = AbsorbReads()
         for gauge, (kind, val) in zip(gauges, g):
-            self.act_on(gauge, kind, val, params)
+            self.act_on(gauge, kind, val, params, reads)
+            reads.changed.update(gauge.params)
 
-    def act_on(self, gauge: Gauge, kind: str, val, params: dict[str, torch.Tensor]):
-        """Apply one gauge's element (``kind``, ``val``) to the tensors of ``params`` in place."""
+    def act_on(self, gauge: Gauge, kind: str, val, params: dict[str, torch.Tensor],
+               reads: "AbsorbReads | None" = None):
+        """Apply one gauge's element (``kind``, ``val``) to the tensors of ``params`` in place. ``reads``: graph
+        values shared by the gauges of one :meth:`act` (see :class:`AbsorbReads`)."""
         if kind != gauge.kind:
             raise PlanMismatchError(f"element of kind {kind} for gauge {gauge.name} of kind {gauge.kind}")
         if kind == "mult":
@@ -190,15 +194,16 @@ class GaugePlan:
             absorbers = [lg for lg in gauge.legs if lg.role == "absorb"]
             if absorbers:               # biases that take what still reaches them (a batch norm's, for its input scale)
                 changes = {name: t - params[name].detach().to(torch.float64) for name, t in new.items()}
-                for name, d in self._absorb(absorbers, params, changes).items():
+                for name, d in self._absorb(absorbers, params, changes, reads).items():
                     new[name] = params[name].detach().to(torch.float64) + d
             for name, t in new.items():
                 params[name].copy_(t.to(params[name].dtype))
         else:
-            for name, d in self.additive_changes(gauge, val, params).items():
+            for name, d in self.additive_changes(gauge, val, params, reads).items():
                 params[name].add_(d.to(device=params[name].device, dtype=params[name].dtype))
 
-    def additive_changes(self, gauge: Gauge, vec: torch.Tensor, params) -> dict[str, torch.Tensor]:
+    def additive_changes(self, gauge: Gauge, vec: torch.Tensor, params,
+                         reads: "AbsorbReads | None" = None) -> dict[str, torch.Tensor]:
         """Per moved parameter, the change of translation ``vec`` (float64): the seed shift plus minus what
         reaches each absorbing bias."""
         changes: dict[str, torch.Tensor] = {}
@@ -217,24 +222,31 @@ class GaugePlan:
             k += n
             changes[lg.param] = changes[lg.param] + t if lg.param in changes else t
         absorbers = [lg for lg in gauge.legs if lg.role == "absorb"]
-        return self._absorb(absorbers, params, changes) if absorbers else changes
+        return self._absorb(absorbers, params, changes, reads) if absorbers else changes
 
     def _absorber_order(self, absorbers):
         runner = self._runner()
         order = {n.name: i for i, n in enumerate(runner.gg.graph.nodes)}
         return runner, sorted(absorbers, key=lambda lg: order[lg.site])
 
-    def _absorb(self, absorbers, params, changes: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def _absorb(self, absorbers, params, changes: dict[str, torch.Tensor],
+                reads: "AbsorbReads | None" = None) -> dict[str, torch.Tensor]:
         """``changes`` (float64, per parameter) with every absorbing bias's compensation added: each bias cancels
         what reaches its site once the biases before it (in graph order) have cancelled theirs."""
         runner, absorbers = self._absorber_order(absorbers)
         point = {n: p.detach().to(torch.float64) for n, p in params.items()}
-        # every node up to the last site once; each site after that recomputes only what the changes reach
-        base = runner.values(point, {lg.site for lg in absorbers}, keep_all=True)
+        sites = {lg.site for lg in absorbers}
+        reads = reads if reads is not None else AbsorbReads()
+        if reads.base is None or not sites <= reads.base.keys():
+            # every node up to the last site once, at the current parameters
+            reads.base, reads.changed = runner.values(point, sites, keep_all=True), set()
+        # then each read recomputes only the nodes that the parameters moved since the base reach
+        ref = reads.base if not reads.changed else runner.values(point, sites, base=reads.base,
+                                                                  changed=reads.changed)
         current = {n: p + changes[n].to(p.device) if n in changes else p for n, p in point.items()}
         for lg in absorbers:
-            after = runner.values(current, {lg.site}, base=base, changed=set(changes))
-            diff = (after[lg.site] - base[lg.site].to(torch.float64)).reshape(-1)
+            after = runner.values(current, {lg.site}, base=reads.base, changed=reads.changed | set(changes))
+            diff = (after[lg.site] - ref[lg.site].to(torch.float64)).reshape(-1)
             comp = -diff[torch.as_tensor(lg.site_index, device=diff.device)].cpu()
             comp = comp.reshape(params[lg.param].shape)
             changes[lg.param] = changes[lg.param] + comp if lg.param in changes else comp
@@ -335,6 +347,17 @@ class GaugePlan:
 
     def __repr__(self):
         return f"GaugePlan({len(self.gauges)} gauges, {sum(g.dim for g in self.gauges)} generators)"
+
+
+class AbsorbReads:
+    """Node values of the captured graph at some parameters (``base``) and which parameters have moved since
+    (``changed``): the gauges of one :meth:`GaugePlan.act` read their absorbing sites from one base run, each read
+    recomputing only the nodes downstream of what moved. Applied in reverse graph order (latest site first), what
+    moved is mostly downstream of the next site, so a read costs a few nodes."""
+
+    def __init__(self):
+        self.base: dict | None = None
+        self.changed: set[str] = set()
 
 
 def gauge_to_dict(g: Gauge) -> dict:

@@ -47,6 +47,9 @@ def numeric_check(plan, seed: int = 0, spread: float = 10.0):
     gen = torch.Generator().manual_seed(seed)
     elements = [g.random_element(gen, spread) for g in plan.gauges]
     found: dict[int, tuple[float, str]] = {}
+    position = {n.name: k for k, n in enumerate(plan.graph.graph.nodes)} if plan.graph is not None else {}
+    last_site = [max((position.get(lg.site, -1) for lg in g.legs if lg.role == "absorb"), default=-1)
+                 for g in plan.gauges]
 
     def residual(idx: list[int], moved_gains: bool) -> tuple[float, str]:
         """f's relative change under the elements of the gauges ``idx`` applied one after the other; with
@@ -64,7 +67,9 @@ def numeric_check(plan, seed: int = 0, spread: float = 10.0):
                                                                dtype=torch.float64) - 1))
                 ref, _ = f()
                 ref_finite, ref_scale = torch.isfinite(ref), ref.abs().max()
-            return _residual(bound, gauges, [elements[i] for i in idx], f, ref, ref_finite, ref_scale)
+            order = sorted(idx, key=lambda i: -last_site[i])    # latest absorbing site first: see AbsorbReads
+            return _residual(bound, [plan.gauges[i] for i in order], [elements[i] for i in order], f, ref,
+                             ref_finite, ref_scale)
         finally:
             _restore(named, original, moved)   # only what these gauges moved is copied back
 
