@@ -1,7 +1,9 @@
 """Command line: ``gaugec inspect | check | verify | measure | demo | zoo``.
 
-TARGET is ``zoo:NAME`` (or a bare zoo name), ``path/to/file.py:factory`` or ``package.module:factory``; a factory
-returns ``(model, example_inputs)``.
+TARGET is ``zoo:NAME`` (or a bare zoo name), ``path/to/file.py:factory`` or ``package.module:factory`` (a factory
+returns ``(model, example_inputs)``), or a Hugging Face model: ``hf:DIR`` (a local directory with its config.json;
+built on the meta device, or with its safetensors loaded under ``--weights``) or ``hf:MODEL_TYPE`` (that type's
+default config, on the meta device).
 
 Exit codes of ``check``: 0 the gauges hold and match the lock, 1 a proof, numeric check or lock comparison failed,
 2 usage or capture error (including a corrupted lock file).
@@ -32,10 +34,19 @@ class UsageError(Exception):
 # targets
 
 
-def load_target(target: str):
+def load_target(target: str, weights: bool = False):
     from gaugec import zoo
 
-    if target.startswith("zoo:") or target in zoo.ZOO:
+    if weights and not target.startswith("hf:"):
+        raise UsageError("--weights is for hf:DIR targets (a zoo model or a factory brings its own weights)")
+    if target.startswith("hf:"):
+        from gaugec.capture import hf
+
+        try:
+            made = hf.load(target[3:], weights=weights)
+        except hf.HFTargetError as exc:
+            raise UsageError(str(exc)) from exc
+    elif target.startswith("zoo:") or target in zoo.ZOO:
         name = target[4:] if target.startswith("zoo:") else target
         try:
             made = zoo.load(name)
@@ -76,9 +87,15 @@ def _loss(s: str):
 def compile_target(args):
     import gaugec
 
-    model, inputs = load_target(args.target)
+    model, inputs = load_target(args.target, getattr(args, "weights", False))
     plan = gaugec.compile(model, inputs, loss=_loss(args.loss), tracer=args.tracer)
     return model, inputs, plan
+
+
+def _needs_weights(plan, what: str):
+    if plan.model_is_meta():
+        raise UsageError(f"{what} needs weights, and this model is on the meta device: give hf:DIR --weights (a "
+                         f"directory with its safetensors), a zoo model or a factory")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -106,7 +123,9 @@ def format_table(plan) -> str:
             lines.append("  ".join("-" * w for w in widths))
     total = sum(g.dim for g in plan.gauges)
     lines.append("")
-    lines.append(f"{len(plan.gauges)} gauges, {total} generators; orbit dimension (rank) {plan.dim}"
+    rank = ("not ranked (the meta device has no weights; at generic weights it is at most the generators)"
+            if plan.model_is_meta() else f"orbit dimension (rank) {plan.dim}")
+    lines.append(f"{len(plan.gauges)} gauges, {total} generators; {rank}"
                  + (f"; {len(plan.rejected)} REJECTED" if plan.rejected else ""))
     notes = {g.proof.numeric_note for g in plan.gauges if g.proof and g.proof.numeric_note}
     for n in notes:
@@ -222,6 +241,7 @@ def cmd_check(args) -> int:
         elif g.proof.numeric_ok is False:
             failures.append(f"numeric check of {g.name} failed: residual {g.numeric_residual:.2e}")
     print(format_table(plan))
+    meta = plan.model_is_meta()
     new = lock_data(plan)
     if args.lock:
         if args.update:
@@ -238,8 +258,12 @@ def cmd_check(args) -> int:
         for f in failures:
             print(f)
         return EXIT_FAIL
-    print("\ncheck holds: every proof re-ran, every numeric check passed" + (", lock matches" if args.lock and
-                                                                              not args.update else ""))
+    lock = ", lock matches" if args.lock and not args.update else ""
+    if meta:
+        print(f"\ncheck holds: every proof re-ran{lock}; NO numeric check ran (the model is on the meta device, "
+              f"without weights: --weights checks a directory's)")
+    else:
+        print(f"\ncheck holds: every proof re-ran, every numeric check passed{lock}")
     return EXIT_OK
 
 
@@ -247,6 +271,7 @@ def cmd_verify(args) -> int:
     import gaugec
 
     model, inputs, plan = compile_target(args)
+    _needs_weights(plan, "verify")
     if not any(True for _ in model.parameters()):
         raise UsageError(f"{args.target} has no parameters: there is nothing for the oracle to check")
     rep = gaugec.verify(model, inputs, plan)
@@ -276,7 +301,10 @@ def cmd_measure(args) -> int:
     import gaugec
     from gaugec import measure
 
-    model, inputs = load_target(args.target)
+    model, inputs = load_target(args.target, args.weights)
+    if any(p.is_meta for p in model.parameters()):
+        raise UsageError("measure needs weights, and this model is on the meta device: give hf:DIR --weights, a "
+                         "zoo model or a factory")
     if args.along:
         return _measure_along(args, model, inputs)
     if args.checkpoint:
@@ -430,7 +458,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="cmd", required=True)
 
     def target_args(sp):
-        sp.add_argument("target", help="zoo:NAME, path/to/file.py:factory or package.module:factory")
+        sp.add_argument("target", help="zoo:NAME, path/to/file.py:factory, package.module:factory, hf:DIR or "
+                                        "hf:MODEL_TYPE")
+        sp.add_argument("--weights", action="store_true",
+                        help="hf:DIR: load the directory's safetensors (default: the meta device, no weights)")
         sp.add_argument("--loss", default="cross_entropy", choices=["cross_entropy", "mse", "none"],
                         help="what f is: log-probabilities (cross_entropy) or the raw output")
         sp.add_argument("--tracer", default="export", choices=["export", "fx"])

@@ -333,3 +333,54 @@ def test_an_in_place_write_into_another_tensor_is_followed_to_a_barrier():
     assert not plan.rejected
     assert all(lg.param != "l1.weight" for g in plan.gauges for lg in g.legs)
     assert any("in-place write" in r.reason for r in plan.refusals)
+
+
+# -- Hugging Face targets ------------------------------------------------------------------------------------------
+
+def _hf_dir(tmp_path, hidden=16, name="tiny-llama"):
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.LlamaConfig(vocab_size=32, hidden_size=hidden, intermediate_size=24, num_hidden_layers=1,
+                                   num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=16,
+                                   rms_norm_eps=0.0, architectures=["LlamaForCausalLM"])
+    torch.manual_seed(0)
+    path = tmp_path / name
+    transformers.LlamaForCausalLM(cfg).save_pretrained(path)
+    return str(path)
+
+
+@pytest.mark.hf
+def test_hf_directory_targets_on_the_meta_device_and_with_their_weights(tmp_path, capsys):
+    path = _hf_dir(tmp_path)
+    assert main(["inspect", f"hf:{path}"]) == 0
+    out = capsys.readouterr().out
+    assert "residual_rotation" in out and "not ranked (the meta device" in out
+    assert main(["check", f"hf:{path}"]) == 0
+    assert "NO numeric check ran" in capsys.readouterr().out      # never "every numeric check passed" without weights
+    assert main(["check", f"hf:{path}", "--weights"]) == 0
+    assert "every numeric check passed" in capsys.readouterr().out
+    assert main(["verify", f"hf:{path}"]) == 2
+    assert "needs weights" in capsys.readouterr().err
+    assert main(["verify", f"hf:{path}", "--weights"]) == 0
+
+
+@pytest.mark.hf
+def test_hf_target_errors_name_what_is_wrong(tmp_path, capsys):
+    from gaugec.capture import hf
+
+    (tmp_path / "empty").mkdir()
+    assert main(["inspect", f"hf:{tmp_path / 'empty'}"]) == 2
+    assert "has no config.json" in capsys.readouterr().err
+    assert main(["inspect", "hf:lama"]) == 2
+    assert "did you mean llama" in capsys.readouterr().err
+    assert main(["inspect", "zoo:llama", "--weights"]) == 2
+    assert "--weights is for hf:DIR" in capsys.readouterr().err
+    # weights of another size in the directory
+    path = _hf_dir(tmp_path)
+    other = _hf_dir(tmp_path, hidden=8, name="other")
+    import shutil
+    shutil.copy(f"{other}/model.safetensors", f"{path}/model.safetensors")
+    assert main(["check", f"hf:{path}", "--weights"]) == 2
+    assert "do not match the model (wrong shape" in capsys.readouterr().err
+    # a model type's default config, on the meta device, with token ids below its vocabulary
+    model, (ids,) = hf.load("bert")
+    assert all(p.is_meta for p in model.parameters()) and int(ids.max()) < model.config.vocab_size
