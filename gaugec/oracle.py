@@ -53,6 +53,10 @@ class OracleReport:
     missed_basis: torch.Tensor = dataclasses.field(default_factory=lambda: torch.zeros(0, 0), repr=False)
     param_names: list[str] = dataclasses.field(default_factory=list, repr=False)
     param_sizes: list[int] = dataclasses.field(default_factory=list, repr=False)
+    # dead coordinates: parameter entries f never reads at the sampled inputs (a position row beyond the sequence,
+    # a padding row), each a null direction of its own and no gauge; dead_missed: the missed dimensions they span
+    dead: int = 0
+    dead_missed: int = 0
 
     def missed_directions(self, k: int = 0) -> dict[str, torch.Tensor]:
         """The k-th missed direction split by parameter (entries below 1e-8 of its peak zeroed): what to read
@@ -78,7 +82,8 @@ class OracleReport:
         lines = [
             f"oracle: {self.n_params} parameters, {self.n_rows} Jacobian rows (float64)",
             f"  nullity {self.nullity} (eigenvalues of JᵀJ below {self.threshold:.1e} x max; gap {self.gap:.1e})",
-            f"  found {self.found_rank}, missed {self.missed}",
+            f"  found {self.found_rank}, missed {self.missed}"
+            + (f" ({self.dead_missed} of them dead coordinates: entries f never reads)" if self.dead_missed else ""),
             "",
             f"  {'module':<32} {'params':>7} {'oracle':>8} {'found':>8} {'missed':>8}",
         ]
@@ -346,7 +351,12 @@ def verify(model, example_inputs, plan=None, loss: str | None = "cross_entropy",
     M = N - Q @ (Q.T @ N)
     Umiss = orthonormal_columns(M, atol=1e-6)
     missed = Umiss.shape[1]
+    dead_idx = torch.nonzero(torch.diagonal(G) == 0).reshape(-1)
+    D = torch.zeros(n, len(dead_idx), dtype=torch.float64)
+    D[dead_idx, torch.arange(len(dead_idx))] = 1.0
+    dead_missed = orthonormal_columns(D - Q @ (Q.T @ D), atol=1e-6).shape[1] if len(dead_idx) else 0
 
     return OracleReport(n, rows, nullity, r, missed, gap, evals.numpy(), soundness,
                         _module_rows(names, sizes, N, Q, Umiss), rel_tol,
-                        missed_basis=Umiss, param_names=names, param_sizes=sizes)
+                        missed_basis=Umiss, param_names=names, param_sizes=sizes, dead=len(dead_idx),
+                        dead_missed=dead_missed)

@@ -341,3 +341,16 @@ def test_token_ids_are_drawn_below_the_table_they_index_not_a_longer_position_ta
     assert int(drawn.max()) == 15
     rep = gaugec.verify(model, (ids,), soundness_only=True)
     assert rep.sound
+
+
+@pytest.mark.hf
+def test_the_coverage_sweep_judges_a_tiny_hf_llama_and_separates_dead_coordinates():
+    pytest.importorskip("transformers")
+    from gaugec.bench.coverage import format_coverage, run_one
+
+    row = run_one("causal-lm", "llama")
+    assert row["status"] == "compiled" and row["sound"], row
+    # the padding row (token 0 is never drawn) is 16 dead coordinates, missed but no gauge; nothing live is missed
+    assert row["dead_missed"] == 16 and row["missed"] == 16 and row["found"] == row["nullity"] - 16
+    table = format_coverage([row, {"task": "causal-lm", "arch": "x", "status": "not built tiny", "why": "too big"}])
+    assert "compiled: **1 / 1 = 100%**" in table and "found = oracle (dead coordinates aside): **1 / 1**" in table

@@ -8,6 +8,7 @@ import time
 
 import torch
 
+from gaugec.bench.coverage import bench_coverage, format_coverage
 from gaugec.bench.ddc import bench_equivariance, bench_parity, format_ddc
 from gaugec.bench.discovery import bench_discover, format_rows
 from gaugec.bench.readings import LLC_CALIBRATION, LLC_ROWS, bench_llc, bench_llc_modular, bench_rrr, format_llc, \
@@ -36,7 +37,14 @@ def main(argv=None):
     tr.add_argument("--seeds", type=int, default=2)
     rs = sub.add_parser("realsize", help="compile + plan.dim with real weights (4→4096→3 MLP, GPT-2 small)")
     rs.add_argument("--only", nargs="*", help="substrings of config names (mlp, gpt2)")
-    for parser in (d, r, lc, st, dd, tr, rs):
+    cv = sub.add_parser("coverage", help="every HF causal-LM / masked-LM / image model, tiny: compiled, sound, found "
+                                         "/ oracle (docs/coverage.md)")
+    cv.add_argument("--only", nargs="*", help="model types (llama, gpt2, vit, ...)")
+    cv.add_argument("--resume", action="store_true", help="keep the rows of docs/data/coverage_rows.jsonl and run "
+                    "only the architectures not there yet")
+    cv.add_argument("--budget", type=float, help="start no architecture after this many seconds (a partial table; "
+                    "--resume goes on)")
+    for parser in (d, r, lc, st, dd, tr, rs, cv):
         parser.add_argument("--write", action="store_true", help="record the table in docs/benchmarks.md")
     args = ap.parse_args(argv)
     if args.what == "step":
@@ -73,6 +81,22 @@ def main(argv=None):
         table = format_trust(bench_construction(), bench_training(range(args.seeds), args.steps))
         text = (f"Command: `python -m gaugec.bench trust --write` ({args.steps} steps, seeds 0..{args.seeds - 1}, "
                 f"{time.perf_counter() - t0:.0f} s on {os.cpu_count()} CPU cores)\n\n{table}")
+    elif args.what == "coverage":
+        import transformers
+
+        t0 = time.perf_counter()
+        rows, asked = bench_coverage(args.only, resume=args.resume, budget_s=args.budget)
+        table = format_coverage(rows)
+        if len(rows) < asked:
+            table = (f"**Partial: {len(rows)} of {asked} architectures** (stopped at --budget; `--resume` goes on "
+                     f"from `docs/data/coverage_rows.jsonl`).\n\n{table}")
+        text = (f"Command: `python -m gaugec.bench coverage --write` (transformers {transformers.__version__}, "
+                f"torch {torch.__version__}, {time.perf_counter() - t0:.0f} s on {os.cpu_count()} CPU cores)\n\n"
+                f"{table}")
+        print(text)
+        if args.write:
+            write_section("bench-coverage", text, path="docs/coverage.md")
+        return
     elif args.what == "realsize":
         torch.set_num_threads(max(1, os.cpu_count() or 1))
         machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"
