@@ -117,10 +117,12 @@ class GaugePlan:
             for b, X in gauge.algebra_basis():
                 mats = [None] * len(gauge.blocks)
                 mats[b] = X
-                rows.append(self._flat(self.mult_tangent(gauge, mats, params), offsets, total))
+                rows.append(tangent_space.add_flat(self.mult_tangent(gauge, mats, params), offsets,
+                                                   torch.zeros(total, dtype=torch.float64)))
         else:
             for vec in torch.eye(gauge.additive_dim, dtype=torch.float64):
-                rows.append(self._flat(self.additive_changes(gauge, vec, params), offsets, total))
+                rows.append(tangent_space.add_flat(self.additive_changes(gauge, vec, params), offsets,
+                                                   torch.zeros(total, dtype=torch.float64)))
         return torch.stack(rows) if rows else torch.zeros(0, total, dtype=torch.float64)
 
     def mult_tangent(self, gauge: Gauge, mats: list, params) -> dict[str, torch.Tensor]:
@@ -135,14 +137,6 @@ class GaugePlan:
         if absorbers:
             self._absorb_tangent(absorbers, params, tangent)
         return tangent
-
-    @staticmethod
-    def _flat(parts: dict[str, torch.Tensor], offsets: dict[str, int], total: int) -> torch.Tensor:
-        v = torch.zeros(total, dtype=torch.float64)
-        for name, t in parts.items():
-            o = offsets[name]
-            v[o:o + t.numel()] += t.reshape(-1).cpu()
-        return v
 
     def _offsets(self):
         return param_offsets(self._param_info)

@@ -51,6 +51,14 @@ def _dual(role: str, parity: int) -> bool:
     return (not parity) if role == "in" else bool(parity)
 
 
+def add_flat(parts: dict[str, torch.Tensor], offsets: dict[str, int], out: torch.Tensor) -> torch.Tensor:
+    """Add per-parameter tensors into the flat vector ``out`` at their ``offsets`` (in place)."""
+    for name, t in parts.items():
+        o = offsets[name]
+        out[o:o + t.numel()] += t.reshape(-1).to(out.device)
+    return out
+
+
 class TangentOperator:
     """B (generators x parameters) as an operator. ``shape = (k, n)``; ``slices[i]`` are the coordinates of gauge i.
 
@@ -78,12 +86,6 @@ class TangentOperator:
             o += d
         return self.plan.mult_tangent(gauge, mats, self.params)
 
-    def _flat(self, parts: dict[str, torch.Tensor], out: torch.Tensor) -> torch.Tensor:
-        for name, t in parts.items():
-            o = self.offsets[name]
-            out[o:o + t.numel()] += t.reshape(-1).to(out.device)
-        return out
-
     def matvec(self, c) -> torch.Tensor:
         c = torch.as_tensor(c, dtype=torch.float64).reshape(-1)
         if c.numel() != self.shape[0]:
@@ -91,7 +93,7 @@ class TangentOperator:
         out = torch.zeros(self.shape[1], dtype=torch.float64)
         for g, sl in zip(self.plan.gauges, self.slices):
             if bool((c[sl] != 0).any()):
-                self._flat(self.gauge_tangent(g, c[sl]), out)
+                add_flat(self.gauge_tangent(g, c[sl]), self.offsets, out)
         return out
 
     def rmatvec(self, v) -> torch.Tensor:
@@ -115,10 +117,6 @@ class TangentOperator:
 
 # -- orbit dimension ------------------------------------------------------------------------------------------------
 
-def _moved(gauge) -> list[str]:
-    return list(dict.fromkeys(lg.param for lg in gauge.legs))
-
-
 def components(gauges) -> list[list[int]]:
     """Indices of gauges grouped by the connected components of the shares-a-parameter graph (plan order)."""
     parent = list(range(len(gauges)))
@@ -131,7 +129,7 @@ def components(gauges) -> list[list[int]]:
 
     owner: dict[str, int] = {}
     for i, g in enumerate(gauges):
-        for name in _moved(g):
+        for name in g.params:
             if name in owner:
                 parent[find(i)] = find(owner[name])
             else:
@@ -147,7 +145,7 @@ def _numel(plan, name: str) -> int:
 
 
 def _dense_rank(plan, gauges, params) -> int:
-    names = list(dict.fromkeys(n for g in gauges for n in _moved(g)))
+    names = list(dict.fromkeys(n for g in gauges for n in g.params))
     offsets, o = {}, 0
     for name in names:
         offsets[name] = o
@@ -168,7 +166,7 @@ def orbit_dimension(plan, params: dict[str, torch.Tensor] | None = None, method:
     for comp in components(plan.gauges):
         gauges = [plan.gauges[i] for i in comp]
         k = sum(g.dim for g in gauges)
-        n = sum(_numel(plan, name) for name in dict.fromkeys(p for g in gauges for p in _moved(g)))
+        n = sum(_numel(plan, name) for name in dict.fromkeys(p for g in gauges for p in g.params))
         if method == "dense" or (method == "auto" and k * n <= dense_limit):
             total += _dense_rank(plan, gauges, params)
             continue
@@ -198,7 +196,7 @@ def _structural_rank(plan, comp: list[int], params, op: TangentOperator, dense_l
             continue
         grams = _block_grams(g, params, skip=shifted)
         if grams is None:            # rows moved twice by one gauge, or a gain on a non-diagonal block
-            n = sum(_numel(plan, name) for name in _moved(g))
+            n = sum(_numel(plan, name) for name in g.params)
             if g.dim * n > max(dense_limit, BASIS_LIMIT):
                 raise StructuralRankError(
                     f"gauge {g.name} moves one parameter through two legs (or a gain through a non-diagonal block) "
@@ -213,7 +211,7 @@ def _structural_rank(plan, comp: list[int], params, op: TangentOperator, dense_l
             rank += _additive_rank(plan, additive, params, op)
         except StructuralRankError:
             gauges = [plan.gauges[i] for i in additive]
-            n = sum(_numel(plan, name) for name in dict.fromkeys(p for g in gauges for p in _moved(g)))
+            n = sum(_numel(plan, name) for name in dict.fromkeys(p for g in gauges for p in g.params))
             if sum(g.dim for g in gauges) * n > max(dense_limit, BASIS_LIMIT):
                 raise
             rank += _dense_rank(plan, gauges, params)
