@@ -108,9 +108,8 @@ def load(spec: str, weights: bool = False):
     config = load_config(spec)
     if weights and not os.path.isdir(spec):
         raise HFTargetError("--weights loads a directory's safetensors: give hf:DIR, not a model type")
-    for key in ("use_cache",):
-        if hasattr(config, key):
-            setattr(config, key, False)
+    if hasattr(config, "use_cache"):          # a key/value cache is state the graph should not carry
+        config.use_cache = False
     build = _model_class(config)
     if weights:
         model = build(config)
