@@ -203,16 +203,19 @@ def _soundness_matrix_free(bound, f_of, theta, batches, seed, iterations):
         pullbacks.append(pull)
         rows += out.numel()
 
-    def sq_norm_J(v):
-        return sum(float((torch.func.jvp(fn, (theta,), (v,))[1] ** 2).sum()) for fn in fns)
+    def J(v):
+        return [torch.func.jvp(fn, (theta,), (v,))[1] for fn in fns]
+
+    def sq_norm(parts):
+        return sum(float((u ** 2).sum()) for u in parts)
 
     gen = torch.Generator().manual_seed(seed + 2)
     v = torch.randn(theta.numel(), generator=gen, dtype=torch.float64)
     v /= v.norm()
     lam = 0.0
     for _ in range(iterations):
-        jv = [torch.func.jvp(fn, (theta,), (v,))[1] for fn in fns]
-        lam = max(lam, sum(float((u ** 2).sum()) for u in jv))
+        jv = J(v)
+        lam = max(lam, sq_norm(jv))
         w = sum(pull(u)[0] for pull, u in zip(pullbacks, jv))
         if float(w.norm()) == 0:
             break
@@ -227,7 +230,7 @@ def _soundness_matrix_free(bound, f_of, theta, batches, seed, iterations):
         nx = float(xi.norm())
         if not math.isfinite(nx):
             raise FloatingPointError(f"a generator of {g.name} is not finite at the oracle's point")
-        out[g.name] = math.sqrt(sq_norm_J(xi)) / (jnorm * nx) if nx > 0 else 0.0
+        out[g.name] = math.sqrt(sq_norm(J(xi))) / (jnorm * nx) if nx > 0 else 0.0
     return out, rows
 
 
