@@ -37,14 +37,16 @@ def name_gauges(gauges: list[Gauge]):
 
 def compile(model, example_inputs=(), loss: str | None = "cross_entropy", tracer: str = "export",
             concrete_args=None, check: bool = True, seed: int = 0, output=None,
-            strict: bool | None = None) -> GaugePlan:  # noqa: A001
+            strict: bool | None = None, memo: bool | None = None) -> GaugePlan:  # noqa: A001
     """Capture, discover, prove and numerically check the gauges of ``model``; returns a :class:`GaugePlan` whose
     ``gauges`` passed both halves of their proof and whose ``rejected`` did not.
 
     ``output`` says which output the loss sees (a key, an index, or a callable that selects it); by default
     ``.logits`` when the output has it, else every floating-point tensor output (a gauge must leave each
     unchanged). ``strict``: a discovery rule that raises re-raises instead of becoming a barrier (default: the
-    ``GAUGEC_STRICT`` environment variable)."""
+    ``GAUGEC_STRICT`` environment variable). ``memo``: a graph discovered before is read from the discovery memo
+    (:mod:`gaugec.discover.memo`; default on unless ``GAUGEC_DISCOVERY_MEMO=0``); proofs and the numeric check run
+    either way."""
     if not isinstance(example_inputs, tuple):
         example_inputs = (example_inputs,) if not isinstance(example_inputs, list) else tuple(example_inputs)
     timings = {}
@@ -56,7 +58,7 @@ def compile(model, example_inputs=(), loss: str | None = "cross_entropy", tracer
         f_leaves = gg.f_leaves(output)
     except ValueError as exc:
         raise CaptureError(str(exc)) from exc
-    disc = discover(gg, loss, f_leaves, strict)
+    disc = discover(gg, loss, f_leaves, strict, memo)
     timings["discover"] = time.perf_counter() - t0
     gauges = disc.gauges
     name_gauges(gauges)
@@ -66,6 +68,7 @@ def compile(model, example_inputs=(), loss: str | None = "cross_entropy", tracer
     timings["prove"] = time.perf_counter() - t0
     plan = GaugePlan(model, gauges, loss=loss, graph=gg, example_inputs=example_inputs,
                      refusals=disc.refusals, unknown_ops=disc.unknown_ops, timings=timings, f_leaves=f_leaves)
+    plan.discovery_from_memo = disc.from_memo
     if check and not plan.model_is_meta():
         t0 = time.perf_counter()
         numeric_check(plan, seed=seed)

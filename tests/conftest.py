@@ -10,6 +10,8 @@ torch.set_num_threads(2)
 # a discovery rule that raises fails the test instead of becoming a silent barrier (a test that wants the barrier
 # behaviour sets strict=False)
 os.environ["GAUGEC_STRICT"] = "1"
+# tests exercise discovery itself (and some patch its helpers); the memo's own tests turn it on
+os.environ["GAUGEC_DISCOVERY_MEMO"] = "0"
 
 
 def family_dims(plan) -> dict:

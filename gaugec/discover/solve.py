@@ -20,6 +20,7 @@ import os
 
 import numpy as np
 
+from gaugec.arrays import distinct
 from gaugec.discover.engine import Engine
 from gaugec.discover.families import additive_family, block_families
 from gaugec.discover.registry import TIED_USES
@@ -234,7 +235,7 @@ def _refine_blocks(cons, roots, parity, start, seed_scalar, root_kill, reasons: 
     fibres it lies in (hashed), and whether a kind made it a singleton; then kinds, and why a block is fixed."""
     n = cons.n_coords
     acc, single, flag, rot_order, tied_rows = _fibre_keys(cons, roots, seed_scalar)
-    uroots = np.unique(roots)
+    uroots = distinct(roots)
     with np.errstate(over="ignore"):
         key = acc[uroots] ^ _mix(start[uroots], 1) ^ np.where(single[uroots], _mix(uroots, 2), np.uint64(0))
     _, first, block_of_u = np.unique(key, return_index=True, return_inverse=True)
@@ -291,7 +292,7 @@ def _refine_blocks(cons, roots, parity, start, seed_scalar, root_kill, reasons: 
         reasons.code("restrictions to kinds with no common subgroup")
     for tie, rows in tied_rows:  # one normalised vector moved by several blocks: they would need one common map,
         rows_blocks = block_of_root[rows]
-        split = np.unique(rows_blocks[(rows_blocks != rows_blocks[:, :1]).any(1)])
+        split = distinct(rows_blocks[(rows_blocks != rows_blocks[:, :1]).any(1)])
         if tie == "orth" and (kind[split] == "orth").all():
             continue                 # but a direct sum of orthogonal blocks is orthogonal: it keeps the RMS
         if split.size:
@@ -322,7 +323,7 @@ def _fibre_keys(cons, roots, seed_scalar):
     rng = np.random.default_rng(20261123)
     with np.errstate(over="ignore"):
         for fib in cons.fibres:
-            acc[np.unique(roots[fib])] += rng.integers(1, 2 ** 63, dtype=np.int64).astype(np.uint64)
+            acc[distinct(roots[fib])] += rng.integers(1, 2 ** 63, dtype=np.int64).astype(np.uint64)
     single = np.zeros(n, dtype=bool)
     flag = {k: np.zeros(n, dtype=bool) for k, bk in BLOCK_KINDS.items() if bk.singleton}
     flag["rot2"] = np.zeros(n, dtype=bool)
@@ -399,8 +400,8 @@ def _multiplicative_gauges(engine: Engine, bt: Blocks, reasons: Reasons, uses: d
         legs = [lg for p in probes for lg in p.legs]
         _kill_shared_parameters(legs, uses, bt, reasons, engine, probes[0])
         coords = np.concatenate([np.arange(p.coord_base, p.coord_base + p.coord_count) for p in probes])
-        bids = np.unique(bt.block_of_coord[coords])
-        for code in np.unique(bt.dead[bids][bt.dead[bids] >= 0]):
+        bids = distinct(bt.block_of_coord[coords])
+        for code in distinct(bt.dead[bids][bt.dead[bids] >= 0]):
             why, where = reasons.items[code]
             refusals.append(Refusal(where or probes[0].node.name, probes[0].describe, why))
         live = bids[bt.dead[bids] < 0]

@@ -19,6 +19,7 @@ import functools
 import numpy as np
 import torch.fx
 
+from gaugec.arrays import distinct
 from gaugec.discover.fx import norm_dim
 
 
@@ -71,7 +72,7 @@ class Constraints:
 
     def add_fibre_rows(self, rows: np.ndarray):
         for row in rows:
-            row = np.unique(row[row >= 0])
+            row = distinct(row[row >= 0])
             if len(row) > 1:
                 key = row.tobytes()     # the exact coordinate set: a hash collision must never drop a fibre
                 if key not in self._fibre_keys:
@@ -82,10 +83,10 @@ class Constraints:
         coords = np.asarray(coords).reshape(-1)
         coords = coords[coords >= 0]
         if coords.size:
-            self.kills.append((np.unique(coords), reason, where))
+            self.kills.append((distinct(coords), reason, where))
 
     def restrict(self, coords, kind: str):
-        coords = np.unique(np.asarray(coords))
+        coords = distinct(np.asarray(coords))
         self.kinds.append((kind, coords[coords >= 0]))
 
     def tie(self, rows: np.ndarray, kind: str):
@@ -97,7 +98,7 @@ class Constraints:
             self.kinds.append((kind, rows))
 
     def tag(self, coords, tag: str):
-        coords = np.unique(np.asarray(coords))
+        coords = distinct(np.asarray(coords))
         self.tags.setdefault(tag, []).append(coords[coords >= 0])
 
 

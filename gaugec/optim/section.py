@@ -34,6 +34,7 @@ import networkx as nx
 import numpy as np
 import torch
 
+from gaugec.arrays import distinct
 from gaugec.groups import kind as block_kind
 from gaugec.plan import Gauge, PlanMismatchError, groups_of_entries, slice_part
 
@@ -97,7 +98,7 @@ def one_sided(gauge: Gauge) -> bool:
     minimum-norm point (a norm input scale)."""
     return gauge.kind == "mult" and not any(
         _dual(lg.role, int(parity)) for lg in gauge.legs if lg.entries is not None
-        for parity in np.unique(lg.entries[lg.entries[:, 0] >= 0, 2]))
+        for parity in distinct(lg.entries[lg.entries[:, 0] >= 0, 2]))
 
 
 class OrbitExecutor:

@@ -7,6 +7,7 @@ import dataclasses
 import numpy as np
 import torch
 
+from gaugec.arrays import distinct
 from gaugec.plan.gauge import Leg, PlanMismatchError
 
 
@@ -14,7 +15,7 @@ def groups_of_entries(entries: np.ndarray):
     """Per block: lists of (positions, locals) copies; a copy holds each local index at most once."""
     out: dict[int, list] = {}
     blocks = entries[:, 0]
-    for b in np.unique(blocks[blocks >= 0]):
+    for b in distinct(blocks[blocks >= 0]):
         pos = np.nonzero(blocks == b)[0]
         copies: list[tuple[list, list, int]] = []
         seen_count: dict[int, int] = {}

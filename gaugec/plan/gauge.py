@@ -91,35 +91,46 @@ class Leg:
             return len(self.select)
         return int(np.prod([s for i, s in enumerate(self.part_shape(shape)) if i not in self.axes], dtype=np.int64))
 
-    def to_dict(self) -> dict:
+    def to_dict(self, arrays: list | None = None) -> dict:
+        """JSON-ready; with ``arrays`` the index arrays are appended there and stored as their position (a binary
+        side file: the discovery memo)."""
+        def put(a):
+            if arrays is None:
+                return a.tolist()
+            arrays.append(np.ascontiguousarray(a, dtype=np.int64))
+            return len(arrays) - 1
+
         d = {"param": self.param, "role": self.role, "axis": self.axis, "node": self.node}
         if self.entries is not None:
-            d["entries"] = self.entries.tolist()
+            d["entries"] = put(self.entries)
         if self.offset:
             d["offset"] = self.offset
         if self.role == "shift":
             d["axes"] = list(self.axes)
             if self.select is not None:
-                d["select"] = self.select.tolist()
+                d["select"] = put(self.select)
         if self.role == "absorb":
             d["site"] = self.site
-            d["site_index"] = self.site_index.tolist()
+            d["site_index"] = put(self.site_index)
         if self.part:
             d["part"] = [list(a) for a in self.part]
         if self.conj:
-            d["conj"] = {"param": self.conj, "index": self.conj_index.tolist(), "offset": self.conj_offset}
+            d["conj"] = {"param": self.conj, "index": put(self.conj_index), "offset": self.conj_offset}
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Leg":
-        e, si, sel, cj = d.get("entries"), d.get("site_index"), d.get("select"), d.get("conj") or {}
-        return cls(d["param"], d["role"], int(d.get("axis", 0)),
-                   None if e is None else np.asarray(e, dtype=np.int64).reshape(-1, 3),
+    def from_dict(cls, d: dict, arrays: list | None = None) -> "Leg":
+        def get(v):
+            if v is None:
+                return None
+            return np.asarray(v if arrays is None else arrays[v], dtype=np.int64)
+
+        e, cj = get(d.get("entries")), d.get("conj") or {}
+        return cls(d["param"], d["role"], int(d.get("axis", 0)), None if e is None else e.reshape(-1, 3),
                    float(d.get("offset", 0.0)), tuple(d.get("axes", ())), d.get("site", ""),
-                   None if si is None else np.asarray(si, dtype=np.int64), d.get("node", ""),
-                   None if sel is None else np.asarray(sel, dtype=np.int64),
-                   part=tuple((int(a), int(i)) for a, i in d.get("part", ())), conj=cj.get("param", ""), conj_offset=float(cj.get("offset", 0.0)),
-                   conj_index=np.asarray(cj["index"], dtype=np.int64) if cj else None)
+                   get(d.get("site_index")), d.get("node", ""), get(d.get("select")),
+                   part=tuple((int(a), int(i)) for a, i in d.get("part", ())), conj=cj.get("param", ""),
+                   conj_offset=float(cj.get("offset", 0.0)), conj_index=get(cj["index"]) if cj else None)
 
 
 @dataclasses.dataclass

@@ -33,6 +33,7 @@ class GaugePlan:
         self.rejected = rejected or []       # gauges whose numeric check or proof failed: never in .gauges
         self.unknown_ops = unknown_ops or {}
         self.timings = timings or {}
+        self.discovery_from_memo = False    # compile read the gauges from the discovery memo
         self.f_leaves = f_leaves             # which output leaves f is made of (None: gaugec.functional.output_leaves)
         self._param_info = unique_named_parameters(model)
         self._check_model()
@@ -354,19 +355,20 @@ class AbsorbReads:
         self.changed: set[str] = set()
 
 
-def gauge_to_dict(g: Gauge) -> dict:
+def gauge_to_dict(g: Gauge, arrays: list | None = None) -> dict:
+    """JSON-ready (``arrays``: see :meth:`Leg.to_dict`)."""
     return {
         "name": g.name, "family": g.family, "kind": g.kind, "group": g.group, "dim": g.dim,
         "blocks": [list(b) for b in g.blocks], "additive_dim": g.additive_dim,
-        "legs": [lg.to_dict() for lg in g.legs],
+        "legs": [lg.to_dict(arrays) for lg in g.legs],
         "proof": g.proof.to_dict() if g.proof is not None else None,
         "numeric_residual": g.numeric_residual, "exact": g.exact, "description": g.description,
     }
 
 
-def gauge_from_dict(d: dict) -> Gauge:
+def gauge_from_dict(d: dict, arrays: list | None = None) -> Gauge:
     g = Gauge(d["name"], d["family"], d["kind"], [(str(k), int(m)) for k, m in d["blocks"]],
-              [Leg.from_dict(x) for x in d["legs"]], additive_dim=int(d.get("additive_dim", 0)),
+              [Leg.from_dict(x, arrays) for x in d["legs"]], additive_dim=int(d.get("additive_dim", 0)),
               numeric_residual=d.get("numeric_residual"), exact=bool(d.get("exact", True)),
               description=list(d.get("description", [])))
     if d.get("proof") is not None:

@@ -13,6 +13,7 @@ import numpy as np
 import sympy as sp
 import torch.fx
 
+from gaugec.arrays import distinct
 from gaugec.discover.fx import arg, node_shape, norm_dim, op_name, strip_casts, varying_axes
 from gaugec.discover.registry import INDEX_RULES, rule
 from gaugec.discover.rules.index import ConstantIndex, apply_index_op
@@ -161,7 +162,7 @@ def output_segments(engine, node, axis: int, n: int, depth: int = 8) -> list[np.
         for k, piece in enumerate(pieces):
             if not isinstance(piece, np.ndarray):
                 continue
-            held = np.unique(piece[piece >= 0])
+            held = distinct(piece[piece >= 0])
             if cuts and 0 < held.size < n:
                 with np.errstate(over="ignore"):
                     signature[held] += rng.integers(1, 2 ** 63, dtype=np.int64).astype(np.uint64)

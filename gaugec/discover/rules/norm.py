@@ -29,6 +29,7 @@ import numpy as np
 import sympy as sp
 import torch.fx
 
+from gaugec.arrays import distinct
 from gaugec.discover.fx import CAST_OPS, arg, node_shape, norm_dim, op_name, strip_casts, varying_axes
 from gaugec.discover.state import first_positions, param_axis_coords
 from gaugec.discover.registry import PatternMatch, pattern, rule, stream_readers, tied_use
@@ -402,7 +403,7 @@ def batch_norm_mult(ctx, node):
         return ctx.kill_all("a map on the input of a batch norm without a parameter gain and bias")
     per_channel = np.moveaxis(C, 1, 0).reshape(shape[1], -1)[:, 0]
     on = per_channel[per_channel >= 0]
-    if varying_axes(C) - {1} or len(np.unique(on)) != len(on):
+    if varying_axes(C) - {1} or len(distinct(on)) != len(on):
         return ctx.kill_all("a map on a batch norm's input that is not one coordinate per channel")
     ctx.restrict(per_channel, "scalar")
     ctx.fibres(C, [1])
@@ -499,8 +500,8 @@ def conjugate(ctx, C: np.ndarray, gain) -> np.ndarray | None:
     keep = tuple(slice(0, 1) if sc == 0 and sp_ == 0 else slice(None) for sc, sp_ in zip(C.strides, P.strides))
     Cc, Pc = C[keep], P[keep]
     on = Cc >= 0
-    pairs = np.unique(Cc[on].astype(np.int64) * (int(P.max()) + 1) + Pc[on])
-    if len(pairs) != len(np.unique(Cc[on])):
+    pairs = distinct(Cc[on].astype(np.int64) * (int(P.max()) + 1) + Pc[on])
+    if len(pairs) != len(distinct(Cc[on])):
         ctx.kill_all("a gain that takes two values where one rotated coordinate sits")
         return None
     ctx.set_conj(pv.param, pv.offset, np.where(C >= 0, P, -1))
