@@ -172,10 +172,7 @@ def load(key: str) -> tuple[list, list, dict] | None:
             raise ValueError("format or key does not match")
         ends, dim_ends = np.cumsum(sizes), np.cumsum(ndims)
         arrays = [flat[e - n:e].reshape(dims[d - k:d]) for e, n, d, k in zip(ends, sizes, dim_ends, ndims)]
-        gauges = []
-        for d in head["gauges"]:
-            d["blocks"] = [(kind, size) for kind, size, count in d["blocks"] for _ in range(count)]
-            gauges.append(gauge_from_dict(d, arrays))
+        gauges = [gauge_from_dict(d, arrays) for d in head["gauges"]]
         os.utime(path)      # recently used: kept by the pruning
         return gauges, [tuple(r) for r in head["refusals"]], dict(head["unknown_ops"])
     except (OSError, ValueError, KeyError, TypeError, IndexError, EOFError, zipfile.BadZipFile) as exc:
@@ -185,27 +182,13 @@ def load(key: str) -> tuple[list, list, dict] | None:
         return None
 
 
-def _run_lengths(blocks) -> list:
-    out: list = []
-    for kind, size in blocks:
-        if out and out[-1][0] == kind and out[-1][1] == size:
-            out[-1][2] += 1
-        else:
-            out.append([kind, int(size), 1])
-    return out
-
-
 def store(key: str, gauges, refusals, unknown_ops: dict):
     """Write an entry atomically (a crash mid-write leaves no partial entry), then keep the newest MAX_ENTRIES
     entries within MAX_BYTES. Index arrays go to one flat integer array (JSON would take seconds at 8B size)."""
     from gaugec.plan.plan import gauge_to_dict
 
     arrays: list[np.ndarray] = []
-    dicts = []
-    for g in gauges:
-        d = gauge_to_dict(g, arrays)
-        d["blocks"] = _run_lengths(d["blocks"])
-        dicts.append(d)
+    dicts = [gauge_to_dict(g, arrays) for g in gauges]
     flat = np.concatenate([a.reshape(-1) for a in arrays]) if arrays else np.zeros(0, dtype=np.int64)
     for dtype in (np.int16, np.int32, np.int64):
         if not flat.size or (flat.min() >= np.iinfo(dtype).min and flat.max() <= np.iinfo(dtype).max):

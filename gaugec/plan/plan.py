@@ -1,6 +1,7 @@
 """GaugePlan: the compiled list of proven gauges, bound to a model."""
 from __future__ import annotations
 
+import itertools
 import json
 
 import numpy as np
@@ -356,18 +357,29 @@ class AbsorbReads:
 
 
 def gauge_to_dict(g: Gauge, arrays: list | None = None) -> dict:
-    """JSON-ready (``arrays``: see :meth:`Leg.to_dict`)."""
-    return {
-        "name": g.name, "family": g.family, "kind": g.kind, "group": g.group, "dim": g.dim,
-        "blocks": [list(b) for b in g.blocks], "additive_dim": g.additive_dim,
-        "legs": [lg.to_dict(arrays) for lg in g.legs],
-        "proof": g.proof.to_dict() if g.proof is not None else None,
-        "numeric_residual": g.numeric_residual, "exact": g.exact, "description": g.description,
-    }
+    """JSON-ready. With ``arrays`` (the compact form of the discovery memo), the index arrays go there
+    (:meth:`Leg.to_dict`), blocks are run-length encoded as [kind, size, count] and the derived ``dim`` and
+    ``group`` are left out (an 8B model has ~5·10⁵ blocks)."""
+    d = {"name": g.name, "family": g.family, "kind": g.kind}
+    if arrays is None:
+        d.update(group=g.group, dim=g.dim, blocks=[list(b) for b in g.blocks])
+    else:
+        d["blocks"] = [[kind, size, sum(1 for _ in run)] for (kind, size), run in itertools.groupby(g.blocks)]
+    d.update(additive_dim=g.additive_dim, legs=[lg.to_dict(arrays) for lg in g.legs],
+             proof=g.proof.to_dict() if g.proof is not None else None, numeric_residual=g.numeric_residual,
+             exact=g.exact, description=g.description)
+    return d
 
 
 def gauge_from_dict(d: dict, arrays: list | None = None) -> Gauge:
-    g = Gauge(d["name"], d["family"], d["kind"], [(str(k), int(m)) for k, m in d["blocks"]],
+    """The inverse of :func:`gauge_to_dict` (with the same ``arrays``)."""
+    if arrays is None:
+        blocks = [(str(k), int(m)) for k, m in d["blocks"]]
+    else:
+        blocks = []
+        for k, m, count in d["blocks"]:
+            blocks.extend([(str(k), int(m))] * int(count))
+    g = Gauge(d["name"], d["family"], d["kind"], blocks,
               [Leg.from_dict(x, arrays) for x in d["legs"]], additive_dim=int(d.get("additive_dim", 0)),
               numeric_residual=d.get("numeric_residual"), exact=bool(d.get("exact", True)),
               description=list(d.get("description", [])))
