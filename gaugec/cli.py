@@ -219,12 +219,26 @@ def diff_lock(old: dict, new: dict) -> list[str]:
 # commands
 
 
+def _write_picture(args, plan, report=None):
+    from gaugec import picture
+
+    for path, write in ((getattr(args, "html", None), picture.write_html),
+                        (getattr(args, "png", None), picture.write_png)):
+        if path:
+            try:
+                write(path, plan, report, title=args.target)
+            except ImportError as exc:
+                raise UsageError(str(exc)) from exc
+            print(f"\nwrote {path}")
+
+
 def cmd_inspect(args) -> int:
     _, _, plan = compile_target(args)
     if args.json:
         print(plan.to_json(indent=2))
         return EXIT_OK
     print(format_table(plan))
+    _write_picture(args, plan)
     if args.explain:
         print()
         print(format_explain(plan))
@@ -276,6 +290,7 @@ def cmd_verify(args) -> int:
         raise UsageError(f"{args.target} has no parameters: there is nothing for the oracle to check")
     rep = gaugec.verify(model, inputs, plan)
     print(rep)
+    _write_picture(args, plan, rep)
     return EXIT_OK if rep.sound else EXIT_FAIL
 
 
@@ -470,6 +485,9 @@ def build_parser() -> argparse.ArgumentParser:
     target_args(sp)
     sp.add_argument("--explain", action="store_true", help="list barriers, refusals and cited lemmas")
     sp.add_argument("--json", action="store_true", help="print the plan as JSON")
+    sp.add_argument("--html", metavar="FILE", help="also write the gauge picture (a map of which gauge moves which "
+                    "parameter, coloured by family) as one HTML page")
+    sp.add_argument("--png", metavar="FILE", help="also write the map as a PNG (needs matplotlib)")
     sp.set_defaults(fn=cmd_inspect)
     sp = sub.add_parser("check", parents=[common], help="re-derive, re-prove, re-check; compare with a lock file")
     target_args(sp)
@@ -479,6 +497,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(fn=cmd_check)
     sp = sub.add_parser("verify", parents=[common], help="print the Jacobian oracle report")
     target_args(sp)
+    sp.add_argument("--html", metavar="FILE", help="also write the gauge picture with the oracle's found and missed "
+                    "dimensions per module")
+    sp.add_argument("--png", metavar="FILE", help="also write the map with the missed modules as a PNG (needs "
+                    "matplotlib)")
     sp.set_defaults(fn=cmd_verify)
     sp = sub.add_parser("measure", parents=[common], help="classify gauges and dead directions at a checkpoint")
     target_args(sp)

@@ -25,6 +25,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from gaugec.capture import dense_experts, unflatten_params, unique_named_parameters
 from gaugec.functional import Float64Mode, f_value, float64_twin
 from gaugec.pipeline import compile as gaugec_compile
+from gaugec.progress import Progress
 
 
 @dataclasses.dataclass
@@ -313,26 +314,30 @@ def verify(model, example_inputs, plan=None, loss: str | None = "cross_entropy",
     per_example = f_of(theta, sample_inputs(model64, example_inputs, gen, vocab=vocab)).numel()
     batch_mult = max(1, math.ceil(row_factor * n / max(per_example, 1) / 8))
     target, counted = row_factor * n, None
-    while batches < max_batches:
-        while rows < target and batches < max_batches:
-            inputs = sample_inputs(model64, example_inputs, gen, batch_mult, vocab=vocab)
-            J = jacrev(f_of)(theta, inputs)
-            if not bool(torch.isfinite(J).all()):
-                raise FloatingPointError("the Jacobian has non-finite entries at the oracle's point (a norm with "
-                                         "eps = 0 on a zero vector, or an overflow)")
-            G += J.T @ J
-            JB2 += ((J @ B.T) ** 2).sum(0)
-            rows += J.shape[0]
-            batches += 1
-        # rows are added until the nullity stops falling: a piecewise-linear net (ReLU, max-pool) with few outputs
-        # per example needs many more rows than parameters before J shows its rank (a small convnet: 47 at 4 n rows,
-        # 25 from 16 n)
-        ev = torch.linalg.eigvalsh(G)
-        nullity_now = int((ev < rel_tol * ev[-1].clamp_min(1e-300)).sum())
-        if nullity_now == counted:
-            break
-        counted, target = nullity_now, rows * 1.5
-    evals, evecs = torch.linalg.eigh(G)
+    with Progress(f"oracle ({n} parameters)") as bar:
+        while batches < max_batches:
+            while rows < target and batches < max_batches:
+                inputs = sample_inputs(model64, example_inputs, gen, batch_mult, vocab=vocab)
+                J = jacrev(f_of)(theta, inputs)
+                if not bool(torch.isfinite(J).all()):
+                    raise FloatingPointError("the Jacobian has non-finite entries at the oracle's point (a norm "
+                                             "with eps = 0 on a zero vector, or an overflow)")
+                G += J.T @ J
+                JB2 += ((J @ B.T) ** 2).sum(0)
+                rows += J.shape[0]
+                batches += 1
+                bar.update(1, f"Jacobian rows {rows}/{int(target)}")
+            # rows are added until the nullity stops falling: a piecewise-linear net (ReLU, max-pool) with few
+            # outputs per example needs many more rows than parameters before J shows its rank (a small convnet: 47
+            # at 4 n rows, 25 from 16 n)
+            bar.stage(f"eigenvalues of a {n} x {n} Gram")
+            ev = torch.linalg.eigvalsh(G)
+            nullity_now = int((ev < rel_tol * ev[-1].clamp_min(1e-300)).sum())
+            if nullity_now == counted:
+                break
+            counted, target = nullity_now, rows * 1.5
+        bar.stage(f"eigenvectors of a {n} x {n} Gram")
+        evals, evecs = torch.linalg.eigh(G)
     lam_max = float(evals[-1].clamp_min(1e-300))
     thr = rel_tol * lam_max
     null_mask = evals < thr

@@ -8,6 +8,7 @@ from gaugec.capture import CaptureError, capture
 from gaugec.discover import discover
 from gaugec.plan import Gauge
 from gaugec.plan.plan import GaugePlan
+from gaugec.progress import Progress
 from gaugec.prove.numeric import numeric_check
 
 
@@ -50,29 +51,35 @@ def compile(model, example_inputs=(), loss: str | None = "cross_entropy", tracer
     if not isinstance(example_inputs, tuple):
         example_inputs = (example_inputs,) if not isinstance(example_inputs, list) else tuple(example_inputs)
     timings = {}
-    t0 = time.perf_counter()
-    gg = capture(model, example_inputs, tracer=tracer, concrete_args=concrete_args)
-    timings["capture"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    try:
-        f_leaves = gg.f_leaves(output)
-    except ValueError as exc:
-        raise CaptureError(str(exc)) from exc
-    disc = discover(gg, loss, f_leaves, strict, memo)
-    timings["discover"] = time.perf_counter() - t0
-    gauges = disc.gauges
-    name_gauges(gauges)
-    t0 = time.perf_counter()
-    for g in gauges:
-        g.proof.check()
-    timings["prove"] = time.perf_counter() - t0
-    plan = GaugePlan(model, gauges, loss=loss, graph=gg, example_inputs=example_inputs,
-                     refusals=disc.refusals, unknown_ops=disc.unknown_ops, timings=timings, f_leaves=f_leaves)
-    plan.discovery_from_memo = disc.from_memo
-    if check and not plan.model_is_meta():
+    with Progress("compile", total=4) as bar:
+        bar.stage("capture")
         t0 = time.perf_counter()
-        numeric_check(plan, seed=seed)
-        timings["numeric"] = time.perf_counter() - t0
+        gg = capture(model, example_inputs, tracer=tracer, concrete_args=concrete_args)
+        timings["capture"] = time.perf_counter() - t0
+        bar.update(1, "discover")
+        t0 = time.perf_counter()
+        try:
+            f_leaves = gg.f_leaves(output)
+        except ValueError as exc:
+            raise CaptureError(str(exc)) from exc
+        disc = discover(gg, loss, f_leaves, strict, memo)
+        timings["discover"] = time.perf_counter() - t0
+        gauges = disc.gauges
+        name_gauges(gauges)
+        bar.update(1, f"prove {len(gauges)} gauges")
+        t0 = time.perf_counter()
+        for g in gauges:
+            g.proof.check()
+        timings["prove"] = time.perf_counter() - t0
+        plan = GaugePlan(model, gauges, loss=loss, graph=gg, example_inputs=example_inputs,
+                         refusals=disc.refusals, unknown_ops=disc.unknown_ops, timings=timings, f_leaves=f_leaves)
+        plan.discovery_from_memo = disc.from_memo
+        bar.update(1, "numeric check")
+        if check and not plan.model_is_meta():
+            t0 = time.perf_counter()
+            numeric_check(plan, seed=seed)
+            timings["numeric"] = time.perf_counter() - t0
+        bar.update(1, "")
     plan.reject([g for g in gauges if not g.proof.symbolic_ok or g.proof.numeric_ok is False])
     if os.environ.get("GAUGEC_DEBUG"):
         for g in plan.rejected:

@@ -17,6 +17,7 @@ import warnings
 import torch
 
 from gaugec.bench.tables import md_table
+from gaugec.progress import say, track
 
 V = 32
 SIZES = dict(vocab_size=V, hidden_size=16, intermediate_size=24, moe_intermediate_size=8, ffn_hidden_size=24,
@@ -109,7 +110,7 @@ def run_one(task: str, model_type: str) -> dict:
     signal.alarm(TIME_LIMIT_S)
     try:
         try:
-            plan = gaugec.compile(model, inputs)
+            plan = gaugec.compile(model, inputs, memo=False)   # what discovery costs, not the memo
         except _Timeout:
             raise
         except Exception as exc:  # noqa: BLE001
@@ -163,7 +164,7 @@ def bench_coverage(only=None, rows_path: str | None = ROWS, resume: bool = False
         os.remove(rows_path)
     asked = [(t, a) for t, a in architectures() if not only or a in only]
     rows = []
-    for task, arch in asked:
+    for task, arch in track(asked, "coverage", label=lambda ta: ta[1]):
         if (task, arch) in done:
             rows.append(done[(task, arch)])
             continue
@@ -171,7 +172,7 @@ def bench_coverage(only=None, rows_path: str | None = ROWS, resume: bool = False
             continue
         row = run_one(task, arch)
         rows.append(row)
-        print(_line(row), flush=True)
+        say(_line(row))
         if rows_path:
             with open(rows_path, "a") as fh:
                 fh.write(json.dumps(row) + "\n")

@@ -8,6 +8,7 @@ import time
 import torch
 
 from gaugec.bench.tables import md_table
+from gaugec.progress import track
 from gaugec.capture import capture
 from gaugec.discover import discover
 from gaugec.prove import lemmas as lemma_mod
@@ -52,7 +53,7 @@ def bench_discover(names=None) -> list[dict]:
     (sympy runs); a second compile's discovery (read from the memo) and warm proofs (the lemma cache)."""
     rows = []
     os.environ["GAUGEC_CACHE"] = tempfile.mkdtemp(prefix="gaugec-bench-")
-    for name, factory in CONFIGS.items():
+    for name, factory in track(list(CONFIGS.items()), "discover", label=lambda item: item[0]):
         if names and name.split()[0] not in names:
             continue
         try:

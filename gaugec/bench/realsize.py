@@ -12,6 +12,7 @@ from torch import nn
 
 import gaugec
 from gaugec.bench.tables import md_table
+from gaugec.progress import track
 from gaugec.capture import capture
 
 
@@ -33,7 +34,7 @@ CONFIGS = {"mlp 4→4096→3": _wide_mlp, "gpt2-small (HF, random weights)": _gp
 
 def bench_realsize(only=None) -> list[dict]:
     rows = []
-    for name, build in CONFIGS.items():
+    for name, build in track(list(CONFIGS.items()), "realsize", label=lambda item: item[0]):
         if only and not any(o in name for o in only):
             continue
         try:
@@ -45,7 +46,7 @@ def bench_realsize(only=None) -> list[dict]:
         capture(model, inputs)
         t_capture = time.perf_counter() - t
         t = time.perf_counter()
-        plan = gaugec.compile(model, inputs)
+        plan = gaugec.compile(model, inputs, memo=False)    # a first compile: discovery runs
         t_compile = time.perf_counter() - t
         t = time.perf_counter()
         dim = plan.dim

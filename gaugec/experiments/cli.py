@@ -9,6 +9,7 @@ import time
 
 from gaugec.bench.tables import write_section
 from gaugec.experiments.common import DATA, DOC, run
+from gaugec.progress import say
 
 EXPERIMENTS = ("overtrain", "vit", "grokking")
 
@@ -59,7 +60,7 @@ def main(argv=None):
             r.setdefault("command", command)      # --render then reports the command that produced the rows
         (DATA / f"{record}.json").write_text(json.dumps(rows, indent=1, default=float) + "\n")
 
-    rows = run(exp, quick=args.quick, seeds=args.seeds, progress=lambda s: print(s, flush=True),
+    rows = run(exp, quick=args.quick, seeds=args.seeds, progress=say,
                    checkpoint=save if args.write else None, steps=args.steps, reference_only=args.reference_only,
                    depth=args.depth, jobs=args.jobs)
     if args.write:

@@ -6,12 +6,13 @@ import pathlib
 import time
 
 from gaugec.bench.tables import md_table
+from gaugec.progress import Progress, say
 
 DATA = pathlib.Path("docs/data/experiments")
 DOC = "docs/experiments.md"
 
 
-def run(exp, quick: bool = False, seeds: int | None = None, progress=print, checkpoint=None, steps: int | None = None,
+def run(exp, quick: bool = False, seeds: int | None = None, progress=say, checkpoint=None, steps: int | None = None,
           reference_only: bool = False, depth: int | None = None, jobs: int = 1) -> list[dict]:
     """Every arm × config × seed of experiment module ``exp`` (its ``ARMS``, ``GRID``, ``BUDGET``, ``SEEDS``,
     ``QUICK_CONFIG``, ``settings``, ``train`` and ``describe``); ``checkpoint(rows)`` after each run (the partial rows
@@ -24,7 +25,7 @@ def run(exp, quick: bool = False, seeds: int | None = None, progress=print, chec
                  checkpoint, jobs)
 
 
-def sweep(name: str, seeds: int, grid, arms, train, settings: dict, describe, progress=print, checkpoint=None,
+def sweep(name: str, seeds: int, grid, arms, train, settings: dict, describe, progress=say, checkpoint=None,
           jobs: int = 1) -> list[dict]:
     """Every seed × (lr, wd) config × arm, seeds outermost (an interrupted sweep keeps whole seeds).
 
@@ -45,18 +46,22 @@ def sweep(name: str, seeds: int, grid, arms, train, settings: dict, describe, pr
         if progress:
             progress(f"  seed {seed} lr {lr} wd {wd} {arm}: {describe(metrics)} ({seconds:.0f} s)")
 
-    if jobs <= 1:
-        for i, run in enumerate(runs):
-            record(i, *_timed(train, run, settings))
-    else:
-        import concurrent.futures as cf
-        import multiprocessing
+    with Progress(name, total=len(runs)) as bar:
+        if jobs <= 1:
+            for i, run in enumerate(runs):
+                bar.stage("seed {} lr {} wd {} {}".format(*run))
+                record(i, *_timed(train, run, settings))
+                bar.update(1)
+        else:
+            import concurrent.futures as cf
+            import multiprocessing
 
-        with cf.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
-                                    initializer=_one_thread) as pool:
-            futures = {pool.submit(_timed, train, run, settings): i for i, run in enumerate(runs)}
-            for future in cf.as_completed(futures):
-                record(futures[future], *future.result())
+            with cf.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
+                                        initializer=_one_thread) as pool:
+                futures = {pool.submit(_timed, train, run, settings): i for i, run in enumerate(runs)}
+                for future in cf.as_completed(futures):
+                    record(futures[future], *future.result())
+                    bar.update(1)
     return [done[i] for i in sorted(done)]
 
 

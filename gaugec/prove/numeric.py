@@ -12,6 +12,7 @@ import warnings
 import torch
 
 from gaugec.functional import Float64Mode, float64_twin, model_f
+from gaugec.progress import Progress
 
 DEFAULT_TOL = 1e-10
 FLOAT32_TOL = 1e-5
@@ -85,11 +86,14 @@ def numeric_check(plan, seed: int = 0, spread: float = 10.0):
             before = found.get(i, (0.0, ""))
             found[i] = (max(before[0], res), before[1] or undefined)
 
-    for group in disjoint_groups(plan.gauges, range(len(plan.gauges))):
-        check(group, False)
-    conjugated = [i for i, g in enumerate(plan.gauges) if any(lg.conj for lg in g.legs) and not found[i][1]]
-    for group in disjoint_groups(plan.gauges, conjugated):
-        check(group, True)
+    with Progress("numeric check", total=len(plan.gauges)) as bar:
+        for group in disjoint_groups(plan.gauges, range(len(plan.gauges))):
+            check(group, False)
+            bar.update(len(group))
+        conjugated = [i for i, g in enumerate(plan.gauges) if any(lg.conj for lg in g.legs) and not found[i][1]]
+        bar.stage("conjugated gains moved off 1")
+        for group in disjoint_groups(plan.gauges, conjugated):
+            check(group, True)
     for i, g in enumerate(plan.gauges):
         res, undefined = found[i]
         g.numeric_residual = res
