@@ -12,8 +12,8 @@ from torch import nn
 
 import gaugec
 from gaugec.bench.tables import md_table
-from gaugec.progress import track
 from gaugec.capture import capture
+from gaugec.progress import track
 
 
 def _wide_mlp():
