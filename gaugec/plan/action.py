@@ -7,29 +7,47 @@ import dataclasses
 import numpy as np
 import torch
 
-from gaugec.arrays import distinct
 from gaugec.plan.gauge import Leg, PlanMismatchError
 
 
-def groups_of_entries(entries: np.ndarray):
-    """Per block: lists of (positions, locals) copies; a copy holds each local index at most once."""
+def _copies(entries: np.ndarray):
+    """(positions, block, local, parity, copy) of the live entries (block ≥ 0): the k-th occurrence of a (block,
+    local) pair in position order belongs to copy k of the block."""
+    live = np.nonzero(entries[:, 0] >= 0)[0]
+    block, local, parity = (entries[live, k].astype(np.int64) for k in range(3))
+    by_pair = np.lexsort((live, local, block))               # (block, local) runs, positions increasing within
+    starts = np.ones(live.size, dtype=bool)
+    starts[1:] = (block[by_pair][1:] != block[by_pair][:-1]) | (local[by_pair][1:] != local[by_pair][:-1])
+    first = np.maximum.accumulate(np.where(starts, np.arange(live.size), 0))
+    copy = np.empty(live.size, dtype=np.int64)
+    copy[by_pair] = np.arange(live.size) - first
+    return live, block, local, parity, copy
+
+
+def _runs(keys: list[np.ndarray], order: np.ndarray) -> np.ndarray:
+    """Start indices (into ``order``) of the runs of equal keys, plus the end."""
+    change = np.zeros(max(order.size - 1, 0), dtype=bool)
+    for k in keys:
+        change |= k[order][1:] != k[order][:-1]
+    return np.concatenate([[0], np.nonzero(change)[0] + 1, [order.size]])
+
+
+def groups_of_entries(entries: np.ndarray) -> dict[int, list[tuple[list, list, int]]]:
+    """Per block: its copies along the leg's axis, each (positions, locals, parity), positions increasing; a copy
+    holds each local index at most once. A copy whose entries disagree on the parity (a block mixed with its dual)
+    is a plan error."""
+    live, block, local, parity, copy = _copies(entries)
+    if not live.size:
+        return {}
+    order = np.lexsort((live, copy, block))                  # by block, copy, position
+    bounds = _runs([block, copy], order)
     out: dict[int, list] = {}
-    blocks = entries[:, 0]
-    for b in distinct(blocks[blocks >= 0]):
-        pos = np.nonzero(blocks == b)[0]
-        copies: list[tuple[list, list, int]] = []
-        seen_count: dict[int, int] = {}
-        for p in pos:
-            loc = int(entries[p, 1])
-            c = seen_count.get(loc, 0)
-            seen_count[loc] = c + 1
-            while len(copies) <= c:
-                copies.append(([], [], int(entries[p, 2])))
-            copies[c][0].append(int(p))
-            copies[c][1].append(loc)
-            if copies[c][2] != int(entries[p, 2]):
-                raise PlanMismatchError("a leg mixes a block and its dual within one copy")
-        out[int(b)] = copies
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        run = order[a:b]
+        par = parity[run]
+        if (par != par[0]).any():
+            raise PlanMismatchError("a leg mixes a block and its dual within one copy")
+        out.setdefault(int(block[run[0]]), []).append((live[run].tolist(), local[run].tolist(), int(par[0])))
     return out
 
 
@@ -50,20 +68,34 @@ def conj_gain(leg: Leg, params: dict[str, torch.Tensor]) -> torch.Tensor | None:
 
 def leg_layout(entries: np.ndarray) -> list[tuple[int, int, np.ndarray, np.ndarray]]:
     """The copies of :func:`groups_of_entries` batched by (block size m, parity): per class, the block of each copy
-    [nc] and its positions in local order [nc, m]. A copy that covers part of a block is a plan error."""
-    classes: dict[tuple[int, int], tuple[list, list]] = {}
-    for b, copies in groups_of_entries(entries).items():
-        m = int(entries[(entries[:, 0] == b), 1].max()) + 1
-        for pos, loc, parity in copies:
-            if sorted(loc) != list(range(m)):
-                raise PlanMismatchError(f"a leg covers part of block {b} (locals {sorted(loc)})")
-            blocks, rows = classes.setdefault((m, parity), ([], []))
-            blocks.append(b)
-            rows.append(np.asarray(pos)[np.argsort(loc)])
-    return [(m, parity, np.asarray(bl), np.stack(rw)) for (m, parity), (bl, rw) in classes.items()]
+    [nc] and its positions in local order [nc, m], copies ordered by their first position. A copy that covers part
+    of a block, or mixes a block with its dual, is a plan error."""
+    live, block, local, parity, copy = _copies(entries)
+    if not live.size:
+        return []
+    size = np.zeros(int(block.max()) + 1, dtype=np.int64)
+    np.maximum.at(size, block, local + 1)
+    order = np.lexsort((local, copy, block))                 # each copy's entries in local order
+    bounds = _runs([block, copy], order)
+    starts, lengths = bounds[:-1], np.diff(bounds)
+    run_block = block[order[starts]]
+    partial = lengths != size[run_block]
+    if partial.any():
+        b = int(run_block[np.nonzero(partial)[0][0]])
+        raise PlanMismatchError(f"a leg covers part of block {b} (locals {sorted(set(local[block == b].tolist()))})")
+    run_parity = parity[order[starts]]
+    if (np.repeat(run_parity, lengths) != parity[order]).any():
+        raise PlanMismatchError("a leg mixes a block and its dual within one copy")
+    out = []
+    for m, par in sorted({(int(m), int(p)) for m, p in zip(lengths, run_parity)}):
+        pick = np.nonzero((lengths == m) & (run_parity == par))[0]
+        rows = live[order[starts[pick][:, None] + np.arange(m)[None, :]]]
+        by_row = np.argsort(rows[:, 0], kind="stable")      # copies in the order of their rows along the axis
+        out.append((m, par, run_block[pick][by_row], rows[by_row]))
+    return out
 
 
-def _cached_layout(leg: Leg):
+def cached_layout(leg: Leg):
     """leg_layout, kept on the leg (a plan's legs do not change once built)."""
     cached = leg.__dict__.get("_layout")
     if cached is None or cached[0] is not leg.entries:
@@ -87,11 +119,16 @@ def apply_mult_leg(p: torch.Tensor, leg: Leg, mats: list[torch.Tensor], tangent:
         raise PlanMismatchError(f"unknown role {leg.role!r} for a multiplicative leg")
     x = p.detach().to(torch.float64).movedim(leg.axis, 0)
     flat = x.reshape(x.shape[0], -1)
-    out = torch.zeros_like(flat) if tangent else flat.clone()
-    for m, parity, blocks, pos in _cached_layout(leg):
+    layout = cached_layout(leg)
+    out = None
+    for m, parity, blocks, pos in layout:
         keep = [i for i, b in enumerate(blocks) if mats[b] is not None]
         if not keep:
             continue
+        # the usual case: one class of copies that moves every row in order (a gain's rows, heads side by side):
+        # rows are a view and the product is the output, with no gather, scatter or copy of the parameter
+        in_order = len(layout) == 1 and len(keep) == len(blocks) and pos.size == flat.shape[0] \
+            and bool((pos.reshape(-1) == np.arange(pos.size)).all())
         pos = torch.as_tensor(pos[keep])                                     # [nc, m]
         A = torch.stack([mats[blocks[i]] for i in keep]).to(flat.device)     # [nc, m, m]
         if A.shape[-1] != m:
@@ -102,15 +139,23 @@ def apply_mult_leg(p: torch.Tensor, leg: Leg, mats: list[torch.Tensor], tangent:
         if gain is not None:
             d = gain.to(M.device)[pos]
             M = d[:, :, None] * M / d[:, None, :]
-        rows = flat[pos]                                                     # [nc, m, rest]
+        rows = flat.reshape(len(keep), m, -1) if in_order else flat[pos]    # [nc, m, rest]
         if leg.role == "out":
-            new = M @ rows
+            new = M * rows if m == 1 else M @ rows
         elif leg.role == "in":
-            new = (-M.mT if tangent else torch.linalg.inv(M).mT) @ rows
+            Minv = -M.mT if tangent else (1.0 / M if m == 1 else torch.linalg.inv(M).mT)
+            new = Minv * rows if m == 1 else Minv @ rows
         else:
             diag = torch.diagonal(M, dim1=-2, dim2=-1)[:, :, None]
             new = diag * (rows + leg.offset) if tangent else diag * (rows + leg.offset) - leg.offset
+        if in_order:
+            out = new.reshape(flat.shape)
+            break
+        if out is None:
+            out = torch.zeros_like(flat) if tangent else flat.clone()
         out[pos.reshape(-1)] = new.reshape(-1, flat.shape[1])
+    if out is None:       # no block of this leg moves
+        out = torch.zeros_like(flat) if tangent else flat.clone()
     return out.reshape(x.shape).movedim(0, leg.axis)
 
 

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from gaugec.groups import kind as block_kind
-from gaugec.plan.action import conj_gain, groups_of_entries, shift_weight
+from gaugec.plan.action import cached_layout, conj_gain, shift_weight
 
 # a component's dense block [generators x parameters] is ranked exactly up to this many entries (32 MB in float64)
 DENSE_LIMIT = 4_000_000
@@ -238,19 +238,17 @@ def _block_grams(gauge, params, skip=frozenset()) -> list[tuple[torch.Tensor, to
             flat = flat + lg.offset
         d = conj_gain(lg, params)
         scale = None if d is None else (d if lg.role == "in" else 1.0 / d)
-        for b, copies in groups_of_entries(lg.entries).items():
-            kname, m = gauge.blocks[b]
-            if lg.role == "gain" and kname not in ("scalar", "pos", "scale"):
+        for m, parity, blocks, pos in cached_layout(lg):     # every copy of a size at once: [nc, m] positions
+            if lg.role == "gain" and any(gauge.blocks[b][0] not in ("scalar", "pos", "scale") for b in blocks):
                 return None
-            for pos, loc, parity in copies:
-                R = flat[torch.as_tensor(pos)]
-                if scale is not None:
-                    R = R * scale[torch.as_tensor(pos)][:, None]
-                G = torch.zeros(m, m, dtype=torch.float64)
-                li = torch.as_tensor(loc)
-                G[li[:, None], li[None, :]] = R @ R.mT
-                P, Q = grams[b]
-                (Q if _dual(lg.role, parity) else P).add_(G)
+            pos = torch.as_tensor(pos)
+            R = flat[pos]                                       # [nc, m, rest], rows in local order
+            if scale is not None:
+                R = R * scale[pos][:, :, None]
+            G = R @ R.mT
+            side = 1 if _dual(lg.role, parity) else 0
+            for b, Gb in zip(blocks.tolist(), G):
+                grams[b][side].add_(Gb)
     return grams
 
 
