@@ -11,8 +11,8 @@ import warnings
 
 import torch
 
+from gaugec.optim.section import OrbitExecutor, Shard, one_sided
 from gaugec.plan import PlanMismatchError
-from gaugec.optim.section import OrbitExecutor, one_sided
 
 
 class CanonicalFrameOptimizer(torch.optim.Optimizer):
@@ -41,6 +41,10 @@ class CanonicalFrameOptimizer(torch.optim.Optimizer):
                              f"{sorted(map(str, devices))}")
         self._device = next(iter(devices)) if devices else torch.device("cpu")
         self.executor.to(self._device)
+        # FSDP2: parameters sharded along dim 0 (DTensors); the per-step work runs on each rank's rows
+        self._shards, self._group = sharded_parameters({**self._named, **self._context})
+        self._local_executor = self.executor.localised(self._shards, self._group).to(self._device) \
+            if self._shards else self.executor
         self.canonical = False
         self.canonical_report: dict = {}
         self._skipped = torch.zeros((), dtype=torch.float32, device=self._device)
@@ -76,9 +80,16 @@ class CanonicalFrameOptimizer(torch.optim.Optimizer):
     def canonicalise(self) -> dict:
         """Move the parameters to the canonical section (done at construction; call it again after loading
         parameters from elsewhere into the model; the gradients of the next step must be taken afterwards)."""
-        self.canonical_report = self.executor.canonicalise(self._named, tol=self.canonical_tol,
-                                                           max_sweeps=self.max_canonical_sweeps,
-                                                           context=self._context)
+        if self._shards:        # on whole copies (identical on every rank), each rank then keeps its rows
+            whole, context = _gathered(self._named), _gathered(self._context)
+            self.canonical_report = self.executor.canonicalise(whole, tol=self.canonical_tol,
+                                                               max_sweeps=self.max_canonical_sweeps, context=context)
+            for name, p in self._named.items():
+                _local(p).copy_(_rows_of(whole[name], self._shards.get(name)))
+        else:
+            self.canonical_report = self.executor.canonicalise(self._named, tol=self.canonical_tol,
+                                                               max_sweeps=self.max_canonical_sweeps,
+                                                               context=self._context)
         held = self.canonical_report["held"]
         if held:
             listing = ", ".join(f"{name} ({len(blocks)})" for name, blocks in held.items())
@@ -93,7 +104,7 @@ class CanonicalFrameOptimizer(torch.optim.Optimizer):
 
     def held_blocks(self) -> dict[str, list[int]]:
         """Per gauge, its blocks that lie on unstable orbits now (held where they are; synchronises the host)."""
-        return self.executor.held_blocks(self._named)
+        return self._local_executor.held_blocks(_locals(self._named))
 
     @property
     def skipped_steps(self) -> int:
@@ -103,9 +114,14 @@ class CanonicalFrameOptimizer(torch.optim.Optimizer):
     # -- the step --------------------------------------------------------------------------------------------------
     def _found_inf(self, grads: list[torch.Tensor]) -> torch.Tensor:
         """1.0 (a 0-dim device tensor) when any gradient holds NaN or inf."""
-        norms = torch._foreach_norm(grads)
+        norms = torch._foreach_norm([_local(g) for g in grads])
         total = torch.stack([n.to(device=self._device, dtype=torch.float32) for n in norms]).sum()
-        return (~torch.isfinite(total)).to(torch.float32)
+        found = (~torch.isfinite(total)).to(torch.float32)
+        if self._group is not None:      # one rank's NaN skips the step on every rank
+            import torch.distributed as dist
+
+            dist.all_reduce(found, op=dist.ReduceOp.MAX, group=self._group)
+        return found
 
     def _base_step(self, found_inf: torch.Tensor):
         """The base optimizer's update of every parameter with a gradient, in the canonical frame; a no-op, bit for
@@ -134,8 +150,14 @@ class CanonicalFrameOptimizer(torch.optim.Optimizer):
         found_inf = self._found_inf(grads)
         self._base_step(found_inf)
         self._skipped.add_(found_inf)
-        self.executor.project_translations(self._named, skip=found_inf, context=self._context)
-        self.executor.rebalance(self._named, self.rebalance_sweeps, skip=found_inf)
+        named = _locals(self._named)
+        everything = {**self._named, **self._context}
+        sharded_gains = sorted({sl.gain for legs in self._local_executor.seeds for sl in legs
+                                if sl.gain in self._shards})
+        gains = {name: everything[name].full_tensor() for name in sharded_gains}   # vectors: one all-gather each
+        self._local_executor.project_translations(named, skip=found_inf, context=_locals(self._context),
+                                                  gains=gains)
+        self._local_executor.rebalance(named, self.rebalance_sweeps, skip=found_inf)
         return loss
 
     # -- state -----------------------------------------------------------------------------------------------------
@@ -179,3 +201,54 @@ class CanonicalFrameOptimizer(torch.optim.Optimizer):
     def _state_keys(self, group: dict, scalars: bool = False) -> tuple[str, ...]:
         """The state a parameter of ``group`` keeps: tensors of its shape, or (``scalars``) its 0-dim counters."""
         return ()
+
+
+# -- FSDP2 (DTensor) parameters --------------------------------------------------------------------------------------
+def sharded_parameters(named: dict[str, torch.Tensor]) -> tuple[dict[str, Shard], object]:
+    """The parameters FSDP2 split along dim 0 (``Shard(0)`` DTensors on a 1-D mesh): {name: the rows this rank
+    holds}, and the mesh's process group (None when no parameter is a DTensor). A replicated DTensor is whole on
+    every rank; any other placement is refused with a clear error."""
+    try:
+        from torch.distributed.tensor import DTensor, Replicate
+        from torch.distributed.tensor import Shard as ShardPlacement
+        from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+    except ImportError:        # a torch built without distributed
+        return {}, None
+    shards, mesh = {}, None
+    for name, p in named.items():
+        if not isinstance(p, DTensor):
+            continue
+        if p.device_mesh.ndim != 1 or len(p.placements) != 1:
+            raise NotImplementedError(f"{name}: a DTensor on a {p.device_mesh.ndim}-D mesh (placements "
+                                      f"{p.placements}); gaugec supports FSDP2's 1-D Shard(0) sharding")
+        if mesh is None:
+            mesh = p.device_mesh
+        elif p.device_mesh != mesh:
+            raise NotImplementedError(f"{name}: the parameters live on different device meshes")
+        place = p.placements[0]
+        if isinstance(place, Replicate):
+            continue
+        if not isinstance(place, ShardPlacement) or place.dim != 0:
+            raise NotImplementedError(f"{name}: placement {place}; gaugec supports FSDP2's Shard(0)")
+        local_shape, offset = compute_local_shape_and_global_offset(p.shape, p.device_mesh, p.placements)
+        shards[name] = Shard(int(offset[0]), int(offset[0]) + int(local_shape[0]), int(p.shape[0]))
+    return shards, (mesh.get_group() if mesh is not None else None)
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """This rank's part of a DTensor (a view: writes land in it); any other tensor itself."""
+    to_local = getattr(t, "to_local", None)
+    return to_local() if to_local is not None else t
+
+
+def _locals(named: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {name: _local(p) for name, p in named.items()}
+
+
+def _gathered(named: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Whole copies of DTensors (one all-gather each, every rank in the same order); other tensors themselves."""
+    return {name: p.full_tensor() if hasattr(p, "full_tensor") else p for name, p in named.items()}
+
+
+def _rows_of(whole: torch.Tensor, shard: Shard | None) -> torch.Tensor:
+    return whole if shard is None else whole[shard.lo:shard.hi]

@@ -130,6 +130,9 @@ class DDCMuon(CanonicalFrameOptimizer):
         self.ns_dtype = ns_dtype
         self.ns_batched = ns_batched
         groups = _route(params, plan, adamw_lr, adamw_wd)
+        if any(hasattr(p, "device_mesh") for g in groups for p in g["params"]):
+            raise NotImplementedError("DDCMuon on DTensor (FSDP2) parameters is not supported yet: Newton–Schulz needs "
+                                      "each matrix's whole update (use DDCAdam, or DDP)")
         super().__init__(groups, plan, defaults, rebalance_sweeps=rebalance_sweeps, canonicalise=canonicalise,
                          canonical_tol=canonical_tol, max_canonical_sweeps=max_canonical_sweeps)
 

@@ -46,6 +46,15 @@ class CanonicalisationError(ValueError):
     parameter towards zero or infinity); nothing was written."""
 
 
+@dataclasses.dataclass(frozen=True)
+class Shard:
+    """The rows [lo, hi) of a parameter's dim 0 (of n) that this rank holds: FSDP2's ``Shard(0)`` placement."""
+
+    lo: int
+    hi: int
+    n: int
+
+
 @dataclasses.dataclass
 class RowGroup:
     """Rows of one parameter that one leg moves, for several blocks of one stage at once."""
@@ -58,6 +67,12 @@ class RowGroup:
     offset: float = 0.0       # gains g <- c (g + offset) - offset act linearly on g + offset
     orient: bool = True       # its row sums fix the block's signs (see _compile_stages)
     part: tuple = ()          # the slice of the parameter the rows live in (Leg.part: one expert)
+    # sharded executors only (OrbitExecutor.localised): the parameter's dim 0 is split over the ranks and the rows
+    # run along another axis, so each rank's statistics are partial sums over its dim-0 rows (``shard``); or the
+    # parameter is whole on every rank and only rank 0 adds its statistics (``replica``)
+    shard: Shard | None = None
+    replica: bool = False
+    present: torch.Tensor | None = None   # [n, m] bool: which rows of each copy this rank holds (None: all)
 
 
 @dataclasses.dataclass
@@ -85,6 +100,7 @@ class SeedLeg:
     gain: str = ""              # weighted seed: the gain parameter d is read from ("" = unweighted)
     gain_index: torch.Tensor | None = None   # γ's flat index per index along the one broadcast axis
     gain_offset: float = 0.0
+    shard: Shard | None = None  # sharded executors: the parameter's dim 0 is split over the ranks
 
 
 def _dual(role: str, parity: int) -> bool:
@@ -136,6 +152,87 @@ class OrbitExecutor:
         self.mult_gauges, self.add_gauges = mult, add
         self.stages = self._compile_stages(mult)
         self.seeds = [self._seed_legs(g) for g in add]
+        self.group = None      # the process group of a sharded executor (see localised)
+        self.rank = 0
+
+    # -- sharded parameters (FSDP2) ----------------------------------------------------------------------------------
+    def localised(self, shards: dict[str, Shard], group) -> "OrbitExecutor":
+        """This executor for one rank of ``group``, whose parameters in ``shards`` are split along dim 0 (FSDP2's
+        ``Shard(0)``; the others are whole on every rank). It runs on the local tensors (``DTensor.to_local()``):
+        rows along dim 0 keep the copies held here; rows along another axis (every rank holds all of them, over
+        its own dim-0 rows) see partial statistics. Every stage's statistics are summed over the ranks by one
+        all-reduce, so every rank solves the same small problem and moves its own rows; no parameter is gathered.
+        A block whose rows straddle two ranks' shards, or a leg on one slice of a sharded dim 0 (a stacked
+        expert), is not supported yet: a clear error names it."""
+        import copy
+
+        import torch.distributed as dist
+
+        out = copy.copy(self)
+        out.group, out.rank = group, dist.get_rank(group)
+        out.stages = []
+        for st in self.stages:
+            groups = []
+            for rg in st.groups:
+                sh = shards.get(rg.param)
+                if sh is None:
+                    groups.append(dataclasses.replace(rg, replica=True))
+                    continue
+                _refuse_sharded_part(rg.param, rg.part)
+                if rg.axis != 0:
+                    groups.append(dataclasses.replace(rg, shard=sh))
+                    continue
+                here = (rg.rows >= sh.lo) & (rg.rows < sh.hi)
+                straddle = here.any(1) & ~here.all(1)
+                if bool(straddle.any()) and not block_kind(st.kind).trace_only:
+                    rows = rg.rows[straddle][0].tolist()
+                    raise NotImplementedError(
+                        f"{rg.param}: a {st.kind} block of {st.m} rows ({rows[0]}..{rows[-1]}) straddles two ranks' "
+                        f"shards (rows {sh.lo}..{sh.hi - 1} are on rank {out.rank}); a world size whose shards end "
+                        "on block boundaries avoids it (gathering such blocks is not implemented yet)")
+                keep = here.any(1)
+                present = here[keep] if bool(straddle.any()) else None    # a trace-only block: its rows held here
+                local = torch.where(here, rg.rows - sh.lo, 0)[keep]
+                groups.append(dataclasses.replace(rg, rows=local, blocks=rg.blocks[keep], present=present))
+            out.stages.append(dataclasses.replace(st, groups=groups))
+        out.seeds = []
+        for legs in self.seeds:
+            local = []
+            for sl in legs:
+                sh = shards.get(sl.param)
+                if sh is not None:
+                    _refuse_sharded_part(sl.param, sl.part)
+                    mask = sl.mask
+                    if mask is not None and 0 not in sl.axes:     # one entry per dim-0 row: keep this rank's
+                        mask = mask.narrow(0, sh.lo, sh.hi - sh.lo)
+                    sl = dataclasses.replace(sl, shard=sh, mask=mask)
+                local.append(sl)
+            out.seeds.append(local)
+        return out
+
+    def _reduce(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Each tensor summed over the ranks, by one all-reduce for all of them (unchanged without a group)."""
+        if self.group is None:
+            return tensors
+        import torch.distributed as dist
+
+        flat = torch.cat([t.reshape(-1) for t in tensors])
+        dist.all_reduce(flat, group=self.group)
+        return tuple(f.view_as(t) for f, t in zip(flat.split([t.numel() for t in tensors]), tensors))
+
+    def _adds(self, rg: RowGroup) -> bool:
+        """Whether this rank adds ``rg``'s statistics (a whole replica is counted once, on rank 0)."""
+        return not rg.replica or self.rank == 0
+
+    @staticmethod
+    def _probe_rows(rg: RowGroup, rest_shape: list[int], like: torch.Tensor) -> torch.Tensor:
+        """The probe r over a row's entries (shape ``rest_shape``, dim 0 of the parameter first); for a sharded
+        parameter, this rank's slice of the probe over the whole dim 0, so that the projections add up."""
+        if rg.shard is None:
+            return _probe(int(np.prod(rest_shape, dtype=np.int64)), like).view(rest_shape)
+        sh = rg.shard
+        full = [sh.n, *rest_shape[1:]]
+        return _probe(int(np.prod(full, dtype=np.int64)), like).view(full).narrow(0, sh.lo, sh.hi - sh.lo)
 
     # -- compilation -----------------------------------------------------------------------------------------------
     @staticmethod
@@ -259,6 +356,8 @@ class OrbitExecutor:
         for st in self.stages:
             for rg in st.groups:
                 rg.rows, rg.blocks = rg.rows.to(device), rg.blocks.to(device)
+                if rg.present is not None:
+                    rg.present = rg.present.to(device)
         for legs in self.seeds:
             for sl in legs:
                 if sl.mask is not None:
@@ -271,40 +370,63 @@ class OrbitExecutor:
     @staticmethod
     def _seed_weight(sl: SeedLeg, params: dict[str, torch.Tensor], like: torch.Tensor):
         """(d, ok) for a weighted seed, d shaped to broadcast along its axis (d = 1 where it is not finite and
-        non-zero; ok, a 0-dim bool, says whether it is); (None, None) for an unweighted one."""
+        non-zero; ok, a 0-dim bool, says whether it is, over the whole gain); (None, None) for an unweighted one.
+        The gain must be whole (a sharded one gathered first); on a sharded seed whose axis is dim 0, d keeps this
+        rank's rows."""
         if not sl.gain:
             return None, None
         d = params[sl.gain].detach().reshape(-1)[sl.gain_index].to(like.dtype) + sl.gain_offset
         good = torch.isfinite(d) & (d != 0)
         d = torch.where(good, d, torch.ones_like(d))
+        if sl.shard is not None and sl.axes[0] == 0:
+            d = d[sl.shard.lo:sl.shard.hi]
         return d.reshape([-1 if i == sl.axes[0] else 1 for i in range(like.ndim)]), good.all()
 
     @classmethod
     def _seed_mean(cls, p: torch.Tensor, sl: SeedLeg, params: dict[str, torch.Tensor]):
         """(φ, d): the seed's vertical coordinate (its mean over the broadcast axes; mean(p ⊙ d) for a weighted
-        seed, held at 0 where d has a zero or non-finite entry) and the weight d (None: unweighted)."""
+        seed, held at 0 where d has a zero or non-finite entry) and the weight d (None: unweighted). On a seed
+        sharded along a broadcast axis (dim 0), φ is this rank's share of the mean (the sum over the ranks is the
+        mean), see :meth:`_sharded_mean`."""
         p = slice_part(p, 0, sl.part)[0]
         d, ok = cls._seed_weight(sl, params, p)
-        if d is not None:
-            mean = (p * d).mean(dim=sl.axes, keepdim=True) * ok.to(p.dtype)
+        x = p if d is None else p * d
+        if cls._sharded_mean(sl):
+            count = int(np.prod([sl.shard.n if a == 0 else p.shape[a] for a in sl.axes], dtype=np.int64))
+            mean = x.sum(dim=sl.axes, keepdim=True) / count
         else:
-            mean = p.mean(dim=sl.axes, keepdim=True) if sl.axes else p
+            mean = x.mean(dim=sl.axes, keepdim=True) if sl.axes else x
+        if d is not None:
+            mean = mean * ok.to(p.dtype)
         return (mean if sl.mask is None else mean * sl.mask.to(p.dtype)), d
+
+    @staticmethod
+    def _sharded_mean(sl: SeedLeg) -> bool:
+        return sl.shard is not None and 0 in sl.axes
 
     @torch.no_grad()
     def project_translations(self, params: dict[str, torch.Tensor], skip: torch.Tensor | None = None,
-                             context: dict[str, torch.Tensor] | None = None):
+                             context: dict[str, torch.Tensor] | None = None,
+                             gains: dict[str, torch.Tensor] | None = None):
         """Subtract each seed's vertical part (its mean over the broadcast axes; φ ⊗ d⁻¹ for a weighted seed): the
         update's vertical part (V t) never enters. ``skip`` (a 0-dim device tensor, 1 = skip) makes it a no-op
         without a host synchronisation. ``context``: parameters a weighted seed reads its gain from, never
-        written."""
-        readable = {**(context or {}), **params}
+        written. ``gains``: whole copies of sharded gains, read instead of their local rows. A sharded executor
+        sums the partial means of a gauge's legs over the ranks with one all-reduce (legs on one parameter in turn,
+        as unsharded)."""
+        readable = {**(context or {}), **params, **(gains or {})}
         for legs in self.seeds:
-            for sl in legs:
-                p = slice_part(params[sl.param], 0, sl.part)[0]       # a view: the subtraction lands in the parameter
-                mean, d = self._seed_mean(params[sl.param], sl, readable)
-                vertical = mean if d is None else mean / d
-                p.sub_(vertical if skip is None else vertical * (1 - skip).to(p.dtype))
+            for run in _distinct_param_runs(legs):
+                found = [self._seed_mean(params[sl.param], sl, readable) for sl in run]
+                partial = [i for i, sl in enumerate(run) if self._sharded_mean(sl)]
+                if partial:
+                    summed = self._reduce(*[found[i][0] for i in partial])
+                    for i, mean in zip(partial, summed):
+                        found[i] = (mean, found[i][1])
+                for sl, (mean, d) in zip(run, found):
+                    p = slice_part(params[sl.param], 0, sl.part)[0]   # a view: the subtraction lands in the parameter
+                    vertical = mean if d is None else mean / d
+                    p.sub_(vertical if skip is None else vertical * (1 - skip).to(p.dtype))
 
     @torch.no_grad()
     def _canonicalise_translations(self, params, context=None, held: dict | None = None) -> float:
@@ -348,16 +470,23 @@ class OrbitExecutor:
 
     @classmethod
     def _rows(cls, p: torch.Tensor, rg: RowGroup, dtype) -> torch.Tensor:
-        x = cls._axis_view(p, rg)[rg.rows]                   # [n, m, *rest]
-        x = x.reshape(x.shape[0], x.shape[1], -1).to(dtype)
-        return x + rg.offset if rg.offset else x
+        """[n, m, rest]: the rows of every copy (rows another rank holds are zero: see RowGroup.present)."""
+        view = cls._axis_view(p, rg)
+        x = view[rg.rows]                                    # [n, m, *rest]; n = 0 on a rank holding none
+        x = x.reshape(x.shape[0], x.shape[1], int(np.prod(view.shape[1:], dtype=np.int64))).to(dtype)
+        x = x + rg.offset if rg.offset else x
+        return x if rg.present is None else x * rg.present[:, :, None].to(dtype)
 
     @classmethod
     def _write(cls, p: torch.Tensor, rg: RowGroup, y: torch.Tensor):
         if rg.offset:
             y = y - rg.offset
         view = cls._axis_view(p, rg)
-        view[rg.rows] = y.reshape((*rg.rows.shape, *view.shape[1:])).to(p.dtype)
+        y = y.reshape((*rg.rows.shape, *view.shape[1:])).to(p.dtype)
+        if rg.present is None:
+            view[rg.rows] = y
+        else:
+            view[rg.rows[rg.present]] = y[rg.present]
 
     @torch.no_grad()
     def balance_stage(self, st: Stage, params: dict[str, torch.Tensor], skip: torch.Tensor | None = None,
@@ -380,7 +509,9 @@ class OrbitExecutor:
         for rg in st.groups:
             x = self._rows(params[rg.param], rg, dtype)
             rows.append(x)
-            (Q if rg.dual else P).index_add_(0, rg.blocks, x @ x.mT)
+            if self._adds(rg):
+                (Q if rg.dual else P).index_add_(0, rg.blocks, x @ x.mT)
+        P, Q = self._reduce(P, Q)
         stable = stable_blocks(st.kind, P, Q)
         eye = torch.eye(m, dtype=dtype, device=first.device)
         held = ~stable if skip is None else ~stable | skip.bool()
@@ -393,8 +524,11 @@ class OrbitExecutor:
         for rg, x in zip(st.groups, rows):
             y = (A_dual if rg.dual else A)[rg.blocks] @ x
             moved.append(y)
-            if rg.orient and exact:
-                moment.index_add_(0, rg.blocks, y @ _probe(y.shape[-1], y))
+            if rg.orient and exact and self._adds(rg):
+                rest = list(self._axis_view(params[rg.param], rg).shape[1:])
+                moment.index_add_(0, rg.blocks, y @ self._probe_rows(rg, rest, y).reshape(-1))
+        if exact:
+            moment, = self._reduce(moment)
         sign = _orientation(st.kind, moment, exact)   # [nb, m] of ±1
         sign = torch.where(held[:, None], torch.ones_like(sign), sign)
         for rg, y in zip(st.groups, moved):
@@ -423,17 +557,18 @@ class OrbitExecutor:
                 sq = torch.linalg.vector_norm(x, dim=dims, dtype=dtype).square()
             else:                   # columns: torch's strided norm is ~40x slower than square-and-sum here
                 sq = x.to(dtype).square().sum(dim=dims)
-            if not exact or not rg.orient:
+            if not exact or not rg.orient or not self._adds(rg):
                 total = None
             elif dims:
-                k = int(np.prod([p.shape[d] for d in dims]))
-                total = torch.tensordot(x.to(dtype), _probe(k, P).view([p.shape[d] for d in dims]),
+                total = torch.tensordot(x.to(dtype), self._probe_rows(rg, [p.shape[d] for d in dims], P),
                                         dims=(dims, list(range(len(dims)))))
             else:
                 total = x.to(dtype) * _probe(1, P)
             idx = rg.rows[:, 0]
-            (Q if rg.dual else P).index_add_(0, rg.blocks, sq[idx])
+            if self._adds(rg):
+                (Q if rg.dual else P).index_add_(0, rg.blocks, sq[idx])
             sums.append(None if total is None else total[idx])
+        P, Q = self._reduce(P, Q)
         stable = stable_blocks(st.kind, P.view(nb, 1, 1), Q.view(nb, 1, 1))
         one = torch.ones_like(P)
         A, A_dual = _solve(st.kind, torch.where(stable, P, one).view(nb, 1, 1),
@@ -445,6 +580,8 @@ class OrbitExecutor:
         for rg, total in zip(st.groups, sums):
             if total is not None:
                 moment.index_add_(0, rg.blocks, (c_dual if rg.dual else c)[rg.blocks] * total)
+        if exact:
+            moment, = self._reduce(moment)
         sign = _orientation(st.kind, moment.view(nb, 1), exact).view(nb)
         sign = torch.where(held, one, sign)
         for rg in st.groups:
@@ -587,6 +724,23 @@ class OrbitExecutor:
         for name, p in params.items():
             p.detach().copy_(work[name])
         return report
+
+
+def _distinct_param_runs(legs: list[SeedLeg]) -> list[list[SeedLeg]]:
+    """The legs in order, cut wherever a parameter comes back or a gain read is one the run writes (a mean must be
+    read after the earlier subtraction)."""
+    runs: list[list[SeedLeg]] = []
+    for sl in legs:
+        if not runs or any(o.param in (sl.param, sl.gain) or sl.param == o.gain for o in runs[-1]):
+            runs.append([])
+        runs[-1].append(sl)
+    return runs
+
+
+def _refuse_sharded_part(param: str, part: tuple):
+    if any(k == 0 for k, _ in part):
+        raise NotImplementedError(f"{param}: a leg on one slice of dim 0 (a stacked expert) of a parameter sharded "
+                                  "along dim 0 is not supported yet")
 
 
 def _solve(kind: str, P: torch.Tensor, Q: torch.Tensor):
