@@ -104,3 +104,51 @@ def sharded(rank: int, world: int, init_file: str, name: str, mode: str, out: st
         dist.barrier()
     finally:                 # a rank that raised leaves at once: the spawner reports it (a barrier would hang)
         dist.destroy_process_group()
+
+
+def _fsdp2(model, world: int):
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = init_device_mesh("cpu", (world,))
+    layers = next(m for m in model.modules() if isinstance(m, torch.nn.ModuleList))
+    for layer in layers:
+        fully_shard(layer, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+
+
+def checkpointed(rank: int, world: int, init_file: str, name: str, ckpt: str, phase: str, out: str):
+    """FSDP2 + DDCAdam with a distributed checkpoint (torch.distributed.checkpoint, model and optimizer):
+    ``phase`` "save": 5 steps, save, 5 more steps; "resume": load, the same 5 more steps. Rank 0 saves the final
+    parameters (whole) to ``out``."""
+    _init(rank, world, init_file)
+    try:
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+        import gaugec
+        from gaugec.optim import DDCAdam
+
+        model, inputs, ids = build(name)
+        plan = gaugec.compile(model, inputs)
+        _fsdp2(model, world)
+        opt = DDCAdam(model.parameters(), plan.bind(model), lr=1e-2, weight_decay=0.1)
+        share = ids.shape[0] // world
+        mine = ids[rank * share:(rank + 1) * share]
+        if phase == "save":
+            train(model, opt, mine, 5)
+            model_sd, opt_sd = get_state_dict(model, opt)
+            dcp.save({"model": model_sd, "optim": opt_sd}, checkpoint_id=ckpt)
+        else:
+            model_sd, opt_sd = get_state_dict(model, opt)
+            state = {"model": model_sd, "optim": opt_sd}
+            dcp.load(state, checkpoint_id=ckpt)
+            set_state_dict(model, opt, model_state_dict=state["model"], optim_state_dict=state["optim"])
+        train(model, opt, mine, 5)
+        final = {k: (v.full_tensor() if hasattr(v, "full_tensor") else v).detach().clone()
+                 for k, v in model.state_dict().items()}
+        if rank == 0:
+            torch.save(final, out)
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()

@@ -165,17 +165,27 @@ class CanonicalFrameOptimizer(torch.optim.Optimizer):
         return [g.name for g in self.executor.mult_gauges + self.executor.add_gauges]
 
     def state_dict(self):
+        """torch's optimizer state plus a "ddc" entry in every parameter group (the canonical flag, the skipped
+        steps, the plan's signature and its gauges): inside the groups it survives
+        ``torch.distributed.checkpoint``'s re-keying of the state by parameter name, which drops other top-level
+        keys. Reading the skipped-step counter synchronises with the device."""
         sd = super().state_dict()
-        sd["ddc"] = {"canonical": self.canonical, "skipped_steps": self._skipped.clone(),
-                     "plan_signature": self.plan.signature(), "gauges": self._gauge_names()}
+        meta = {"canonical": self.canonical, "skipped_steps": float(self._skipped.item()),
+                "plan_signature": self.plan.signature(), "gauges": self._gauge_names()}
+        for group in sd["param_groups"]:
+            group["ddc"] = meta
         return sd
 
     def load_state_dict(self, state_dict):
         kind = type(self).__name__
         state_dict = dict(state_dict)
-        ddc = state_dict.pop("ddc", None)
-        if not isinstance(ddc, dict) or "canonical" not in ddc:
-            raise ValueError(f"not a {kind} state dict: the 'ddc' entry is missing or corrupted")
+        groups = [dict(g) for g in state_dict.get("param_groups", [])]
+        metas = [g.pop("ddc", None) for g in groups]
+        state_dict["param_groups"] = groups
+        ddc = metas[0] if metas else None
+        if not isinstance(ddc, dict) or "canonical" not in ddc or any(m != ddc for m in metas):
+            raise ValueError(f"not a {kind} state dict: the 'ddc' entry of its parameter groups is missing or "
+                             "corrupted")
         if ddc.get("plan_signature") != self.plan.signature():
             raise PlanMismatchError("the state dict was saved for a plan of another model (parameter shapes differ)")
         if ddc.get("gauges") != self._gauge_names():
@@ -196,7 +206,7 @@ class CanonicalFrameOptimizer(torch.optim.Optimizer):
                 if "step" in self._state_keys(group, scalars=True) and not torch.is_tensor(st.get("step")):
                     raise ValueError(f"corrupted {kind} state: 'step' is missing")
         self.canonical = bool(ddc["canonical"])
-        self._skipped = torch.as_tensor(ddc["skipped_steps"], dtype=torch.float32).to(self._device).clone()
+        self._skipped = torch.as_tensor(float(ddc["skipped_steps"]), dtype=torch.float32).to(self._device)
 
     def _state_keys(self, group: dict, scalars: bool = False) -> tuple[str, ...]:
         """The state a parameter of ``group`` keeps: tensors of its shape, or (``scalars``) its 0-dim counters."""
