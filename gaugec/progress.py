@@ -24,13 +24,14 @@ def _enabled(stream) -> bool:
 
 
 class Progress:
-    """``with Progress("oracle", total=n) as bar: bar.update(1, note="batch 3")``; ``total`` None: a counter."""
+    """``with Progress("oracle", total=n) as bar: bar.update(1, note="batch 3")``; ``total`` None: a counter;
+    ``quiet``: never draw (the other ranks of a distributed run)."""
 
-    def __init__(self, desc: str, total: int | None = None, stream=None):
+    def __init__(self, desc: str, total: int | None = None, stream=None, quiet: bool = False):
         self.desc, self.total, self.done, self.note = desc, total, 0, ""
         self.stream = stream if stream is not None else sys.stderr
         self.start = time.perf_counter()
-        self.enabled = _enabled(self.stream)
+        self.enabled = not quiet and _enabled(self.stream)
         self._drawn_at = 0.0
         self._width = 0
 

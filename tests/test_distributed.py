@@ -49,3 +49,21 @@ def test_distributed_checkpoint_resumes_exactly(tmp_path):
     for k, v in straight.items():
         assert torch.equal(resumed[k], v), k
         assert torch.allclose(single[k], v, rtol=0, atol=1e-10), (k, float((single[k] - v).abs().max()))
+
+
+def test_the_torchrun_example_trains(tmp_path):
+    import shutil
+    import subprocess
+    import sys
+
+    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or shutil.which("torchrun")
+    assert torchrun, "torchrun is not installed next to this python"
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    ckpt = tmp_path / "ckpt"
+    proc = subprocess.run([torchrun, "--nproc-per-node", "2", os.path.join(root, "examples", "train_distributed.py"),
+                           "--steps", "3", "--batch", "4", "--seq", "16", "--checkpoint", str(ckpt)],
+                          capture_output=True, text=True, timeout=300, cwd=root,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "fsdp2 on 2 ranks: validation loss" in proc.stdout and "(0 skipped)" in proc.stdout
+    assert (ckpt / ".metadata").exists()
