@@ -11,6 +11,7 @@ import torch
 from gaugec.bench.coverage import bench_coverage, format_coverage
 from gaugec.bench.ddc import bench_equivariance, bench_parity, format_ddc
 from gaugec.bench.discovery import bench_discover, format_rows
+from gaugec.bench.distributed import bench_distributed, format_distributed
 from gaugec.bench.readings import LLC_CALIBRATION, LLC_ROWS, bench_llc, bench_llc_modular, bench_rrr, format_llc, \
     format_llc_modular, format_rrr
 from gaugec.bench.realsize import bench_realsize, format_realsize
@@ -44,7 +45,11 @@ def main(argv=None):
                     "only the architectures not there yet")
     cv.add_argument("--budget", type=float, help="start no architecture after this many seconds (a partial table; "
                     "--resume goes on)")
-    for parser in (d, r, lc, st, dd, tr, rs, cv):
+    ds = sub.add_parser("distributed", help="FSDP2 + DDCAdam on 1, 2, 4 CPU processes: state per rank, step time "
+                                            "against FSDP2 + fused AdamW")
+    ds.add_argument("--worlds", nargs="*", type=int, default=[1, 2, 4])
+    ds.add_argument("--repeats", type=int, default=10)
+    for parser in (d, r, lc, st, dd, tr, rs, cv, ds):
         parser.add_argument("--write", action="store_true", help="record the table in docs/benchmarks.md")
     args = ap.parse_args(argv)
     if args.what == "step":
@@ -102,6 +107,11 @@ def main(argv=None):
         machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"
         text = (f"Measured on: {machine} (CPU only).\nCommand: `python -m gaugec.bench realsize --write` (one "
                 f"process, the models in turn: peak RSS is cumulative)\n\n{format_realsize(bench_realsize(args.only))}")
+    elif args.what == "distributed":
+        machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"
+        text = (f"Measured on: {machine} (CPU only, gloo, one thread per process).\nCommand: `python -m gaugec.bench "
+                f"distributed --write` (median of {args.repeats} interleaved steps, the slowest rank's)\n\n"
+                f"{format_distributed(bench_distributed(args.worlds, args.repeats))}")
     elif args.what == "rrr":
         t0 = time.perf_counter()
         rows, agreement = bench_rrr()
