@@ -55,14 +55,21 @@ def train(model, opt, ids, steps: int = STEPS):
         opt.step()
 
 
-def single(name: str) -> dict:
+def optimizer(kind: str, model, plan):
+    from gaugec.optim import DDCAdam, DDCMuon
+
+    if kind == "muon":
+        return DDCMuon(model.parameters(), plan, lr=2e-2, adamw_lr=1e-2, weight_decay=0.1)
+    return DDCAdam(model.parameters(), plan, lr=1e-2, weight_decay=0.1)
+
+
+def single(name: str, kind: str = "adam") -> dict:
     """The reference: one process, the whole batch."""
     import gaugec
-    from gaugec.optim import DDCAdam
 
     model, inputs, ids = build(name)
     plan = gaugec.compile(model, inputs)
-    opt = DDCAdam(model.parameters(), plan, lr=1e-2, weight_decay=0.1)
+    opt = optimizer(kind, model, plan)
     train(model, opt, ids)
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
@@ -72,13 +79,12 @@ def _init(rank: int, world: int, init_file: str):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
 
 
-def sharded(rank: int, world: int, init_file: str, name: str, mode: str, out: str):
+def sharded(rank: int, world: int, init_file: str, name: str, mode: str, out: str, kind: str = "adam"):
     """``mode``: "fsdp2" (fully_shard per layer and at the root) or "ddp"; each rank trains on its share of the
     batch (gradients averaged over the ranks equal the whole batch's)."""
     _init(rank, world, init_file)
     try:
         import gaugec
-        from gaugec.optim import DDCAdam
 
         model, inputs, ids = build(name)
         plan = gaugec.compile(model, inputs)          # on the whole model, before sharding
@@ -94,7 +100,7 @@ def sharded(rank: int, world: int, init_file: str, name: str, mode: str, out: st
             wrapped = model
         else:
             wrapped = torch.nn.parallel.DistributedDataParallel(model)
-        opt = DDCAdam(model.parameters(), plan.bind(model), lr=1e-2, weight_decay=0.1)
+        opt = optimizer(kind, model, plan.bind(model))
         share = ids.shape[0] // world
         train(wrapped, opt, ids[rank * share:(rank + 1) * share])
         state = {k: (v.full_tensor() if hasattr(v, "full_tensor") else v).detach().clone()

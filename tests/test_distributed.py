@@ -1,5 +1,6 @@
-"""DDCAdam under torch.distributed on CPU (gloo, 2 processes, float64): FSDP2 (parameters sharded along dim 0 as
-DTensors) and DDP train exactly as one process on the whole batch: after 10 steps every parameter agrees to 1e-10."""
+"""DDCAdam and DDCMuon under torch.distributed on CPU (gloo, 2 processes, float64): FSDP2 (parameters sharded along
+dim 0 as DTensors) and DDP train exactly as one process on the whole batch: after 10 steps every parameter agrees to
+1e-10; a distributed checkpoint resumes exactly; the torchrun example runs."""
 import os
 
 import pytest
@@ -11,19 +12,20 @@ from tests import distributed_workers as workers
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch built without distributed")
 
 
-def _run(tmp_path, name: str, mode: str) -> dict:
+def _run(tmp_path, name: str, mode: str, kind: str) -> dict:
     out = str(tmp_path / "out.pt")
-    mp.spawn(workers.sharded, args=(2, str(tmp_path / "init"), name, mode, out), nprocs=2, join=True)
+    mp.spawn(workers.sharded, args=(2, str(tmp_path / "init"), name, mode, out, kind), nprocs=2, join=True)
     return torch.load(out)
 
 
-@pytest.mark.parametrize("name,mode", [("llama", "fsdp2"), ("llama_gqa", "fsdp2"), ("gpt2", "fsdp2"),
-                                       ("hf_llama", "fsdp2"), ("llama", "ddp")])
-def test_distributed_training_equals_one_process(tmp_path, name, mode):
+@pytest.mark.parametrize("name,mode,kind", [("llama", "fsdp2", "adam"), ("llama_gqa", "fsdp2", "adam"),
+                                            ("gpt2", "fsdp2", "adam"), ("hf_llama", "fsdp2", "adam"),
+                                            ("llama", "ddp", "adam"), ("llama_gqa", "fsdp2", "muon")])
+def test_distributed_training_equals_one_process(tmp_path, name, mode, kind):
     if name.startswith("hf_"):
         pytest.importorskip("transformers")
-    reference = workers.single(name)
-    got = _run(tmp_path, name, mode)
+    reference = workers.single(name, kind)
+    got = _run(tmp_path, name, mode, kind)
     start = workers.build(name)[0].state_dict()
     assert got["skipped"] == 0
     moved = max(float((reference[k] - start[k].double()).abs().max()) for k in reference)

@@ -81,11 +81,11 @@ class CanonicalFrameOptimizer(torch.optim.Optimizer):
         """Move the parameters to the canonical section (done at construction; call it again after loading
         parameters from elsewhere into the model; the gradients of the next step must be taken afterwards)."""
         if self._shards:        # on whole copies (identical on every rank), each rank then keeps its rows
-            whole, context = _gathered(self._named), _gathered(self._context)
-            self.canonical_report = self.executor.canonicalise(whole, tol=self.canonical_tol,
+            gathered, context = _gathered(self._named), _gathered(self._context)
+            self.canonical_report = self.executor.canonicalise(gathered, tol=self.canonical_tol,
                                                                max_sweeps=self.max_canonical_sweeps, context=context)
             for name, p in self._named.items():
-                _local(p).copy_(_rows_of(whole[name], self._shards.get(name)))
+                local_part(p).copy_(_rows_of(gathered[name], self._shards.get(name)))
         else:
             self.canonical_report = self.executor.canonicalise(self._named, tol=self.canonical_tol,
                                                                max_sweeps=self.max_canonical_sweeps,
@@ -114,7 +114,7 @@ class CanonicalFrameOptimizer(torch.optim.Optimizer):
     # -- the step --------------------------------------------------------------------------------------------------
     def _found_inf(self, grads: list[torch.Tensor]) -> torch.Tensor:
         """1.0 (a 0-dim device tensor) when any gradient holds NaN or inf."""
-        norms = torch._foreach_norm([_local(g) for g in grads])
+        norms = torch._foreach_norm([local_part(g) for g in grads])
         total = torch.stack([n.to(device=self._device, dtype=torch.float32) for n in norms]).sum()
         found = (~torch.isfinite(total)).to(torch.float32)
         if self._group is not None:      # one rank's NaN skips the step on every rank
@@ -221,7 +221,6 @@ def sharded_parameters(named: dict[str, torch.Tensor]) -> tuple[dict[str, Shard]
     try:
         from torch.distributed.tensor import DTensor, Replicate
         from torch.distributed.tensor import Shard as ShardPlacement
-        from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
     except ImportError:        # a torch built without distributed
         return {}, None
     shards, mesh = {}, None
@@ -240,19 +239,35 @@ def sharded_parameters(named: dict[str, torch.Tensor]) -> tuple[dict[str, Shard]
             continue
         if not isinstance(place, ShardPlacement) or place.dim != 0:
             raise NotImplementedError(f"{name}: placement {place}; gaugec supports FSDP2's Shard(0)")
-        local_shape, offset = compute_local_shape_and_global_offset(p.shape, p.device_mesh, p.placements)
-        shards[name] = Shard(int(offset[0]), int(offset[0]) + int(local_shape[0]), int(p.shape[0]))
+        shards[name] = shard_of(p)
     return shards, (mesh.get_group() if mesh is not None else None)
 
 
-def _local(t: torch.Tensor) -> torch.Tensor:
+def shard_of(p) -> Shard:
+    """The rows of dim 0 a ``Shard(0)`` DTensor holds on this rank."""
+    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+
+    local_shape, offset = compute_local_shape_and_global_offset(p.shape, p.device_mesh, p.placements)
+    return Shard(int(offset[0]), int(offset[0]) + int(local_shape[0]), int(p.shape[0]))
+
+
+def whole(local: torch.Tensor, like) -> torch.Tensor:
+    """The whole tensor of which ``local`` is this rank's part, laid out as the DTensor ``like`` (one all-gather;
+    FSDP2's uneven shards included)."""
+    from torch.distributed.tensor import DTensor
+
+    return DTensor.from_local(local, like.device_mesh, like.placements, run_check=False, shape=like.shape,
+                              stride=like.stride()).full_tensor()
+
+
+def local_part(t: torch.Tensor) -> torch.Tensor:
     """This rank's part of a DTensor (a view: writes land in it); any other tensor itself."""
     to_local = getattr(t, "to_local", None)
     return to_local() if to_local is not None else t
 
 
 def _locals(named: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {name: _local(p) for name, p in named.items()}
+    return {name: local_part(p) for name, p in named.items()}
 
 
 def _gathered(named: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

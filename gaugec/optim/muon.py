@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 
 from gaugec.optim.adam import adamw_update
-from gaugec.optim.frame import CanonicalFrameOptimizer
+from gaugec.optim.frame import CanonicalFrameOptimizer, local_part, shard_of, whole
 
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)      # torch.optim.Muon's (Keller Jordan's) quintic
 NS_EPS = 1e-7
@@ -130,9 +130,6 @@ class DDCMuon(CanonicalFrameOptimizer):
         self.ns_dtype = ns_dtype
         self.ns_batched = ns_batched
         groups = _route(params, plan, adamw_lr, adamw_wd)
-        if any(hasattr(p, "device_mesh") for g in groups for p in g["params"]):
-            raise NotImplementedError("DDCMuon on DTensor (FSDP2) parameters is not supported yet: Newton–Schulz needs "
-                                      "each matrix's whole update (use DDCAdam, or DDP)")
         super().__init__(groups, plan, defaults, rebalance_sweeps=rebalance_sweeps, canonicalise=canonicalise,
                          canonical_tol=canonical_tol, max_canonical_sweeps=max_canonical_sweeps)
 
@@ -155,10 +152,13 @@ class DDCMuon(CanonicalFrameOptimizer):
             st = self.state[p]
             if "momentum_buffer" not in st:
                 st["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            buf = st["momentum_buffer"]
-            g = torch.where(skip, 0.0, p.grad)                  # a skipped step: buf.lerp_(0, 0) is buf, bit for bit
+            buf = local_part(st["momentum_buffer"])        # FSDP2: this rank's rows (the momentum is elementwise)
+            g = torch.where(skip, 0.0, local_part(p.grad))     # a skipped step: buf.lerp_(0, 0) is buf, bit for bit
             buf.lerp_(g, ((1 - momentum) * keep).to(buf.dtype))
-            updates.append(g.lerp(buf, momentum) if group["nesterov"] else buf)
+            update = g.lerp(buf, momentum) if group["nesterov"] else buf
+            # Newton–Schulz needs the whole matrix: a sharded update is gathered and every rank orthogonalises it
+            # (the same numbers everywhere), then keeps its own rows
+            updates.append(whole(update, p) if hasattr(p, "device_mesh") else update)
             ns_dtype = self.ns_dtype or (torch.float64 if p.dtype == torch.float64 else torch.bfloat16)
             # one batched iteration per shape on accelerators; on the CPU batched GEMMs are no faster than a loop
             # and the stacking copies, so each matrix is its own batch (``ns_batched`` overrides)
@@ -180,6 +180,9 @@ class DDCMuon(CanonicalFrameOptimizer):
             # the factors stay 0-dim in float32 (float64 for float64 parameters): like torch's Python scalars they
             # are applied at the kernel's compute precision, not rounded to bf16 first
             opmath = torch.float64 if p.dtype == torch.float64 else torch.float32
+            if hasattr(p, "device_mesh"):
+                sh = shard_of(p)
+                p, o = local_part(p), o[sh.lo:sh.hi]
             p.mul_((1 - lr * wd * keep).to(opmath))
             p.add_(o * (-step * keep).to(opmath))
 
