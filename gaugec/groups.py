@@ -65,8 +65,6 @@ class BlockKind:
     has_section: bool = True                             # False: the DDC optimizers leave its gauges out
     algebra_element: Callable | None = None              # (c [dim], m) -> Σ c_i X_i, X_i = algebra_basis(m)
     stabiliser: Callable | None = None                   # (P, Q) -> dim of the algebra fixing the rows
-    trace_only: bool = False                             # solve / stable / orientation read only tr P and tr Q
-                                                         # (a block split over ranks needs each rank's row norms)
 
 
 BLOCK_KINDS: dict[str, BlockKind] = {}
@@ -295,7 +293,7 @@ block_kind(BlockKind(
     solve=_common_scale, first_order=_common_scale, stable=_traces_positive,
     orientation=lambda moment: torch.ones_like(moment),
     algebra_element=lambda c, m: c[0] * torch.eye(m, dtype=c.dtype, device=c.device),
-    stabiliser=_fixed_unless_all_zero(1), trace_only=True))
+    stabiliser=_fixed_unless_all_zero(1)))
 
 
 # -- orth: O(m), a rotation of a normalised stream ------------------------------------------------------------------

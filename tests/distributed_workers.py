@@ -39,7 +39,7 @@ def build(name: str):
     model = model.double()
     gen = torch.Generator().manual_seed(1)
     vocab = next(m for m in model.modules() if isinstance(m, torch.nn.Embedding)).num_embeddings
-    ids = torch.randint(0, vocab, (4, inputs[0].shape[1]), generator=gen)
+    ids = torch.randint(0, vocab, (12, inputs[0].shape[1]), generator=gen)   # splits over 1, 2, 3 or 4 ranks
     return model, inputs, ids
 
 

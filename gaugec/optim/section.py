@@ -72,7 +72,9 @@ class RowGroup:
     # parameter is whole on every rank and only rank 0 adds its statistics (``replica``)
     shard: Shard | None = None
     replica: bool = False
-    present: torch.Tensor | None = None   # [n, m] bool: which rows of each copy this rank holds (None: all)
+    # copies whose rows straddle ranks' shards: which rows this rank holds ([n, m] bool; None: a plain group); the
+    # rows are summed over the ranks before use, so every rank sees the whole copies
+    present: torch.Tensor | None = None
 
 
 @dataclasses.dataclass
@@ -162,14 +164,20 @@ class OrbitExecutor:
         rows along dim 0 keep the copies held here; rows along another axis (every rank holds all of them, over
         its own dim-0 rows) see partial statistics. Every stage's statistics are summed over the ranks by one
         all-reduce, so every rank solves the same small problem and moves its own rows; no parameter is gathered.
-        A block whose rows straddle two ranks' shards, or a leg on one slice of a sharded dim 0 (a stacked
-        expert), is not supported yet: a clear error names it."""
+        The few copies whose rows straddle two ranks' shards are summed over the ranks first (each rank holds
+        some of their rows, zero elsewhere: a gather of those rows only), counted once, and each rank writes back
+        its own. A leg on one slice of a sharded dim 0 (a stacked expert) is not supported yet: a clear error."""
         import copy
 
         import torch.distributed as dist
 
         out = copy.copy(self)
         out.group, out.rank = group, dist.get_rank(group)
+        names = sorted(shards)          # every rank's rows of every sharded parameter: one all-gather
+        mine = torch.tensor([[shards[n].lo, shards[n].hi] for n in names], dtype=torch.long).reshape(-1, 2)
+        every = [torch.zeros_like(mine) for _ in range(dist.get_world_size(group))]
+        dist.all_gather(every, mine, group=group)
+        ranges = {n: [(int(e[i, 0]), int(e[i, 1])) for e in every] for i, n in enumerate(names)}
         out.stages = []
         for st in self.stages:
             groups = []
@@ -183,17 +191,16 @@ class OrbitExecutor:
                     groups.append(dataclasses.replace(rg, shard=sh))
                     continue
                 here = (rg.rows >= sh.lo) & (rg.rows < sh.hi)
-                straddle = here.any(1) & ~here.all(1)
-                if bool(straddle.any()) and not block_kind(st.kind).trace_only:
-                    rows = rg.rows[straddle][0].tolist()
-                    raise NotImplementedError(
-                        f"{rg.param}: a {st.kind} block of {st.m} rows ({rows[0]}..{rows[-1]}) straddles two ranks' "
-                        f"shards (rows {sh.lo}..{sh.hi - 1} are on rank {out.rank}); a world size whose shards end "
-                        "on block boundaries avoids it (gathering such blocks is not implemented yet)")
-                keep = here.any(1)
-                present = here[keep] if bool(straddle.any()) else None    # a trace-only block: its rows held here
-                local = torch.where(here, rg.rows - sh.lo, 0)[keep]
-                groups.append(dataclasses.replace(rg, rows=local, blocks=rg.blocks[keep], present=present))
+                mine = here.all(1)
+                groups.append(dataclasses.replace(rg, rows=rg.rows[mine] - sh.lo, blocks=rg.blocks[mine]))
+                within_one = torch.zeros(len(rg.rows), dtype=torch.bool)
+                for lo, hi in ranges[rg.param]:
+                    within_one |= ((rg.rows >= lo) & (rg.rows < hi)).all(1)
+                straddle = ~within_one          # the same copies on every rank: their rows are summed over ranks
+                if bool(straddle.any()):
+                    local = torch.where(here, rg.rows - sh.lo, 0) if sh.hi > sh.lo else torch.zeros_like(rg.rows)
+                    groups.append(dataclasses.replace(rg, rows=local[straddle], blocks=rg.blocks[straddle],
+                                                      present=here[straddle], replica=True))
             out.stages.append(dataclasses.replace(st, groups=groups))
         out.seeds = []
         for legs in self.seeds:
@@ -472,8 +479,11 @@ class OrbitExecutor:
     def _rows(cls, p: torch.Tensor, rg: RowGroup, dtype) -> torch.Tensor:
         """[n, m, rest]: the rows of every copy (rows another rank holds are zero: see RowGroup.present)."""
         view = cls._axis_view(p, rg)
-        x = view[rg.rows]                                    # [n, m, *rest]; n = 0 on a rank holding none
-        x = x.reshape(x.shape[0], x.shape[1], int(np.prod(view.shape[1:], dtype=np.int64))).to(dtype)
+        rest = int(np.prod(view.shape[1:], dtype=np.int64))
+        if view.shape[0] == 0:                               # a rank holding no row of the parameter
+            return torch.zeros(*rg.rows.shape, rest, dtype=dtype, device=view.device)
+        x = view[rg.rows]                                    # [n, m, *rest]; n = 0 on a rank holding no copy
+        x = x.reshape(x.shape[0], x.shape[1], rest).to(dtype)
         x = x + rg.offset if rg.offset else x
         return x if rg.present is None else x * rg.present[:, :, None].to(dtype)
 
@@ -508,6 +518,8 @@ class OrbitExecutor:
         rows = []
         for rg in st.groups:
             x = self._rows(params[rg.param], rg, dtype)
+            if rg.present is not None:
+                x, = self._reduce(x)            # straddling copies: each rank's rows (zero elsewhere) summed
             rows.append(x)
             if self._adds(rg):
                 (Q if rg.dual else P).index_add_(0, rg.blocks, x @ x.mT)
