@@ -45,6 +45,9 @@ class CanonicalFrameOptimizer(torch.optim.Optimizer):
         self._shards, self._group = sharded_parameters({**self._named, **self._context})
         self._local_executor = self.executor.localised(self._shards, self._group).to(self._device) \
             if self._shards else self.executor
+        # sharded gains a weighted translation seed reads whole (a LayerNorm's γ: a vector, gathered per step)
+        self._sharded_gains = sorted({sl.gain for legs in self._local_executor.seeds for sl in legs
+                                      if sl.gain in self._shards})
         self.canonical = False
         self.canonical_report: dict = {}
         self._skipped = torch.zeros((), dtype=torch.float32, device=self._device)
@@ -152,9 +155,7 @@ class CanonicalFrameOptimizer(torch.optim.Optimizer):
         self._skipped.add_(found_inf)
         named = _locals(self._named)
         everything = {**self._named, **self._context}
-        sharded_gains = sorted({sl.gain for legs in self._local_executor.seeds for sl in legs
-                                if sl.gain in self._shards})
-        gains = {name: everything[name].full_tensor() for name in sharded_gains}   # vectors: one all-gather each
+        gains = {name: everything[name].full_tensor() for name in self._sharded_gains}   # one all-gather each
         self._local_executor.project_translations(named, skip=found_inf, context=_locals(self._context),
                                                   gains=gains)
         self._local_executor.rebalance(named, self.rebalance_sweeps, skip=found_inf)

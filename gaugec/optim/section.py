@@ -174,9 +174,9 @@ class OrbitExecutor:
         out = copy.copy(self)
         out.group, out.rank = group, dist.get_rank(group)
         names = sorted(shards)          # every rank's rows of every sharded parameter: one all-gather
-        mine = torch.tensor([[shards[n].lo, shards[n].hi] for n in names], dtype=torch.long).reshape(-1, 2)
-        every = [torch.zeros_like(mine) for _ in range(dist.get_world_size(group))]
-        dist.all_gather(every, mine, group=group)
+        held = torch.tensor([[shards[n].lo, shards[n].hi] for n in names], dtype=torch.long).reshape(-1, 2)
+        every = [torch.zeros_like(held) for _ in range(dist.get_world_size(group))]
+        dist.all_gather(every, held, group=group)
         ranges = {n: [(int(e[i, 0]), int(e[i, 1])) for e in every] for i, n in enumerate(names)}
         out.stages = []
         for st in self.stages:
@@ -198,8 +198,8 @@ class OrbitExecutor:
                     within_one |= ((rg.rows >= lo) & (rg.rows < hi)).all(1)
                 straddle = ~within_one          # the same copies on every rank: their rows are summed over ranks
                 if bool(straddle.any()):
-                    local = torch.where(here, rg.rows - sh.lo, 0) if sh.hi > sh.lo else torch.zeros_like(rg.rows)
-                    groups.append(dataclasses.replace(rg, rows=local[straddle], blocks=rg.blocks[straddle],
+                    rows = torch.where(here, rg.rows - sh.lo, 0) if sh.hi > sh.lo else torch.zeros_like(rg.rows)
+                    groups.append(dataclasses.replace(rg, rows=rows[straddle], blocks=rg.blocks[straddle],
                                                       present=here[straddle], replica=True))
             out.stages.append(dataclasses.replace(st, groups=groups))
         out.seeds = []
