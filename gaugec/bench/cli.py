@@ -20,7 +20,11 @@ from gaugec.bench.tables import dump_rows, write_section
 from gaugec.bench.trust import bench_construction, bench_training, format_trust
 
 
-def main(argv=None):
+def _machine() -> str:
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"
+
+
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m gaugec.bench")
     sub = ap.add_subparsers(dest="what", required=True)
     d = sub.add_parser("discover", help="capture / discover / prove time on full-size meta-device configs")
@@ -51,7 +55,11 @@ def main(argv=None):
     ds.add_argument("--repeats", type=int, default=10)
     for parser in (d, r, lc, st, dd, tr, rs, cv, ds):
         parser.add_argument("--write", action="store_true", help="record the table in docs/benchmarks.md")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv=None):
+    args = _parser().parse_args(argv)
     if args.what == "step":
         torch.set_num_threads(max(1, os.cpu_count() or 1))
         devices = [args.device] if args.device else ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -104,13 +112,11 @@ def main(argv=None):
         return
     elif args.what == "realsize":
         torch.set_num_threads(max(1, os.cpu_count() or 1))
-        machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"
-        text = (f"Measured on: {machine} (CPU only).\nCommand: `python -m gaugec.bench realsize --write` (one "
+        text = (f"Measured on: {_machine()} (CPU only).\nCommand: `python -m gaugec.bench realsize --write` (one "
                 f"process, the models in turn: peak RSS is cumulative)\n\n{format_realsize(bench_realsize(args.only))}")
     elif args.what == "distributed":
-        machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"
-        text = (f"Measured on: {machine} (CPU only, gloo, one thread per process).\nCommand: `python -m gaugec.bench "
-                f"distributed --write` (median of {args.repeats} interleaved steps, the slowest rank's)\n\n"
+        text = (f"Measured on: {_machine()} (CPU only, gloo, one thread per process).\nCommand: "
+                f"`python -m gaugec.bench distributed --write` (median of {args.repeats} interleaved steps, the slowest rank's)\n\n"
                 f"{format_distributed(bench_distributed(args.worlds, args.repeats))}")
     elif args.what == "rrr":
         t0 = time.perf_counter()
@@ -120,8 +126,7 @@ def main(argv=None):
     else:
         torch.set_num_threads(max(1, os.cpu_count() or 1))
         table = format_rows(bench_discover(args.only))
-        machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"
-        text = f"Measured on: {machine} (CPU only).\nCommand: `python -m gaugec.bench discover --write`\n\n{table}"
+        text = f"Measured on: {_machine()} (CPU only).\nCommand: `python -m gaugec.bench discover --write`\n\n{table}"
     print(text)
     if args.write:
         write_section(f"bench-{args.what}", text)

@@ -397,14 +397,16 @@ class OrbitExecutor:
         mean), see :meth:`_sharded_mean`."""
         p = slice_part(p, 0, sl.part)[0]
         d, ok = cls._seed_weight(sl, params, p)
-        x = p if d is None else p * d
-        if cls._sharded_mean(sl):
-            count = int(np.prod([sl.shard.n if a == 0 else p.shape[a] for a in sl.axes], dtype=np.int64))
-            mean = x.sum(dim=sl.axes, keepdim=True) / count
-        else:
-            mean = x.mean(dim=sl.axes, keepdim=True) if sl.axes else x
-        if d is not None:
+        count = int(np.prod([sl.shard.n if cls._sharded_mean(sl) and a == 0 else p.shape[a] for a in sl.axes],
+                            dtype=np.int64))
+        if d is not None:          # Σ_j p_ij d_j as one matrix-vector product: no p ⊙ d temporary (one read of p)
+            axis = sl.axes[0]
+            mean = torch.tensordot(p, d.reshape(-1), dims=([axis], [0])).unsqueeze(axis) / count
             mean = mean * ok.to(p.dtype)
+        elif cls._sharded_mean(sl):
+            mean = p.sum(dim=sl.axes, keepdim=True) / count
+        else:
+            mean = p.mean(dim=sl.axes, keepdim=True) if sl.axes else p
         return (mean if sl.mask is None else mean * sl.mask.to(p.dtype)), d
 
     @staticmethod
@@ -482,8 +484,8 @@ class OrbitExecutor:
         rest = int(np.prod(view.shape[1:], dtype=np.int64))
         if view.shape[0] == 0:                               # a rank holding no row of the parameter
             return torch.zeros(*rg.rows.shape, rest, dtype=dtype, device=view.device)
-        x = view[rg.rows]                                    # [n, m, *rest]; n = 0 on a rank holding no copy
-        x = x.reshape(x.shape[0], x.shape[1], rest).to(dtype)
+        x = view[rg.rows]                                    # [n, m, *rest] (n = 0: no copy here)
+        x = x.reshape(*rg.rows.shape, rest).to(dtype)
         x = x + rg.offset if rg.offset else x
         return x if rg.present is None else x * rg.present[:, :, None].to(dtype)
 
