@@ -29,6 +29,7 @@ import torch
 import torch.fx
 
 from gaugec.capture import GaugeGraph
+from gaugec.prove.lemmas import cache_root
 
 MAX_ENTRIES = 64
 MAX_BYTES = 1 << 30
@@ -42,8 +43,7 @@ def memo_enabled(memo: bool | None) -> bool:
 
 
 def memo_dir() -> pathlib.Path:
-    root = os.environ.get("GAUGEC_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "gaugec")
-    return pathlib.Path(root) / "discovery"
+    return cache_root() / "discovery"
 
 
 @functools.lru_cache(maxsize=1)

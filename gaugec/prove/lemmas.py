@@ -50,9 +50,13 @@ def lemma(lemma_id: str, statement: str):
     return deco
 
 
+def cache_root() -> pathlib.Path:
+    """gaugec's on-disk caches (lemma verdicts, the discovery memo): ``$GAUGEC_CACHE`` or ``~/.cache/gaugec``."""
+    return pathlib.Path(os.environ.get("GAUGEC_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "gaugec"))
+
+
 def _cache_path() -> pathlib.Path:
-    root = os.environ.get("GAUGEC_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "gaugec")
-    return pathlib.Path(root) / "lemmas.json"
+    return cache_root() / "lemmas.json"
 
 
 _lock = threading.Lock()
