@@ -88,7 +88,7 @@ class CanonicalFrameOptimizer(torch.optim.Optimizer):
             self.canonical_report = self.executor.canonicalise(gathered, tol=self.canonical_tol,
                                                                max_sweeps=self.max_canonical_sweeps, context=context)
             for name, p in self._named.items():
-                local_part(p).copy_(_rows_of(gathered[name], self._shards.get(name)))
+                local_part(p).copy_(rows_of(gathered[name], self._shards.get(name)))
         else:
             self.canonical_report = self.executor.canonicalise(self._named, tol=self.canonical_tol,
                                                                max_sweeps=self.max_canonical_sweeps,
@@ -276,5 +276,6 @@ def _gathered(named: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {name: p.full_tensor() if hasattr(p, "full_tensor") else p for name, p in named.items()}
 
 
-def _rows_of(whole: torch.Tensor, shard: Shard | None) -> torch.Tensor:
-    return whole if shard is None else whole[shard.lo:shard.hi]
+def rows_of(full: torch.Tensor, shard: Shard | None) -> torch.Tensor:
+    """This rank's rows of a whole tensor (all of it when the parameter is not sharded)."""
+    return full if shard is None else full[shard.lo:shard.hi]

@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 
 from gaugec.optim.adam import adamw_update
-from gaugec.optim.frame import CanonicalFrameOptimizer, local_part, shard_of, whole
+from gaugec.optim.frame import CanonicalFrameOptimizer, local_part, rows_of, shard_of, whole
 
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)      # torch.optim.Muon's (Keller Jordan's) quintic
 NS_EPS = 1e-7
@@ -181,8 +181,7 @@ class DDCMuon(CanonicalFrameOptimizer):
             # are applied at the kernel's compute precision, not rounded to bf16 first
             opmath = torch.float64 if p.dtype == torch.float64 else torch.float32
             if hasattr(p, "device_mesh"):
-                sh = shard_of(p)
-                p, o = local_part(p), o[sh.lo:sh.hi]
+                p, o = local_part(p), rows_of(o, shard_of(p))
             p.mul_((1 - lr * wd * keep).to(opmath))
             p.add_(o * (-step * keep).to(opmath))
 
