@@ -17,6 +17,7 @@ class Discovery:
     refusals: list[Refusal]
     unknown_ops: dict[str, int]   # ops with no rule: how often a probe was stopped at one (0: never reached)
     from_memo: bool = False       # read from the discovery memo (:mod:`gaugec.discover.memo`)
+    replayed: int = 0             # probes replayed from a template layer (:mod:`gaugec.discover.layers`)
 
 
 def discover(gg: GaugeGraph, loss: str | None = "cross_entropy", f_leaves: list[int] | None = None,
@@ -43,4 +44,4 @@ def discover(gg: GaugeGraph, loss: str | None = "cross_entropy", f_leaves: list[
     unknown_ops.update(engine.unknown_ops)
     if key is not None:
         discovery_memo.store(key, gauges, [dataclasses.astuple(r) for r in refusals], unknown_ops)
-    return Discovery(gauges, refusals, unknown_ops)
+    return Discovery(gauges, refusals, unknown_ops, replayed=engine.replayed)

@@ -13,6 +13,7 @@ import torch.fx
 
 from gaugec.capture import GaugeGraph
 from gaugec.discover import rules  # noqa: F401  (registers the rules and patterns)
+from gaugec.discover.layers import LayerReplay, replay_enabled
 from gaugec.discover.fx import arg, data_dependent, node_shape, op_name, varying_axes
 from gaugec.discover.registry import (ADD_RULES, BARRIERS, CONJUGATED, INDEX_RULES, MULT_RULES, PATTERNS,
                                       SEED_RULES, STREAM_READERS, PatternMatch, RuleError, strict_default)
@@ -188,11 +189,24 @@ class Engine:
         self.probes.append(p)
         return p
 
-    def run(self):
+    def run(self, replay: bool | None = None):
+        """Every probe through the graph; with layer replay (:mod:`gaugec.discover.layers`, default on) a probe of a
+        repeated layer whose template probe stayed inside its layer takes the template's effects instead."""
+        layers = LayerReplay(self) if replay_enabled(replay) else None
+        if layers is not None:
+            layers.index_seeds()
         for probe in self.probes:
-            self._run_probe(probe)
+            if layers is not None and layers.replay(probe):
+                continue
+            before = layers.start(probe) if layers is not None else None
+            self._run_probe(probe, None if before is None else before["touched"])
+            if before is not None:
+                layers.finish(probe, before)
+        self.replayed = 0 if layers is None else layers.replayed
 
-    def _run_probe(self, probe: Probe):
+    def _run_probe(self, probe: Probe, touched: set | None = None):
+        """``touched`` collects every node the run dispatched at or looked at as a user (layer replay's check that
+        the run stayed inside its layer)."""
         starts = {n: a for n, a in {probe.node: probe.initial, **probe.also}.items() if (a >= 0).any()}
         if not starts:
             return              # closed at its seed (what it moves is absorbed there): nothing to carry
@@ -201,6 +215,8 @@ class Engine:
         pending: set[torch.fx.Node] = set()
 
         def push_users(n):
+            if touched is not None:
+                touched.update(n.users)
             for u in n.users:
                 if u not in pending and (u.op == "output" or u in self.reaches_f):
                     pending.add(u)
@@ -211,6 +227,9 @@ class Engine:
         while heap and not probe.dead:
             node = self.topo[heapq.heappop(heap)]
             pending.discard(node)
+            if touched is not None:
+                touched.add(node)
+                touched.update(self.matches[node].internal if node in self.matches else ())
             if node.op == "output":
                 self._at_output(probe, node, state)
                 continue

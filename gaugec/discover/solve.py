@@ -24,18 +24,19 @@ from gaugec.arrays import distinct
 from gaugec.discover.engine import Engine
 from gaugec.discover.families import additive_family, block_families
 from gaugec.discover.registry import TIED_USES
+from gaugec.discover.state import unique_rows
 from gaugec.groups import BLOCK_KINDS
 from gaugec.plan.gauge import Gauge, Leg
 from gaugec.prove import Proof
 
 
 class UnionFind:
-    """Union-find with parity (parity 1 = the dual, A^-T)."""
+    """Union-find with parity (parity 1 = the dual, A^-T), for the few probes (the coordinates, millions on a
+    full-size model, go through :func:`classes_with_parity`)."""
 
     def __init__(self, n: int):
         self.parent = list(range(n))
         self.parity = [0] * n    # parity relative to parent
-        self.conflict: set[int] = set()
 
     def find(self, x: int) -> tuple[int, int]:
         path = []
@@ -56,25 +57,46 @@ class UnionFind:
     def union(self, a: int, b: int, parity: int):
         ra, pa = self.find(a)
         rb, pb = self.find(b)
-        if ra == rb:
-            if pa ^ pb != parity:
-                self.conflict.add(ra)
-            return
-        self.parent[rb] = ra
-        self.parity[rb] = pa ^ pb ^ parity
-        if rb in self.conflict:
-            self.conflict.add(ra)
+        if ra != rb:
+            self.parent[rb] = ra
+            self.parity[rb] = pa ^ pb ^ parity
 
-    def roots_and_parities(self) -> tuple[np.ndarray, np.ndarray]:
-        """Every element's root and parity to it, by pointer jumping (vectorised)."""
-        P = np.asarray(self.parent, dtype=np.int64)
-        Q = np.asarray(self.parity, dtype=np.int64)
-        while True:
-            PP = P[P]
-            if np.array_equal(PP, P):
-                return P, Q
-            Q = Q ^ Q[P]
-            P = PP
+
+def classes_with_parity(n: int, a: np.ndarray, b: np.ndarray, par: np.ndarray) \
+        -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The classes of ``n`` elements joined by ties ``a[i] ~ b[i]`` with parity ``par[i]`` (1: b is a's dual), as
+    (root of each element: the least of its class; parity to that root; the roots whose ties contradict, a
+    coordinate tied to its own dual).
+
+    Each element x is split into x⁺ and x⁻ (itself and its dual); a tie of parity p joins (a⁺, b^p) and
+    (a⁻, b^(1-p)). Components of that doubled graph are found by min-label propagation with pointer jumping (all in
+    numpy); x's component holds its root r's r⁺ (parity 0) or r⁻ (parity 1), and x⁺ meeting x⁻ is a contradiction."""
+    roots = np.arange(n, dtype=np.int64)
+    parity = np.zeros(n, dtype=np.int64)
+    if not len(a):
+        return roots, parity, np.zeros(0, dtype=np.int64)
+    ids = distinct(np.concatenate([a, b]))
+    ia, ib = np.searchsorted(ids, a), np.searchsorted(ids, b)
+    u = np.concatenate([2 * ia, 2 * ia + 1])
+    v = np.concatenate([2 * ib + par, 2 * ib + 1 - par])
+    lab = np.arange(2 * len(ids), dtype=np.int64)
+    while True:
+        low = np.minimum(lab[u], lab[v])
+        new = lab.copy()
+        np.minimum.at(new, u, low)
+        np.minimum.at(new, v, low)
+        while True:                         # pointer jumping: every label to its label's label
+            jumped = new[new]
+            if np.array_equal(jumped, new):
+                break
+            new = jumped
+        if np.array_equal(new, lab):
+            break
+        lab = new
+    plus, minus = lab[0::2], lab[1::2]
+    roots[ids] = ids[np.minimum(plus, minus) // 2]
+    parity[ids] = plus & 1
+    return roots, parity, distinct(roots[ids[plus == minus]])
 
 
 @dataclasses.dataclass
@@ -141,12 +163,14 @@ def _block_table(engine: Engine, reasons: Reasons) -> Blocks:
     for base, count, pid, kind in cons.ranges:
         coord_probe[base:base + count] = pid
         seed_scalar[base:base + count] = kind == "scalar"
-    uf, probe_uf, kills = _contraction_ties(cons, coord_probe, len(engine.probes))
-    _tie_scalars(cons, uf, seed_scalar, coord_probe)
-    roots, parity = uf.roots_and_parities()
-    for r in uf.conflict:
-        kills.append((np.array([r]), "a coordinate contracted with itself (A = A^-T): orthogonal groups are not "
-                                     "derived yet", ""))
+    ties, probe_uf, kills = _contraction_ties(cons, coord_probe, len(engine.probes))
+    ties += _tie_scalars(cons, seed_scalar, coord_probe)
+    a, b, par = (np.concatenate([t[i] for t in ties]).astype(np.int64) if ties else np.zeros(0, dtype=np.int64)
+                 for i in range(3))
+    roots, parity, conflict = classes_with_parity(n, a, b, par)
+    if conflict.size:
+        kills.append((conflict, "a coordinate contracted with itself (A = A^-T): orthogonal groups are not derived "
+                                "yet", ""))
     root_kill = _root_kills(kills, roots, n, reasons)
     probe_comp = np.array([probe_uf.find(p)[0] for p in range(len(engine.probes))], dtype=np.int64)
     start = np.zeros(n, dtype=np.int64)
@@ -154,30 +178,33 @@ def _block_table(engine: Engine, reasons: Reasons) -> Blocks:
     return _refine_blocks(cons, roots, parity, start, seed_scalar, root_kill, reasons, probe_comp)
 
 
-def _tie_scalars(cons, uf: UnionFind, seed_scalar: np.ndarray, coord_probe: np.ndarray):
+def _tie_scalars(cons, seed_scalar: np.ndarray, coord_probe: np.ndarray) -> list[tuple]:
     """Diagonal scalars that only move together become one scalar (a *tied scalar*, one coordinate):
 
     * a rotary pair whose two coordinates are diagonal scalars (a gain reaching RoPE: a QK-norm gain) commutes with
       the rotation only as c I on the pair, and the pair needs no rot2 block;
     * a normalised vector (a norm at eps = 0, "scale") whose coordinates are all diagonal scalars of one probe (a
       post-LN stream's gain, carried through the residual sum into the next norm) passes only as c I: the per-channel
-      gain becomes the common scale of the whole vector (``layernorm_scale``, ``rmsnorm_scale``)."""
+      gain becomes the common scale of the whole vector (``layernorm_scale``, ``rmsnorm_scale``).
+
+    Returns the ties (a, b, parity 0) as arrays."""
+    ties = []
     for kind, arr in cons.kinds:
         if kind == "rot2" and len(arr):
             pairs = arr.reshape(-1, 2)
-            for a, b in pairs[seed_scalar[pairs].all(1)].tolist():
-                uf.union(a, b, 0)
+            pairs = pairs[seed_scalar[pairs].all(1)]
+            ties.append((pairs[:, 0], pairs[:, 1], np.zeros(len(pairs), dtype=np.int64)))
         elif kind == "scale" and arr.size:
             rows = arr[seed_scalar[arr].all(1) & (coord_probe[arr] == coord_probe[arr[:, :1]]).all(1)]
-            for row in np.unique(rows, axis=0):
-                for c in row[1:].tolist():
-                    uf.union(int(row[0]), c, 0)
+            first = np.broadcast_to(rows[:, :1], rows[:, 1:].shape).reshape(-1)
+            ties.append((first, rows[:, 1:].reshape(-1), np.zeros(len(first), dtype=np.int64)))
+    return ties
 
 
 def _contraction_ties(cons, coord_probe: np.ndarray, n_probes: int):
     """1. Ties from contractions: A on one factor, A^-T on the other; the probes involved form one gauge instance.
-    Returns the coordinate union-find (with parity), the probe union-find and the kills found on the way."""
-    uf = UnionFind(cons.n_coords)
+    Returns the coordinate ties (a, b, parity 1), the probe union-find and the kills found on the way."""
+    ties = []
     probe_uf = UnionFind(n_probes)
     kills = list(cons.kills)
     killed = np.zeros(cons.n_coords + 1, dtype=bool)      # a killed coordinate acts on nothing: it pairs with nothing
@@ -205,14 +232,13 @@ def _contraction_ties(cons, coord_probe: np.ndarray, n_probes: int):
                 kills.append((m, "the other factor of a contraction carries no matching group", node_name))
             continue
         a, b = np.broadcast_arrays(merged["a"], merged["b"])
-        pairs = np.unique(np.stack([a.reshape(-1), b.reshape(-1)], 1), axis=0)
+        pairs = unique_rows(np.stack([a.reshape(-1), b.reshape(-1)], 1))
         both = (pairs[:, 0] >= 0) & (pairs[:, 1] >= 0)
-        for ca, cb in pairs[both]:
-            uf.union(int(ca), int(cb), 1)
-        for pa, pb in np.unique(coord_probe[pairs[both]], axis=0):
-            probe_uf.union(int(pa), int(pb), 0)
+        ties.append((pairs[both, 0], pairs[both, 1], np.ones(int(both.sum()), dtype=np.int64)))
+        for pa, pb in unique_rows(coord_probe[pairs[both]]).tolist():
+            probe_uf.union(pa, pb, 0)
         kills.append((pairs[~both].max(axis=1), "one factor of a contraction is fixed", node_name))
-    return uf, probe_uf, kills
+    return ties, probe_uf, kills
 
 
 def _root_kills(kills, roots: np.ndarray, n: int, reasons: Reasons) -> np.ndarray:

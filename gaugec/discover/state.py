@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 
 import numpy as np
 import torch.fx
 
-from gaugec.arrays import distinct
+from gaugec.arrays import distinct, groups
 from gaugec.discover.fx import norm_dim
 
 
@@ -130,10 +131,29 @@ def _row_hash(rows: np.ndarray) -> np.ndarray:
     return (rows.astype(np.uint64) * w).sum(axis=1) + (rows.astype(np.uint64) ^ (w >> np.uint64(7))).sum(axis=1)
 
 
+def _mixed_radix_key(rows: np.ndarray) -> np.ndarray | None:
+    """One exact int64 per row (the row read as a number in mixed radix), or None when the columns' ranges are
+    too wide for 63 bits (then rows are hashed)."""
+    if rows.shape[1] > 8:
+        return None
+    lo, hi = rows.min(axis=0), rows.max(axis=0)
+    spans = [int(h) - int(l_) + 1 for l_, h in zip(lo, hi)]
+    if math.prod(spans) >= 2 ** 62:
+        return None
+    key = np.zeros(rows.shape[0], dtype=np.int64)
+    for j, span in enumerate(spans):
+        key *= span
+        key += rows[:, j] - lo[j]
+    return key
+
+
 def row_classes(rows: np.ndarray) -> np.ndarray:
     """A class id per row, equal for equal rows (np.unique(rows, axis=0, return_inverse=True)[1], faster)."""
     if rows.shape[0] == 0:
         return np.zeros(0, dtype=np.int64)
+    key = _mixed_radix_key(rows)
+    if key is not None:
+        return np.unique(key, return_inverse=True)[1].reshape(-1)
     _, first, inv = np.unique(_row_hash(rows), return_index=True, return_inverse=True)
     inv = inv.reshape(-1)
     if not np.array_equal(rows[first[inv]], rows):   # a hash collision: never trust it, use the exact route
@@ -251,8 +271,8 @@ def param_axis_coords(P: np.ndarray, C: np.ndarray, shape: tuple[int, ...]):
         return None
     idx = np.unravel_index(flatP, shape)
     for ax in range(len(shape)):
-        keys, first, inv = np.unique(idx[ax], return_index=True, return_inverse=True)
-        if not np.array_equal(flatC[first][inv.reshape(-1)], flatC):
+        keys, first, inv = groups(idx[ax])
+        if not np.array_equal(flatC[first][inv], flatC):
             continue  # one parameter index meets two coordinates along this axis
         coords = np.full(shape[ax], -1, dtype=np.int64)
         coords[keys] = flatC[first]

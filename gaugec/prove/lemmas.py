@@ -108,7 +108,10 @@ def _vanishes(expr) -> bool:
         return all(_vanishes(e) for e in expr)
     if isinstance(expr, sp.logic.boolalg.BooleanAtom):
         return bool(expr)
-    simplified = sp.simplify(sp.expand(expr))
+    expanded = sp.expand(expr)
+    if expanded == 0 or sp.cancel(sp.together(expanded)) == 0:   # polynomial and rational identities: no simplify
+        return True
+    simplified = sp.simplify(expanded)
     if simplified == 0:
         return True
     return sp.simplify(sp.trigsimp(sp.powsimp(sp.expand(simplified), force=True))) == 0

@@ -19,6 +19,7 @@ import numbers
 import numpy as np
 import sympy as sp
 
+from gaugec.arrays import groups
 from gaugec.discover.fx import CAST_OPS, arg, node_shape, op_name, varying_axes
 from gaugec.discover.registry import barrier, rule
 from gaugec.discover.state import param_axis_coords
@@ -185,7 +186,10 @@ def _relabel_product(ctx, L, other, out_shape):
     ypos = np.arange(int(np.prod(shape, dtype=np.int64))).reshape(shape)
     if ypos.size == 1:
         return L
-    out = ctx.fresh(L, np.broadcast_to(ypos, out_shape))
+    if ypos.size == L.size:     # y varies everywhere: every position is its own label
+        out = ctx.engine.fresh_labels(L.size) + np.arange(L.size).reshape(out_shape)
+    else:
+        out = ctx.fresh(L, np.broadcast_to(ypos, out_shape))
     return np.where(L >= 0, out, -1)
 
 
@@ -416,8 +420,7 @@ def seed_gain(sc, node):
         if P.size == 0:
             continue
         pshape = sc.engine.gg.params[pv.param].shape
-        _, C = np.unique(P, return_inverse=True)
-        C = C.reshape(shape)
+        C = groups(P)[2].reshape(shape)
 
         found = param_axis_coords(P, C, pshape)
         if found is None:
