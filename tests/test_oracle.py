@@ -354,3 +354,22 @@ def test_the_coverage_sweep_judges_a_tiny_hf_llama_and_separates_dead_coordinate
     assert row["dead_missed"] == 16 and row["missed"] == 16 and row["found"] == row["nullity"] - 16
     table = format_coverage([row, {"task": "causal-lm", "arch": "x", "status": "not built tiny", "why": "too big"}])
     assert "compiled: **1 / 1 = 100%**" in table and "found = oracle (dead coordinates aside): **1 / 1**" in table
+
+
+@pytest.mark.hf
+def test_an_oracle_that_runs_out_of_time_leaves_the_compile_counted_and_checks_soundness(monkeypatch):
+    pytest.importorskip("transformers")
+    import gaugec.bench.coverage as cov
+
+    real_verify = gaugec.verify
+
+    def slow_oracle(model, inputs, plan, soundness_only=False, **kw):
+        if not soundness_only:
+            raise cov._Timeout()          # what the alarm raises when the nullity runs past ORACLE_LIMIT_S
+        return real_verify(model, inputs, plan, soundness_only=True)
+
+    monkeypatch.setattr(gaugec, "verify", slow_oracle)
+    row = cov.run_one("causal-lm", "llama")
+    assert row["status"] == "oracle timeout" and row["sound"] and "soundness only (sound)" in row["why"], row
+    table = cov.format_coverage([row])
+    assert "compiled: **1 / 1 = 100%**" in table and "unsound: 0" in table
