@@ -108,6 +108,24 @@ def test_a_false_lemma_fails_and_fails_the_proof():
         del LEMMAS["test_false_relu_negative"]
 
 
+def test_the_norm_step_of_the_rotation_lemmas_fails_for_a_shear():
+    """rmsnorm_rotation is proved in steps (R keeps |v|^2; then one scalar divisor): the first step must fail for a
+    map that is not orthogonal, through every route of the checker (expand, cancel, simplify)."""
+    import sympy as sp
+
+    @lemma("test_false_rms_shear", "|S x|^2 = |x|^2 for a shear S (false)")
+    def _false():
+        s = sp.Symbol("s", real=True)
+        x = sp.Matrix(sp.symbols("x0:2", real=True))
+        S = sp.Matrix([[1, s], [0, 1]])
+        return [((S * x).T * (S * x))[0] - (x.T * x)[0]]
+
+    try:
+        assert check_lemma("test_false_rms_shear", use_cache=False) is False
+    finally:
+        del LEMMAS["test_false_rms_shear"]
+
+
 def test_unknown_lemma_in_a_certificate_fails():
     proof = Proof([("no_such_lemma", "n1")])
     assert proof.check() is False

@@ -77,33 +77,38 @@ def _ln_scale():
     scaled = ln([c * x for x in xs], 0)
     plain = ln(list(xs), 0)
     breaking = [a - b for a, b in zip(ln([c * x for x in xs], e), ln(list(xs), e / c ** 2))]
-    return [sp.simplify(a - b) for a, b in zip(scaled, plain)] + breaking
+    return [a - b for a, b in zip(scaled, plain)] + breaking
 
 
-@lemma("rmsnorm_rotation", "R x / sqrt(|R x|^2 / d + e) = R (x / sqrt(|x|^2 / d + e)) for R^T R = I, at any eps")
+@lemma("rmsnorm_rotation", "R x / sqrt(|R x|^2 / d + e) = R (x / sqrt(|x|^2 / d + e)) for R^T R = I, at any eps: "
+       "the norm reads v only through |v|^2, which R keeps, and a scalar divisor commutes with R")
 def _rms_rotation():
     t, e = sp.Symbol("t", real=True), sp.Symbol("e", positive=True)
     x = sp.Matrix(sp.symbols("x0:2", real=True))
     R = sp.Matrix([[sp.cos(t), -sp.sin(t)], [sp.sin(t), sp.cos(t)]])
-    rms = lambda v: sp.sqrt((v.T * v)[0] / 2 + e)   # noqa: E731
-    return [sp.simplify(R * x / rms(R * x) - R * (x / rms(x)))]
+    square = lambda v: (v.T * v)[0]                # noqa: E731
+    rms_of_square = lambda q: sp.sqrt(q / 2 + e)   # noqa: E731  (RMSNorm(v) = v / rms_of_square(|v|^2))
+    # two steps, each a plain identity (one trigonometric simplification instead of one of the whole quotient)
+    return [square(R * x) - square(x),
+            R * x / rms_of_square(square(x)) - R * (x / rms_of_square(square(x)))]
 
 
 @lemma("layernorm_rotation", "LN(R x) = R LN(x) for R^T R = I with R 1 = 1, at any eps: centring commutes with R and "
-       "the centred norm is kept")
+       "the centred norm is kept, so both sides divide R centre(x) by one scalar")
 def _ln_rotation():
-    t, e = sp.Symbol("t", real=True), sp.Symbol("e", positive=True)
+    t = sp.Symbol("t", real=True)
     x = sp.Matrix(sp.symbols("x0:3", real=True))
     # a rotation by t about the ones axis: U diag(1, R2(t)) U^T with U's first column (1, 1, 1)/sqrt(3)
     u = [sp.Matrix([1, 1, 1]) / sp.sqrt(3), sp.Matrix([1, -1, 0]) / sp.sqrt(2), sp.Matrix([1, 1, -2]) / sp.sqrt(6)]
     U = sp.Matrix.hstack(*u)
     R = U * sp.diag(1, sp.Matrix([[sp.cos(t), -sp.sin(t)], [sp.sin(t), sp.cos(t)]])) * U.T
 
-    def ln(v):
-        c = v - sp.ones(3, 1) * (sum(v) / 3)
-        return c / sp.sqrt((c.T * c)[0] / 3 + e)
-
-    return [sp.simplify(ln(R * x) - R * ln(x)), sp.simplify(R * sp.ones(3, 1) - sp.ones(3, 1))]
+    centre = lambda v: v - sp.ones(3, 1) * (sum(v) / 3)     # noqa: E731
+    square = lambda v: (v.T * v)[0]                         # noqa: E731
+    # LN(v) = centre(v) / sqrt(|centre(v)|^2 / 3 + e); in steps, each a plain identity: R fixes the ones vector,
+    # so centring commutes with R; R keeps the centred vector's norm; what is left is one scalar divisor on both sides
+    c = centre(x)
+    return [R * sp.ones(3, 1) - sp.ones(3, 1), centre(R * x) - R * c, square(R * c) - square(c)]
 
 
 @lemma("gain_conjugation", "g * (R n) = (D R D^-1) (g * n) with D = diag(g): a gain after a rotated tensor is the "
@@ -113,8 +118,7 @@ def _gain_conjugation():
     g, n = sp.symbols("g0:2", nonzero=True), sp.Matrix(sp.symbols("n0:2"))
     D = sp.diag(*g)
     conj = D * R * D.inv()
-    return [sp.simplify(D * (R * n) - conj * (D * n)),
-            sp.simplify((W * D * R.inv() * D.inv()) * conj * (D * n) - W * (D * n))]
+    return [D * (R * n) - conj * (D * n), (W * D * R.inv() * D.inv()) * conj * (D * n) - W * (D * n)]
 
 
 @lemma("layernorm_kernel", "(W + t d^-T)(d * n + beta) + b - t <beta, d^-1> = W (d * n + beta) + b when sum(n) = 0: "
@@ -127,7 +131,7 @@ def _ln_kernel():
     dinv = sp.Matrix([1 / di for di in d])
     y = sp.Matrix([d[i] * n[i] + beta[i] for i in range(3)])
     moved = (W + t * dinv.T) * y + b - t * (beta.T * dinv)[0]
-    return [sp.simplify(moved - (W * y + b))]
+    return [moved - (W * y + b)]
 
 
 def layer_norm_behind(x) -> torch.fx.Node | None:
@@ -265,7 +269,7 @@ def _ln_shear():
     w, beta, W = sym_vector("w", 3), sym_vector("beta", 3), sym_matrix("W", 2, 3)
     D = sp.diag(*d)
     A = D * (sp.eye(3) + w * sp.ones(1, 3)) * D.inv()
-    return [sp.simplify(W * A.inv() * (D * n + A * beta) - W * (D * n + beta))]
+    return [W * A.inv() * (D * n + A * beta) - W * (D * n + beta)]
 
 
 def _linear_readers(engine, ln) -> list[tuple[torch.fx.Node, bool]]:
@@ -351,7 +355,7 @@ def _bn_eval_shift():
     x, t, g, m, b = sp.symbols("x t g m b", real=True)
     s = sp.Symbol("s", positive=True)
     bn = lambda v, bias: g * (v - m) / s + bias      # noqa: E731
-    return [sp.simplify(bn(x + t, b) - (bn(x, b) + g / s * t)), sp.simplify(bn(x + t, b - g / s * t) - bn(x, b))]
+    return [bn(x + t, b) - (bn(x, b) + g / s * t), bn(x + t, b - g / s * t) - bn(x, b)]
 
 
 @rule("batch_norm", "_native_batch_norm_legit_no_training", kind="add")
@@ -380,7 +384,7 @@ def _bn_eval_scale():
     x, g, m, b = sp.symbols("x g m b", real=True)
     c = sp.Symbol("c", nonzero=True)
     s = sp.Symbol("s", positive=True)
-    return [sp.simplify((g / c) * (c * x - m) / s + b + g * m * (1 / c - 1) / s - (g * (x - m) / s + b))]
+    return [(g / c) * (c * x - m) / s + b + g * m * (1 / c - 1) / s - (g * (x - m) / s + b)]
 
 
 @rule("batch_norm", "_native_batch_norm_legit_no_training", kind="mult")
@@ -624,7 +628,7 @@ def _tied_head_scale():
     c = sp.Symbol("c", nonzero=True)
     E, g, n, b = sym_matrix("e", 3, 2), sym_vector("g", 2), sym_vector("n", 2), sym_vector("b", 2)
     y = sp.Matrix([g[i] * n[i] + b[i] for i in range(2)])
-    return [sp.simplify((c * E) * (y / c) - E * y)]
+    return [(c * E) * (y / c) - E * y]
 
 
 def _head_input_gain(engine, x):
