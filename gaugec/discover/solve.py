@@ -15,6 +15,7 @@
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import os
 
@@ -330,7 +331,7 @@ def _refine_blocks(cons, roots, parity, start, seed_scalar, root_kill, reasons: 
     fresh = dead[killed_blocks] < 0
     dead[killed_blocks[fresh]] = kill_codes[fresh]
 
-    local_of_root = _local_indices(uroots, block_of_u, size, kind, dead, rot_order, n)
+    local_of_root = _local_indices(uroots, block_of_u, block_of_root, size, kind, dead, rot_order, n)
     block_of_coord = block_of_root[roots]
     tags = {}
     for t, arrs in cons.tags.items():
@@ -343,7 +344,7 @@ def _refine_blocks(cons, roots, parity, start, seed_scalar, root_kill, reasons: 
 
 def _fibre_keys(cons, roots, seed_scalar):
     """Per root: a hash of the fibres (and rotary pairs) it lies in, whether it is a singleton, and which
-    restrictions it met; and each rotary pair's orientation."""
+    restrictions it met; and each rotary pair's orientation ([k, 2] roots: first, second)."""
     n = cons.n_coords
     acc = np.zeros(n, dtype=np.uint64)
     rng = np.random.default_rng(20261123)
@@ -358,7 +359,7 @@ def _fibre_keys(cons, roots, seed_scalar):
     flag["orth1"] = np.zeros(n, dtype=bool)
     flag["shear1"] = np.zeros(n, dtype=bool)
     tied_rows = []
-    rot_order: dict[tuple[int, int], tuple[int, int]] = {}
+    rot_pairs = []          # every rotary pair of roots (first, second), in the order the rules met them
     # a rotary pair inside a vector a norm at eps 0 ties to one scale c I needs no rotation block: c I commutes with
     # the rotation (a QK norm after RoPE)
     in_scale_row = np.zeros(n, dtype=bool)
@@ -378,8 +379,7 @@ def _fibre_keys(cons, roots, seed_scalar):
                 np.add.at(acc, rp[:, 0], h)
                 np.add.at(acc, rp[:, 1], h)
             flag["rot2"][rp.reshape(-1)] = True
-            for f, sec in rp.tolist():
-                rot_order.setdefault((min(f, sec), max(f, sec)), (f, sec))
+            rot_pairs.append(rp)
         elif kind in ("scale", "orth", "orth1", "shear1"):
             rr = roots[arr]
             flag[kind][rr.reshape(-1)] = True
@@ -394,21 +394,27 @@ def _fibre_keys(cons, roots, seed_scalar):
     rs = roots[seed_scalar]
     single[rs] = True
     flag["scalar"][rs] = True
+    rot_pairs = np.concatenate(rot_pairs) if rot_pairs else np.zeros((0, 2), dtype=np.int64)
+    # one orientation per pair, the first met: (a, b) and (b, a) are one pair
+    _, first = np.unique(rot_pairs.min(1) * n + rot_pairs.max(1), return_index=True)
+    rot_order = rot_pairs[first]
     return acc, single, flag, rot_order, tied_rows
 
 
-def _local_indices(uroots, block_of_u, size, kind, dead, rot_order, n) -> np.ndarray:
+def _local_indices(uroots, block_of_u, block_of_root, size, kind, dead, rot_order, n) -> np.ndarray:
     """Each root's index inside its block (rotary pairs in their rotation's orientation)."""
-    order = np.argsort(block_of_u, kind="stable")
-    starts = np.concatenate([[0], np.cumsum(size)[:-1]])
-    local_u = np.empty(len(uroots), dtype=np.int64)
-    local_u[order] = np.arange(len(uroots)) - starts[block_of_u[order]]
+    local_u = np.zeros(len(uroots), dtype=np.int64)          # a singleton block's one root: index 0
+    multi = np.flatnonzero(size[block_of_u] > 1)
+    order = multi[np.argsort(block_of_u[multi], kind="stable")]   # wider blocks' roots, by block, in root order
+    starts = np.concatenate([[0], np.cumsum(np.where(size > 1, size, 0))[:-1]])
+    local_u[order] = np.arange(len(order)) - starts[block_of_u[order]]
     local_of_root = np.full(n, -1, dtype=np.int64)
     local_of_root[uroots] = local_u
-    for b in np.nonzero((kind == "rot2") & (dead < 0))[0]:
-        members = uroots[order[starts[b]:starts[b] + 2]]
-        f, sec = rot_order[(int(members.min()), int(members.max()))]
-        local_of_root[f], local_of_root[sec] = 0, 1
+    # a live rotary block is one oriented pair (first, second): local 0 and 1
+    f, sec = rot_order[:, 0], rot_order[:, 1]
+    b = block_of_root[f]
+    live_pair = (b == block_of_root[sec]) & (kind[b] == "rot2") & (dead[b] < 0)
+    local_of_root[f[live_pair]], local_of_root[sec[live_pair]] = 0, 1
     return local_of_root
 
 
@@ -422,6 +428,7 @@ def _multiplicative_gauges(engine: Engine, bt: Blocks, reasons: Reasons, uses: d
             comps.setdefault(int(bt.probe_comp[p.id]), []).append(p)
     gauges: list[Gauge] = []
     refusals: list[Refusal] = []
+    slot = np.full(len(bt.size), -1, dtype=np.int64)    # block -> index within the gauge being built
     for probes in comps.values():
         legs = [lg for p in probes for lg in p.legs]
         _kill_shared_parameters(legs, uses, bt, reasons, engine, probes[0])
@@ -445,35 +452,56 @@ def _multiplicative_gauges(engine: Engine, bt: Blocks, reasons: Reasons, uses: d
                 mine = coords[np.isin(bt.block_of_coord[coords], fam_blocks)]
                 cites = sorted({(lid, nd) for p in probes for lid, nd, cs in p.citations
                                 if cs is None or any(np.isin(c, mine).any() for c in cs)})
+            slot[fam_blocks] = np.arange(len(fam_blocks))
             gauges.append(Gauge("", fam_name, "mult", list(zip(bt.kind[fam_blocks].tolist(),
                                                                 bt.size[fam_blocks].tolist())),
-                                _plan_legs(legs, fam_blocks, bt), proof=Proof(cites),
+                                _plan_legs(legs, slot, bt), proof=Proof(cites),
                                 description=[p.describe for p in probes]))
+            slot[fam_blocks] = -1
     return _distinct(gauges), refusals
 
 
 def _distinct(gauges: list[Gauge]) -> list[Gauge]:
     """One gauge per group action: probes seeded on two writers of one stream (a token and a position embedding)
     each move the other and find the same gauge. Two gauges are the same when they move the same positions of the
-    same parameters, in the same roles, with the same partition into blocks of the same kinds."""
-    seen, out = set(), []
+    same parameters, in the same roles, with the same partition into blocks of the same kinds. The positions are
+    compared only between gauges that agree on everything else (most gauges meet no such twin)."""
+    buckets: dict[tuple, list[tuple]] = {}
+    out = []
     for g in gauges:
         legs = sorted(g.legs, key=lambda lg: (lg.param, lg.role, lg.axis, lg.part, lg.node))
-        blocks = [lg.entries[:, 0] if lg.entries is not None else np.zeros(0, dtype=np.int64) for lg in legs]
-        flat = np.concatenate(blocks) if blocks else np.zeros(0, dtype=np.int64)
-        # blocks renumbered by first appearance, so two probes' numberings of one partition compare equal
-        ids, first, inv = np.unique(flat, return_index=True, return_inverse=True)
-        rank = np.empty(len(ids), dtype=np.int64)
-        rank[np.argsort(first, kind="stable")] = np.arange(len(ids))
-        canon = np.where(flat >= 0, rank[inv.reshape(-1)], -1)
-        cuts = np.cumsum([len(b) for b in blocks])[:-1]
-        sig = {(lg.param, lg.role, lg.axis, lg.part, lg.conj, lg.offset, c.tobytes())
-               for lg, c in zip(legs, np.split(canon, cuts))}
-        key = (g.family, tuple(sorted(g.blocks)), tuple(sorted(sig)))
-        if key not in seen:
-            seen.add(key)
+        outline = (g.family, tuple(sorted(collections.Counter(g.blocks).items())),
+                   tuple(sorted({(lg.param, lg.role, lg.axis, lg.part, lg.conj, lg.offset) for lg in legs})))
+        twins = buckets.get(outline)
+        if twins is None:
+            buckets[outline] = [(legs, None)]
+            out.append(g)
+            continue
+        mine = _positions(legs)
+        for i, (other, positions) in enumerate(twins):
+            if positions is None:
+                positions = _positions(other)
+                twins[i] = (other, positions)
+            if positions == mine:
+                break
+        else:
+            twins.append((legs, mine))
             out.append(g)
     return out
+
+
+def _positions(legs) -> frozenset:
+    """What each leg moves, with the gauge's blocks renumbered by first appearance (two probes' numberings of one
+    partition compare equal)."""
+    blocks = [lg.entries[:, 0] if lg.entries is not None else np.zeros(0, dtype=np.int64) for lg in legs]
+    flat = np.concatenate(blocks) if blocks else np.zeros(0, dtype=np.int64)
+    ids, first, inv = np.unique(flat, return_index=True, return_inverse=True)
+    rank = np.empty(len(ids), dtype=np.int64)
+    rank[np.argsort(first, kind="stable")] = np.arange(len(ids))
+    canon = np.where(flat >= 0, rank[inv.reshape(-1)], -1)
+    cuts = np.cumsum([len(b) for b in blocks])[:-1]
+    return frozenset((lg.param, lg.role, lg.axis, lg.part, lg.conj, lg.offset, c.tobytes())
+                     for lg, c in zip(legs, np.split(canon, cuts)))
 
 
 def _kill_shared_parameters(legs, uses, bt: Blocks, reasons: Reasons, engine: Engine, probe):
@@ -536,32 +564,31 @@ def _kill_doubly_moved(legs, bt: Blocks, reasons: Reasons):
                 bt.dead[bs[bt.dead[bs] < 0]] = code
 
 
-def _plan_legs(legs, fam_blocks: np.ndarray, bt: Blocks) -> list[Leg]:
+def _plan_legs(legs, slot: np.ndarray, bt: Blocks) -> list[Leg]:
     """The probe legs as plan legs of one family's gauge: coordinates become (block, local, parity) entries, legs
-    that move none of the family's blocks are dropped."""
+    that move none of the family's blocks are dropped. ``slot``: each block's index within the gauge (-1: not
+    this gauge's)."""
     out = []
     for lg in legs:
         entries = None
         if lg.coords is not None:
-            entries = _entries(lg.coords, fam_blocks, bt)
+            entries = _entries(lg.coords, slot, bt)
             if not (entries[:, 0] >= 0).any():
                 continue
         out.append(dataclasses.replace(lg, entries=entries, coords=None, axes=tuple(lg.axes)))
     return out
 
 
-def _entries(coords: np.ndarray, fam_blocks: np.ndarray, bt: Blocks) -> np.ndarray:
+def _entries(coords: np.ndarray, slot: np.ndarray, bt: Blocks) -> np.ndarray:
     """[len(coords), 3]: (block index within the gauge, local index, parity), -1 where untouched."""
     coords = np.asarray(coords, dtype=np.int64)
     out = np.full((len(coords), 3), -1, dtype=np.int64)
-    ok = coords >= 0
-    b = np.full(len(coords), -1, dtype=np.int64)
-    b[ok] = bt.block_of_coord[coords[ok]]
-    pos = np.searchsorted(fam_blocks, b)
-    hit = ok & (pos < len(fam_blocks)) & (fam_blocks[np.minimum(pos, len(fam_blocks) - 1)] == b)
-    out[hit, 0] = pos[hit]
-    out[hit, 1] = bt.local_of_coord[coords[hit]]
-    out[hit, 2] = bt.parity[coords[hit]]
+    at = np.flatnonzero(coords >= 0)
+    pos = slot[bt.block_of_coord[coords[at]]]
+    at, pos = at[pos >= 0], pos[pos >= 0]
+    out[at, 0] = pos
+    out[at, 1] = bt.local_of_coord[coords[at]]
+    out[at, 2] = bt.parity[coords[at]]
     return out
 
 

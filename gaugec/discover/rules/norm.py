@@ -29,7 +29,7 @@ import numpy as np
 import sympy as sp
 import torch.fx
 
-from gaugec.arrays import distinct
+from gaugec.arrays import distinct, groups
 from gaugec.discover.fx import CAST_OPS, arg, node_shape, norm_dim, op_name, strip_casts, varying_axes
 from gaugec.discover.state import first_positions, param_axis_coords
 from gaugec.discover.registry import PatternMatch, pattern, rule, stream_readers, tied_use
@@ -504,8 +504,9 @@ def conjugate(ctx, C: np.ndarray, gain) -> np.ndarray | None:
     keep = tuple(slice(0, 1) if sc == 0 and sp_ == 0 else slice(None) for sc, sp_ in zip(C.strides, P.strides))
     Cc, Pc = C[keep], P[keep]
     on = Cc >= 0
-    pairs = distinct(Cc[on].astype(np.int64) * (int(P.max()) + 1) + Pc[on])
-    if len(pairs) != len(distinct(Cc[on])):
+    _, rep, inv = groups(Cc[on])
+    gains = Pc[on]
+    if not np.array_equal(gains[rep][inv], gains):
         ctx.kill_all("a gain that takes two values where one rotated coordinate sits")
         return None
     ctx.set_conj(pv.param, pv.offset, np.where(C >= 0, P, -1))
