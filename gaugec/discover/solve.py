@@ -263,15 +263,22 @@ def _refine_blocks(cons, roots, parity, start, seed_scalar, root_kill, reasons: 
     n = cons.n_coords
     acc, single, flag, rot_order, tied_rows = _fibre_keys(cons, roots, seed_scalar)
     uroots = distinct(roots)
+    # a singleton root is a block of its own; the others share a block when they share (start, fibres)
+    alone = single[uroots]
+    grouped = uroots[~alone]
     with np.errstate(over="ignore"):
-        key = acc[uroots] ^ _mix(start[uroots], 1) ^ np.where(single[uroots], _mix(uroots, 2), np.uint64(0))
-    _, first, block_of_u = np.unique(key, return_index=True, return_inverse=True)
-    block_of_u = block_of_u.reshape(-1)
-    exact = np.stack([start[uroots], acc[uroots].view(np.int64), np.where(single[uroots], uroots, -1)], 1)
-    if not np.array_equal(exact[first[block_of_u]], exact):   # a hash collision: use the exact keys
-        _, block_of_u = np.unique(exact, axis=0, return_inverse=True)
-        block_of_u = block_of_u.reshape(-1)
-    nb = int(block_of_u.max()) + 1 if len(block_of_u) else 0
+        key = acc[grouped] ^ _mix(start[grouped], 1)
+    _, first, inv = np.unique(key, return_index=True, return_inverse=True)
+    inv = inv.reshape(-1)
+    exact = np.stack([start[grouped], acc[grouped].view(np.int64)], 1)
+    if not np.array_equal(exact[first[inv]], exact):   # a hash collision: use the exact keys
+        _, inv = np.unique(exact, axis=0, return_inverse=True)
+        inv = inv.reshape(-1)
+    n_grouped = int(inv.max()) + 1 if len(inv) else 0
+    block_of_u = np.empty(len(uroots), dtype=np.int64)
+    block_of_u[~alone] = inv
+    block_of_u[alone] = n_grouped + np.arange(int(alone.sum()))
+    nb = n_grouped + int(alone.sum())
     block_of_root = np.full(n, -1, dtype=np.int64)
     block_of_root[uroots] = block_of_u
     size = np.bincount(block_of_u, minlength=nb)
