@@ -539,10 +539,10 @@ def test_ddcadam_balances_the_tied_heads_stream_scale():
     assert gaps["ddc"] <= 1e-9 and gaps["adamw"] >= 1e-3, gaps
 
 
-def _assert_ddc_equivariant_and_adamw_not(model, inputs, plan, batches, g, steps=20):
+def _assert_ddc_equivariant_and_adamw_not(model, inputs, plan, batches, g, steps=20, **ddc_kw):
     """20 steps from θ and from g·θ: DDCAdam's trajectories agree to 1e-9, AdamW's differ by 1e-3 or more."""
-    ref, _ = _train(model, inputs, plan, batches, None, "ddc", steps=steps)
-    moved, _ = _train(model, inputs, plan, batches, g, "ddc", steps=steps)
+    ref, _ = _train(model, inputs, plan, batches, None, "ddc", steps=steps, **ddc_kw)
+    moved, _ = _train(model, inputs, plan, batches, g, "ddc", steps=steps, **ddc_kw)
     assert _worst_step_gap(ref, moved) <= 1e-9
     ref_w, _ = _train(model, inputs, plan, batches, None, "adamw", steps=steps)
     moved_w, _ = _train(model, inputs, plan, batches, g, "adamw", steps=steps)
@@ -577,4 +577,8 @@ def test_ddcadam_on_a_qk_l2_norm_leaves_the_pair_rotations_out_loudly_and_is_equ
     batches = tasks.label_batches(model, inputs, plan, 20)
     g = [e if g.family not in ("norm_input_scale", "attention_qk_rope_rotation") else g.identity_element()
          for g, e in zip(plan.gauges, _element(plan))]
-    _assert_ddc_equivariant_and_adamw_not(model, inputs, plan, batches, g)
+    # Adam's eps at 1e-6: from step ~12 some q/k_proj entries have a vanishing exact gradient, and Adam (eps 1e-8)
+    # turns their rounding noise into lr-sized steps that differ between any two runs whose points agree only to
+    # rounding (measured on an AMD EPYC: 1e-12 gap to step 11, 5e-8 by step 20; at eps 1e-6, 1e-12 throughout). That
+    # measures Adam's noise amplification, not the frame's equivariance.
+    _assert_ddc_equivariant_and_adamw_not(model, inputs, plan, batches, g, eps=1e-6)

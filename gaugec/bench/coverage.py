@@ -39,7 +39,7 @@ ORACLE_MAX_PARAMS = 8_000
 TIME_LIMIT_S = 240          # for the compile (gaugec's own cost: over it, a timeout counted as our failure)
 # for the oracle's nullity (the n x n Gram's eigendecompositions, repeated while the nullity falls: minutes for a
 # tiny MoE near ORACLE_MAX_PARAMS); over it, the compiled plan gets the matrix-free soundness check only
-ORACLE_LIMIT_S = 240
+ORACLE_LIMIT_S = 120
 # the oracle adds Jacobian rows until its nullity stops falling; starting at 2 n rows (its default is 4 n) keeps a
 # classifier with 3 outputs per example from drawing thousands of images a batch
 ROW_FACTOR = 2.0

@@ -128,6 +128,9 @@ class _Matcher:
         if la is not None and la[0] - self.t in (-1, 0, 1):
             if lb is None or lb != (la[0] - self.t + self.k, la[1]):
                 raise _Mismatch(f"{a.name} and {b.name} sit at different places")
+            if la[0] != self.t and (_signature(self.engine, a) != _signature(self.engine, b)
+                                    or len(a.users) != len(b.users)):
+                raise _Mismatch(f"the neighbours {a.name} and {b.name} differ")   # rules may look one step out
             return
         if a is b:
             return
