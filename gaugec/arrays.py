@@ -45,3 +45,12 @@ def groups(a) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             return (keys + lo).astype(a.dtype, copy=False), where[keys], rank[off]
     keys, first, inv = np.unique(a, return_index=True, return_inverse=True)
     return keys, first, inv.reshape(-1)
+
+
+def shift_ids(a, shift: int) -> np.ndarray:
+    """``a`` + ``shift`` where ``a`` ≥ 0, -1 elsewhere, computed once per distinct position of a broadcast array (a
+    probe's coordinates repeated along the tokens): the result is broadcast back (read-only), not materialised."""
+    a = np.asarray(a)
+    keep = tuple(slice(0, 1) if stride == 0 and size > 1 else slice(None) for stride, size in zip(a.strides, a.shape))
+    small = a[keep]
+    return np.broadcast_to(np.where(small >= 0, small + shift, -1), a.shape)

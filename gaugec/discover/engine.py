@@ -11,6 +11,7 @@ import numpy as np
 import torch
 import torch.fx
 
+from gaugec.arrays import shift_ids
 from gaugec.capture import GaugeGraph
 from gaugec.discover import rules  # noqa: F401  (registers the rules and patterns)
 from gaugec.discover.layers import LayerReplay, replay_enabled
@@ -170,7 +171,7 @@ class Engine:
                 self._twin(p)
 
     def _twin(self, p: Probe):
-        initial = np.where(p.initial >= 0, p.initial - p.coord_base, -1)
+        initial = shift_ids(p.initial, -p.coord_base)
         twin = self.add_probe("mult", p.seed, p.node, initial, "gl", describe=f"rotation twin of: {p.describe}")
         twin.mode = "orth"
         shift = twin.coord_base - p.coord_base
@@ -185,7 +186,7 @@ class Engine:
             n = int(initial.max()) + 1 if initial.size else 0
             p.coord_base = self.cons.new_coords(n, p.id, coord_kind or "gl")
             p.coord_count = n
-            p.initial = np.where(initial >= 0, initial + p.coord_base, -1)
+            p.initial = shift_ids(initial, p.coord_base)
         self.probes.append(p)
         return p
 

@@ -28,7 +28,7 @@ import re
 import numpy as np
 import torch.fx
 
-from gaugec.arrays import distinct
+from gaugec.arrays import distinct, shift_ids
 from gaugec.discover.fx import node_shape
 
 _LAYER_PATH = re.compile(r"^(.*?)(?:^|\.)(\d+)(?:\.|$)")
@@ -328,8 +328,7 @@ class LayerReplay:
         def move(c):
             if c is None:
                 return None
-            c = np.asarray(c)
-            return np.where(c >= 0, c + shift, -1) if shift else c
+            return shift_ids(c, shift) if shift else c
 
         for lg in rec.legs:
             probe.legs.append(_moved_leg(lg, lm, move))

@@ -159,11 +159,11 @@ def solve(engine: Engine) -> tuple[list[Gauge], list[Refusal]]:
 def _block_table(engine: Engine, reasons: Reasons) -> Blocks:
     cons = engine.cons
     n = cons.n_coords
-    coord_probe = np.zeros(n, dtype=np.int64)
-    seed_scalar = np.zeros(n, dtype=bool)
-    for base, count, pid, kind in cons.ranges:
-        coord_probe[base:base + count] = pid
-        seed_scalar[base:base + count] = kind == "scalar"
+    # the probes allocate their coordinates one after the other: each coordinate's probe and seed kind by runs
+    counts = np.array([count for _, count, _, _ in cons.ranges], dtype=np.int64)
+    assert [base for base, _, _, _ in cons.ranges] == np.concatenate([[0], np.cumsum(counts)[:-1]]).tolist()
+    coord_probe = np.repeat(np.array([pid for _, _, pid, _ in cons.ranges], dtype=np.int64), counts)
+    seed_scalar = np.repeat(np.array([kind == "scalar" for _, _, _, kind in cons.ranges], dtype=bool), counts)
     ties, probe_uf, kills = _contraction_ties(cons, coord_probe, len(engine.probes))
     ties += _tie_scalars(cons, seed_scalar, coord_probe)
     a, b, par = (np.concatenate([t[i] for t in ties]).astype(np.int64) if ties else np.zeros(0, dtype=np.int64)
@@ -174,8 +174,7 @@ def _block_table(engine: Engine, reasons: Reasons) -> Blocks:
                                 "yet", ""))
     root_kill = _root_kills(kills, roots, n, reasons)
     probe_comp = np.array([probe_uf.find(p)[0] for p in range(len(engine.probes))], dtype=np.int64)
-    start = np.zeros(n, dtype=np.int64)
-    start[roots] = probe_comp[coord_probe]
+    start = probe_comp[coord_probe]     # a root's probe component is its whole class's (ties join the probes)
     return _refine_blocks(cons, roots, parity, start, seed_scalar, root_kill, reasons, probe_comp)
 
 
@@ -262,17 +261,18 @@ def _refine_blocks(cons, roots, parity, start, seed_scalar, root_kill, reasons: 
     fibres it lies in (hashed), and whether a kind made it a singleton; then kinds, and why a block is fixed."""
     n = cons.n_coords
     acc, single, flag, rot_order, tied_rows = _fibre_keys(cons, roots, seed_scalar)
-    uroots = distinct(roots)
+    uroots = np.flatnonzero(roots == np.arange(n))     # a class's root is the least of it, its own root
     # a singleton root is a block of its own; the others share a block when they share (start, fibres)
     alone = single[uroots]
     grouped = uroots[~alone]
-    with np.errstate(over="ignore"):
-        key = acc[grouped] ^ _mix(start[grouped], 1)
+    g_start, g_acc = start[grouped], acc[grouped]
+    with np.errstate(over="ignore"):        # acc is a random hash already: an odd multiple of start spreads it
+        key = g_acc ^ (g_start.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15))
     _, first, inv = np.unique(key, return_index=True, return_inverse=True)
     inv = inv.reshape(-1)
-    exact = np.stack([start[grouped], acc[grouped].view(np.int64)], 1)
-    if not np.array_equal(exact[first[inv]], exact):   # a hash collision: use the exact keys
-        _, inv = np.unique(exact, axis=0, return_inverse=True)
+    rep = first[inv]
+    if not (np.array_equal(g_start[rep], g_start) and np.array_equal(g_acc[rep], g_acc)):   # a key collision
+        _, inv = np.unique(np.stack([g_start, g_acc.view(np.int64)], 1), axis=0, return_inverse=True)
         inv = inv.reshape(-1)
     n_grouped = int(inv.max()) + 1 if len(inv) else 0
     block_of_u = np.empty(len(uroots), dtype=np.int64)
@@ -282,7 +282,10 @@ def _refine_blocks(cons, roots, parity, start, seed_scalar, root_kill, reasons: 
     block_of_root = np.full(n, -1, dtype=np.int64)
     block_of_root[uroots] = block_of_u
     size = np.bincount(block_of_u, minlength=nb)
-    has = {k: np.bincount(block_of_u, weights=flag[k][uroots], minlength=nb) > 0 for k in flag}
+    has = {}
+    for k, f in flag.items():
+        has[k] = np.zeros(nb, dtype=bool)
+        has[k][block_of_u[f[uroots]]] = True
 
     # 3. kinds (a restricted singleton takes the restriction lying within all the others it met; a block tied to one
     # scale by a normalisation "scale" (one coordinate: R+); a rotary pair "rot2"; an unrestricted block GL, GL(1)
@@ -292,7 +295,7 @@ def _refine_blocks(cons, roots, parity, start, seed_scalar, root_kill, reasons: 
     orth1 = has["orth1"] & (size > 2) & ~has["scale"] & ~has["orth"] & ~has["shear1"]
     shear1 = has["shear1"] & (size > 1) & ~has["scale"] & ~has["orth"] & ~has["orth1"]
     has["pos"] = has["pos"] | (has["scale"] & (size == 1))
-    kind = np.where(size > 1, "gl", "scalar").astype(object)
+    kind = np.where(size > 1, "gl", "scalar").astype(f"<U{max(len(k) for k in BLOCK_KINDS)}")
     singles = [k for k, bk in BLOCK_KINDS.items() if bk.singleton]
     restricted = np.zeros(nb, dtype=bool)
     chosen = np.zeros(nb, dtype=bool)
@@ -333,8 +336,8 @@ def _refine_blocks(cons, roots, parity, start, seed_scalar, root_kill, reasons: 
             dead[split[dead[split] < 0]] = reasons.code("a normalised vector moved by several independent blocks "
                                                         "(one common scale or rotation across blocks is not derived "
                                                         "yet)")
-    killed_blocks = block_of_root[uroots[root_kill[uroots] >= 0]]
-    kill_codes = root_kill[uroots[root_kill[uroots] >= 0]]
+    killed_roots = uroots[root_kill[uroots] >= 0]
+    killed_blocks, kill_codes = block_of_root[killed_roots], root_kill[killed_roots]
     fresh = dead[killed_blocks] < 0
     dead[killed_blocks[fresh]] = kill_codes[fresh]
 
