@@ -159,9 +159,9 @@ def solve(engine: Engine) -> tuple[list[Gauge], list[Refusal]]:
 def _block_table(engine: Engine, reasons: Reasons) -> Blocks:
     cons = engine.cons
     n = cons.n_coords
-    # the probes allocate their coordinates one after the other: each coordinate's probe and seed kind by runs
+    # the probes allocate their coordinates one after the other (Constraints.new_coords): each coordinate's probe
+    # and seed kind by runs
     counts = np.array([count for _, count, _, _ in cons.ranges], dtype=np.int64)
-    assert [base for base, _, _, _ in cons.ranges] == np.concatenate([[0], np.cumsum(counts)[:-1]]).tolist()
     coord_probe = np.repeat(np.array([pid for _, _, pid, _ in cons.ranges], dtype=np.int64), counts)
     seed_scalar = np.repeat(np.array([kind == "scalar" for _, _, _, kind in cons.ranges], dtype=bool), counts)
     ties, probe_uf, kills = _contraction_ties(cons, coord_probe, len(engine.probes))
