@@ -73,7 +73,7 @@ def classes_with_parity(n: int, a: np.ndarray, b: np.ndarray, par: np.ndarray) \
     (a⁻, b^(1-p)). Components of that doubled graph are found by min-label propagation with pointer jumping (all in
     numpy); x's component holds its root r's r⁺ (parity 0) or r⁻ (parity 1), and x⁺ meeting x⁻ is a contradiction."""
     roots = np.arange(n, dtype=np.int64)
-    parity = np.zeros(n, dtype=np.int64)
+    parity = np.zeros(n, dtype=np.int8)
     if not len(a):
         return roots, parity, np.zeros(0, dtype=np.int64)
     ids = distinct(np.concatenate([a, b]))
@@ -174,8 +174,8 @@ def _block_table(engine: Engine, reasons: Reasons) -> Blocks:
                                 "yet", ""))
     root_kill = _root_kills(kills, roots, n, reasons)
     probe_comp = np.array([probe_uf.find(p)[0] for p in range(len(engine.probes))], dtype=np.int64)
-    start = probe_comp[coord_probe]     # a root's probe component is its whole class's (ties join the probes)
-    return _refine_blocks(cons, roots, parity, start, seed_scalar, root_kill, reasons, probe_comp)
+    # a root's start component is its own probe's (ties join the probes of a class into one component)
+    return _refine_blocks(cons, roots, parity, coord_probe, seed_scalar, root_kill, reasons, probe_comp)
 
 
 def _tie_scalars(cons, seed_scalar: np.ndarray, coord_probe: np.ndarray) -> list[tuple]:
@@ -243,7 +243,7 @@ def _contraction_ties(cons, coord_probe: np.ndarray, n_probes: int):
 
 def _root_kills(kills, roots: np.ndarray, n: int, reasons: Reasons) -> np.ndarray:
     """The reason code that fixes each root (-1: none); the first reason wins."""
-    root_kill = np.full(n, -1, dtype=np.int64)
+    root_kill = np.full(n, -1, dtype=np.int32)
     for coords, why, where in kills:
         coords = np.asarray(coords).reshape(-1)
         coords = coords[coords >= 0]
@@ -256,16 +256,16 @@ def _root_kills(kills, roots: np.ndarray, n: int, reasons: Reasons) -> np.ndarra
     return root_kill
 
 
-def _refine_blocks(cons, roots, parity, start, seed_scalar, root_kill, reasons: Reasons, probe_comp) -> Blocks:
+def _refine_blocks(cons, roots, parity, coord_probe, seed_scalar, root_kill, reasons: Reasons, probe_comp) -> Blocks:
     """2.–4. A root's block is fixed by its start component (the GL seeds it came from, joined by ties), the set of
     fibres it lies in (hashed), and whether a kind made it a singleton; then kinds, and why a block is fixed."""
     n = cons.n_coords
     acc, single, flag, rot_order, tied_rows = _fibre_keys(cons, roots, seed_scalar)
-    uroots = np.flatnonzero(roots == np.arange(n))     # a class's root is the least of it, its own root
+    uroots = np.flatnonzero(roots == np.arange(n, dtype=roots.dtype))   # a class's root: the least of it, its own
     # a singleton root is a block of its own; the others share a block when they share (start, fibres)
     alone = single[uroots]
     grouped = uroots[~alone]
-    g_start, g_acc = start[grouped], acc[grouped]
+    g_start, g_acc = probe_comp[coord_probe[grouped]], acc[grouped]
     with np.errstate(over="ignore"):        # acc is a random hash already: an odd multiple of start spreads it
         key = g_acc ^ (g_start.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15))
     _, first, inv = np.unique(key, return_index=True, return_inverse=True)
