@@ -4,6 +4,15 @@ from __future__ import annotations
 import numpy as np
 
 
+def _dense_span(a: np.ndarray) -> tuple[int, int] | None:
+    """(min, max) of a large integer array whose values lie in a range under 4 × its size (a table beats a sort
+    there), else None."""
+    if a.size <= 4096 or a.dtype.kind not in "iu":
+        return None
+    lo, hi = int(a.min()), int(a.max())
+    return (lo, hi) if hi - lo < 4 * a.size else None
+
+
 def distinct(a) -> np.ndarray:
     """The sorted distinct values of ``a`` (flattened), as ``np.unique(a)``, by one sort: numpy ≥ 2.3 answers a
     value-only ``np.unique`` with a hash table that is ~35× slower than sorting on millions of distinct integers
@@ -11,12 +20,12 @@ def distinct(a) -> np.ndarray:
     integers within a narrow range (a probe's coordinate ids, repeated along the tokens) are marked in a boolean
     table instead, O(size + range)."""
     a = np.asarray(a).reshape(-1)
-    if a.size > 4096 and a.dtype.kind in "iu":
-        lo, hi = int(a.min()), int(a.max())
-        if hi - lo < 4 * a.size:       # dense values (coordinate ids): a mark per value, no sort
-            seen = np.zeros(hi - lo + 1, dtype=bool)
-            seen[a - lo] = True
-            return (np.flatnonzero(seen) + lo).astype(a.dtype, copy=False)
+    span = _dense_span(a)
+    if span is not None:                # dense values (coordinate ids): a mark per value, no sort
+        lo, hi = span
+        seen = np.zeros(hi - lo + 1, dtype=bool)
+        seen[a - lo] = True
+        return (np.flatnonzero(seen) + lo).astype(a.dtype, copy=False)
     a = np.sort(a)
     if a.size <= 1:
         return a
@@ -32,17 +41,17 @@ def groups(a) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     stands for a value. Integers in a narrow range (flat parameter indices of a broadcast view) go through a table
     instead of a sort."""
     a = np.asarray(a).reshape(-1)
-    if a.size > 4096 and a.dtype.kind in "iu":
-        lo, hi = int(a.min()), int(a.max())
-        if hi - lo < 4 * a.size:
-            off = a - lo
-            present = np.zeros(hi - lo + 1, dtype=bool)
-            present[off] = True
-            rank = np.cumsum(present) - 1
-            where = np.empty(hi - lo + 1, dtype=np.int64)
-            where[off] = np.arange(a.size)
-            keys = np.flatnonzero(present)
-            return (keys + lo).astype(a.dtype, copy=False), where[keys], rank[off]
+    span = _dense_span(a)
+    if span is not None:
+        lo, hi = span
+        off = a - lo
+        present = np.zeros(hi - lo + 1, dtype=bool)
+        present[off] = True
+        rank = np.cumsum(present) - 1
+        where = np.empty(hi - lo + 1, dtype=np.int64)
+        where[off] = np.arange(a.size)
+        keys = np.flatnonzero(present)
+        return (keys + lo).astype(a.dtype, copy=False), where[keys], rank[off]
     keys, first, inv = np.unique(a, return_index=True, return_inverse=True)
     return keys, first, inv.reshape(-1)
 
