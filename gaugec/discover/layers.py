@@ -118,7 +118,7 @@ class _Matcher:
                 return i, self.pos[i][n]
         return None
 
-    def _pair(self, a, b, relative_to: int):
+    def _pair(self, a, b):
         """Input or user ``a`` of a template node against ``b`` of the replica node."""
         if not isinstance(a, torch.fx.Node) or not isinstance(b, torch.fx.Node):
             if a != b or type(a) is not type(b):
@@ -172,12 +172,12 @@ class _Matcher:
                 if list(a.kwargs) != list(b.kwargs) or len(a.users) != len(b.users):
                     raise _Mismatch(f"{a.name} and {b.name} differ in keywords or users")
                 for ua, ub in zip(a.users, b.users):
-                    self._pair(ua, ub, self.t)
+                    self._pair(ua, ub)
                 ma, mb = self.engine.matches.get(a), self.engine.matches.get(b)
                 if ma is not None:
                     if mb is None or len(ma.internal) != len(mb.internal):
                         raise _Mismatch("pattern matches differ")
-                    self._pair(ma.output, mb.output, self.t)
+                    self._pair(ma.output, mb.output)
         except _Mismatch:
             return None
         return LayerMap(self.nodes, self.names)
@@ -189,7 +189,7 @@ class _Matcher:
             for x, y in zip(a, b):
                 self._pair_args(x, y)
             return
-        self._pair(a, b, self.t)
+        self._pair(a, b)
 
 
 @dataclasses.dataclass
@@ -239,8 +239,8 @@ class LayerReplay:
 
     @staticmethod
     def _slot(probe, node) -> tuple:
-        """Which probe of a seed node this is: seeds run in a fixed order, so (node, kind, seed, mode, describe
-        with the node's own name removed, the count of like probes before it) names it in every layer."""
+        """Which probe of a seed node this is: seeds run in a fixed order, so (template node, kind, seed, mode, number
+        of coordinates, seed shape) and the count of like probes before it name it in every layer."""
         return (node, probe.kind, probe.seed, probe.mode, probe.coord_count, probe.initial.shape)
 
     def _key(self, probe) -> tuple | None:
