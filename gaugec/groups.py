@@ -252,13 +252,16 @@ def _gl_solve(P, Q):
 
 def _gl_first_order(P, Q):
     """A damped Newton step on log‖g·θ‖² from the identity, X = (Q - P) / (2 ‖P + Q‖_F) (the scalar case to first
-    order; ‖X‖ < ½ keeps I ± X/2 well conditioned), applied as the Cayley transform A = (I - X/2)^-1 (I + X/2):
+    order; ‖X‖ ≤ ½ keeps I ± X/2 well conditioned), applied as the Cayley transform A = (I - X/2)^-1 (I + X/2):
     symmetric, with A^-T = (I + X/2)^-1 (I - X/2) exact — no eigensolver. Newton would solve
-    X (P + Q) + (P + Q) X = Q - P; dividing by ‖P + Q‖_F ≥ λ_max instead never overshoots."""
+    X (P + Q) + (P + Q) X = Q - P; dividing by ‖P + Q‖_F ≥ λ_max instead never overshoots.
+    Since I + X/2 = 2I - (I - X/2), A = 2 (I - X/2)^-1 - I and A^-T = 2 (I + X/2)^-1 - I: two inverses of symmetric
+    matrices with eigenvalues in [¾, 5/4], each by a batched Cholesky (a third of what two LU solves cost)."""
     eye = torch.eye(P.shape[-1], dtype=P.dtype, device=P.device)
     X = 0.5 * (Q - P) / torch.linalg.matrix_norm(P + Q).clamp_min(torch.finfo(P.dtype).tiny)[:, None, None]
     X = 0.5 * (X + X.mT)
-    return torch.linalg.solve(eye - 0.5 * X, eye + 0.5 * X), torch.linalg.solve(eye + 0.5 * X, eye - 0.5 * X)
+    inverses = [torch.cholesky_inverse(torch.linalg.cholesky_ex(eye + sign * 0.5 * X)[0]) for sign in (-1.0, 1.0)]
+    return tuple(2 * inv - eye for inv in inverses)
 
 
 def _gl_stable(P, Q):

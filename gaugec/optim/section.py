@@ -75,6 +75,15 @@ class RowGroup:
     # copies whose rows straddle ranks' shards: which rows this rank holds ([n, m] bool; None: a plain group); the
     # rows are summed over the ranks before use, so every rank sees the whole copies
     present: torch.Tensor | None = None
+    # rows == span + arange(n * m) (heads laid out one after another, the common case): the rows are then a view of
+    # the parameter (no gather, no scatter); None otherwise
+    span: int | None = dataclasses.field(init=False, default=None)
+
+    def __post_init__(self):
+        flat = self.rows.reshape(-1)
+        if self.present is None and len(flat) and bool(
+                (flat == flat[0] + torch.arange(len(flat), device=flat.device)).all()):
+            self.span = int(flat[0])
 
 
 @dataclasses.dataclass
@@ -335,9 +344,13 @@ class OrbitExecutor:
                         blocks.append(local_block)
         out = []
         for (c, kind, m), st in sorted(stages.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2])):
-            groups = [RowGroup(p, ax, torch.as_tensor(np.stack(r), dtype=torch.long),
-                               torch.as_tensor(bl, dtype=torch.long), dual, off, orient, part)
-                      for (p, ax, dual, off, orient, part), (r, bl) in st["groups"].items()]
+            groups = []
+            for (p, ax, dual, off, orient, part), (r, bl) in st["groups"].items():
+                rows = np.stack(r)
+                order = np.argsort(rows[:, 0], kind="stable")   # copies in row order: heads side by side are a view
+                groups.append(RowGroup(p, ax, torch.as_tensor(rows[order], dtype=torch.long),
+                                       torch.as_tensor(np.asarray(bl)[order], dtype=torch.long), dual, off, orient,
+                                       part))
             out.append(Stage(kind, m, st["n"], groups, st["owners"]))
         return out
 
@@ -403,10 +416,10 @@ class OrbitExecutor:
             axis = sl.axes[0]
             mean = torch.tensordot(p, d.reshape(-1), dims=([axis], [0])).unsqueeze(axis) / count
             mean = mean * ok.to(p.dtype)
-        elif cls._sharded_mean(sl):
-            mean = p.sum(dim=sl.axes, keepdim=True) / count
+        elif sl.axes:
+            mean = _sum_over(p, sl.axes) / count
         else:
-            mean = p.mean(dim=sl.axes, keepdim=True) if sl.axes else p
+            mean = p.clone()       # an unbroadcast seed (a key bias): its section is zero
         return (mean if sl.mask is None else mean * sl.mask.to(p.dtype)), d
 
     @staticmethod
@@ -434,8 +447,12 @@ class OrbitExecutor:
                         found[i] = (mean, found[i][1])
                 for sl, (mean, d) in zip(run, found):
                     p = slice_part(params[sl.param], 0, sl.part)[0]   # a view: the subtraction lands in the parameter
-                    vertical = mean if d is None else mean / d
-                    p.sub_(vertical if skip is None else vertical * (1 - skip).to(p.dtype))
+                    if skip is not None:
+                        mean = mean * (1 - skip).to(p.dtype)
+                    if d is None:       # both broadcast: p is read and written once, no p-sized temporary
+                        p.sub_(mean)
+                    else:
+                        p.addcdiv_(mean, d, value=-1)
 
     @torch.no_grad()
     def _canonicalise_translations(self, params, context=None, held: dict | None = None) -> float:
@@ -484,7 +501,10 @@ class OrbitExecutor:
         rest = int(np.prod(view.shape[1:], dtype=np.int64))
         if view.shape[0] == 0:                               # a rank holding no row of the parameter
             return torch.zeros(*rg.rows.shape, rest, dtype=dtype, device=view.device)
-        x = view[rg.rows]                                    # [n, m, *rest] (n = 0: no copy here)
+        if rg.span is not None:                              # consecutive rows: a view, read in place
+            x = view.narrow(0, rg.span, rg.rows.numel())
+        else:
+            x = view[rg.rows]                                # [n, m, *rest] (n = 0: no copy here)
         x = x.reshape(*rg.rows.shape, rest).to(dtype)
         x = x + rg.offset if rg.offset else x
         return x if rg.present is None else x * rg.present[:, :, None].to(dtype)
@@ -494,6 +514,9 @@ class OrbitExecutor:
         if rg.offset:
             y = y - rg.offset
         view = cls._axis_view(p, rg)
+        if rg.span is not None:
+            view.narrow(0, rg.span, rg.rows.numel()).copy_(y.reshape(rg.rows.numel(), *view.shape[1:]))
+            return
         y = y.reshape((*rg.rows.shape, *view.shape[1:])).to(p.dtype)
         if rg.present is None:
             view[rg.rows] = y
@@ -569,8 +592,8 @@ class OrbitExecutor:
                 sq = x.to(dtype).square()
             elif axis == 0:         # rows: a contiguous reduction
                 sq = torch.linalg.vector_norm(x, dim=dims, dtype=dtype).square()
-            else:                   # columns: torch's strided norm is ~40x slower than square-and-sum here
-                sq = x.to(dtype).square().sum(dim=dims)
+            else:
+                sq = _column_square_sums(x, axis, dtype)
             if not exact or not rg.orient or not self._adds(rg):
                 total = None
             elif dims:
@@ -749,6 +772,40 @@ def _distinct_param_runs(legs: list[SeedLeg]) -> list[list[SeedLeg]]:
             runs.append([])
         runs[-1].append(sl)
     return runs
+
+
+def _sum_over(p: torch.Tensor, axes: tuple) -> torch.Tensor:
+    """Σ of p over ``axes`` (kept as size-1 dims). One axis of a matrix is summed as a matrix-vector product with a
+    ones vector: torch's reduction along the leading axis of a contiguous matrix takes twice as long."""
+    if p.dim() == 2 and len(axes) == 1:
+        ones = torch.ones(p.shape[axes[0]], dtype=p.dtype, device=p.device)
+        return (p.mT.mv(ones) if axes[0] == 0 else p.mv(ones)).unsqueeze(axes[0])
+    return p.sum(dim=axes, keepdim=True)
+
+
+# entries per chunk of _column_square_sums: the squares stay in the L2 cache
+_CHUNK = 1 << 16
+
+
+def _column_square_sums(x: torch.Tensor, axis: int, dtype) -> torch.Tensor:
+    """Σ x² over every axis but ``axis`` ([x.shape[axis]], in ``dtype``). torch's strided norm along a leading axis is
+    ~40x slower than square-and-sum, and squaring a large matrix whole costs more in page faults than the sum; so the
+    squares are taken over chunks of the leading rows into one reused buffer and summed by a matrix-vector product."""
+    lead = x.movedim(axis, -1)
+    lead = lead.reshape(-1, lead.shape[-1])
+    n, width = lead.shape
+    if n * width <= _CHUNK or not lead.is_contiguous():
+        return lead.to(dtype).square().sum(dim=0)
+    rows = max(1, _CHUNK // width)
+    buffer = torch.empty(rows, width, dtype=dtype, device=x.device)
+    ones = torch.ones(rows, dtype=dtype, device=x.device)
+    out = torch.zeros(width, dtype=dtype, device=x.device)
+    for start in range(0, n, rows):
+        chunk = lead[start:start + rows]
+        square = buffer[:len(chunk)]
+        torch.mul(chunk, chunk, out=square)
+        out.addmv_(square.mT, ones[:len(chunk)])
+    return out
 
 
 def _refuse_sharded_part(param: str, part: tuple):
