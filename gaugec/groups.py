@@ -65,6 +65,7 @@ class BlockKind:
     has_section: bool = True                             # False: the DDC optimizers leave its gauges out
     algebra_element: Callable | None = None              # (c [dim], m) -> Σ c_i X_i, X_i = algebra_basis(m)
     stabiliser: Callable | None = None                   # (P, Q) -> dim of the algebra fixing the rows
+    scalar_step: bool = False                            # first_order is c I, read off tr P and tr Q alone
 
 
 BLOCK_KINDS: dict[str, BlockKind] = {}
@@ -212,7 +213,7 @@ def _common_scale(P, Q):
 block_kind(BlockKind(
     "rot2", label=lambda m: "(R+ x SO(2))", dim=lambda m: 2, random_element=_rot2_random,
     algebra_basis=lambda m: iter([torch.eye(2, dtype=torch.float64), _unit([0.0, -1.0], [1.0, 0.0])]),
-    solve=_rot2_solve, first_order=_common_scale, stable=_traces_positive,
+    solve=_rot2_solve, first_order=_common_scale, stable=_traces_positive, scalar_step=True,
     orientation=lambda moment: _sign_per_row(moment)[:, :1].expand_as(moment),   # the principal row's sign
     algebra_element=lambda c, m: c[0] * torch.eye(2, dtype=c.dtype, device=c.device)
     + c[1] * _unit([0.0, -1.0], [1.0, 0.0]).to(c),
@@ -293,7 +294,7 @@ block_kind(BlockKind(
     "scale", label=lambda m: f"R+ (c I_{m})", dim=lambda m: 1,
     random_element=lambda m, gen, ls, gls: torch.exp(_uniform(gen, (1,), ls))[0] * torch.eye(m, dtype=torch.float64),
     algebra_basis=lambda m: iter([torch.eye(m, dtype=torch.float64)]),
-    solve=_common_scale, first_order=_common_scale, stable=_traces_positive,
+    solve=_common_scale, first_order=_common_scale, stable=_traces_positive, scalar_step=True,
     orientation=lambda moment: torch.ones_like(moment),
     algebra_element=lambda c, m: c[0] * torch.eye(m, dtype=c.dtype, device=c.device),
     stabiliser=_fixed_unless_all_zero(1)))

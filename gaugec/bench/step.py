@@ -70,6 +70,13 @@ def bench_step(device: str = "cpu", repeats: int = 10, only=None) -> list[dict]:
                 sync()
                 times[k].append(time.perf_counter() - t)
         med = {k: float(np.median(v)) for k, v in times.items()}
+        split = {}
+        for key, opt in (("DDCAdam", ddc), ("DDCMuon", ddc_muon)):   # after the timed steps: laps cost a little
+            clock = opt.phase_clock()
+            for _ in range(repeats):
+                opt.step()
+            opt.phase_clock(False)
+            split[key] = {phase: 1e3 * t / repeats for phase, t in clock.totals.items()}
         rows.append({"model": name, "device": device, "params": n_params, "gauges": len(plan.gauges),
                      "stages": len(ddc.executor.stages), "canonicalise_s": canon_s,
                      "canonical_sweeps": ddc.canonical_report.get("sweeps"), **{f"{k} ms": v * 1e3 for k, v in med.items()},
@@ -78,7 +85,8 @@ def bench_step(device: str = "cpu", repeats: int = 10, only=None) -> list[dict]:
                      / _state_bytes(opts["AdamW fused"]),
                      "muon vs torch": med["DDCMuon"] / med["Muon + AdamW"],
                      "muon state ratio": (_state_bytes(ddc_muon) + _executor_bytes(ddc_muon.executor))
-                     / (_state_bytes(muon.muon) + _state_bytes(muon.adamw))})
+                     / (_state_bytes(muon.muon) + _state_bytes(muon.adamw)),
+                     "split": split})
         print(rows[-1], flush=True)
     return rows
 
@@ -94,4 +102,11 @@ def format_step(rows) -> str:
                      "state (DDCMuon / Muon + AdamW)"], [
         [r["model"], r["device"], f"{r['Muon + AdamW ms']:.0f}", f"{r['DDCMuon ms']:.0f}", f"{r['muon vs torch']:.2f}x",
          f"{r['muon state ratio']:.4f}"] for r in rows])
-    return "\n".join(adam + [""] + muon)
+    split = md_table(["model", "optimizer", *(f"{p} ms" for p in PHASES)], [
+        [r["model"], key, *(f"{r['split'][key].get(p, 0.0):.1f}" for p in PHASES)]
+        for r in rows if "split" in r for key in r["split"]])
+    return "\n".join(adam + [""] + muon + [""] + split)
+
+
+# the per-step work in the order it runs (gaugec.optim.section.PhaseClock)
+PHASES = ("non-finite check", "base step", "statistics", "solves", "application")

@@ -11,7 +11,7 @@ import warnings
 
 import torch
 
-from gaugec.optim.section import OrbitExecutor, Shard, one_sided
+from gaugec.optim.section import OrbitExecutor, PhaseClock, Shard, one_sided
 from gaugec.plan import PlanMismatchError
 
 
@@ -109,6 +109,12 @@ class CanonicalFrameOptimizer(torch.optim.Optimizer):
         """Per gauge, its blocks that lie on unstable orbits now (held where they are; synchronises the host)."""
         return self._local_executor.held_blocks(_locals(self._named))
 
+    def phase_clock(self, on: bool = True) -> PhaseClock | None:
+        """Turn the per-step time split on (a fresh :class:`PhaseClock`, whose ``totals`` sum the seconds of every
+        later step per phase: non-finite check, base step, statistics, solves, application) or off (None)."""
+        self._local_executor.clock = PhaseClock(self._device) if on else None
+        return self._local_executor.clock
+
     @property
     def skipped_steps(self) -> int:
         """Steps skipped because a gradient was not finite (reading it synchronises with the device)."""
@@ -150,9 +156,14 @@ class CanonicalFrameOptimizer(torch.optim.Optimizer):
         grads = self._grads()
         if not grads:
             return loss
+        clock = self._local_executor.clock
+        if clock is not None:
+            clock.start()
         found_inf = self._found_inf(grads)
+        self._local_executor._lap("non-finite check")
         self._base_step(found_inf)
         self._skipped.add_(found_inf)
+        self._local_executor._lap("base step")
         named = _locals(self._named)
         everything = {**self._named, **self._context}
         gains = {name: everything[name].full_tensor() for name in self._sharded_gains}   # one all-gather each

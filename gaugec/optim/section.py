@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 import warnings
 
 import networkx as nx
@@ -44,6 +45,30 @@ MAX_NORM_RATIO = 1e8      # canonicalisation never rescales a non-zero parameter
 class CanonicalisationError(ValueError):
     """The canonical section cannot be taken safely (a NaN/inf or meta parameter, or a result that would move a
     parameter towards zero or infinity); nothing was written."""
+
+
+class PhaseClock:
+    """Wall time per phase of the per-step work, summed over steps (``python -m gaugec.bench step`` reads it).
+    ``start()`` opens a step; ``lap(phase)`` charges the time since the previous lap to ``phase``. On a GPU the device
+    is synchronised at every lap, so the split is right there too, and the step is slower while a clock is on."""
+
+    def __init__(self, device: torch.device):
+        self.totals: dict[str, float] = {}
+        self._sync = torch.cuda.synchronize if device.type == "cuda" else None
+        self._last = 0.0
+
+    def _now(self) -> float:
+        if self._sync is not None:
+            self._sync()
+        return time.perf_counter()
+
+    def start(self):
+        self._last = self._now()
+
+    def lap(self, phase: str):
+        now = self._now()
+        self.totals[phase] = self.totals.get(phase, 0.0) + now - self._last
+        self._last = now
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,6 +190,11 @@ class OrbitExecutor:
         self.seeds = [self._seed_legs(g) for g in add]
         self.group = None      # the process group of a sharded executor (see localised)
         self.rank = 0
+        self.clock: PhaseClock | None = None     # on: the per-step work's time split (statistics, solves, application)
+
+    def _lap(self, phase: str):
+        if self.clock is not None:
+            self.clock.lap(phase)
 
     # -- sharded parameters (FSDP2) ----------------------------------------------------------------------------------
     def localised(self, shards: dict[str, Shard], group) -> "OrbitExecutor":
@@ -445,6 +475,7 @@ class OrbitExecutor:
                     summed = self._reduce(*[found[i][0] for i in partial])
                     for i, mean in zip(partial, summed):
                         found[i] = (mean, found[i][1])
+                self._lap("statistics")
                 for sl, (mean, d) in zip(run, found):
                     p = slice_part(params[sl.param], 0, sl.part)[0]   # a view: the subtraction lands in the parameter
                     if skip is not None:
@@ -453,6 +484,7 @@ class OrbitExecutor:
                         p.sub_(mean)
                     else:
                         p.addcdiv_(mean, d, value=-1)
+                self._lap("application")
 
     @torch.no_grad()
     def _canonicalise_translations(self, params, context=None, held: dict | None = None) -> float:
@@ -533,7 +565,9 @@ class OrbitExecutor:
         and a first-order step instead of the eigensolver for GL blocks); being a deterministic function of the
         point, it keeps two runs that agree in agreement. ``skip`` (0-dim, 1 = skip) writes the rows back
         unchanged, without a host synchronisation."""
-        if st.m == 1:
+        # copies straddling two ranks' shards (RowGroup.present) are summed over the ranks by the gathering path
+        if st.m == 1 or (not exact and block_kind(st.kind).scalar_step
+                         and all(rg.present is None for rg in st.groups)):
             return self._balance_diagonal(st, params, skip, exact)
         first = params[st.groups[0].param]
         dtype = torch.float64 if first.dtype == torch.float64 else torch.float32
@@ -549,6 +583,7 @@ class OrbitExecutor:
             if self._adds(rg):
                 (Q if rg.dual else P).index_add_(0, rg.blocks, x @ x.mT)
         P, Q = self._reduce(P, Q)
+        self._lap("statistics")
         stable = stable_blocks(st.kind, P, Q)
         eye = torch.eye(m, dtype=dtype, device=first.device)
         held = ~stable if skip is None else ~stable | skip.bool()
@@ -557,6 +592,7 @@ class OrbitExecutor:
         A, A_dual = _solve(st.kind, P, Q) if exact else _first_order(st.kind, P, Q)
         A = torch.where(held[:, None, None], eye, A)            # the identity maps rows to themselves bit for bit
         A_dual = torch.where(held[:, None, None], eye, A_dual)
+        self._lap("solves")
         moved, moment = [], torch.zeros(nb, m, dtype=dtype, device=first.device)
         for rg, x in zip(st.groups, rows):
             y = (A_dual if rg.dual else A)[rg.blocks] @ x
@@ -572,12 +608,14 @@ class OrbitExecutor:
             if exact:
                 y = y * sign[rg.blocks].unsqueeze(-1)
             self._write(params[rg.param], rg, y)
+        self._lap("application")
         residual = (sign.unsqueeze(-1) * A - eye).abs().amax() if nb else torch.zeros((), device=first.device)
         return residual, stable
 
     def _balance_diagonal(self, st: Stage, params, skip, exact: bool = True):
-        """m = 1 blocks (rescales, gains, SwiGLU units): row norms by reduction, the action by one broadcast
-        multiply per leg; nothing is gathered or scattered."""
+        """Blocks whose element is a scalar c I: m = 1 blocks (rescales, gains, SwiGLU units), and the per-step
+        sweep of blocks whose per-step element is their common scale (a RoPE pair: c⁴ = tr Q / tr P). Row norms by
+        reduction, the action by one broadcast multiply per leg; nothing is gathered or scattered."""
         first = params[st.groups[0].param]
         dtype = torch.float64 if first.dtype == torch.float64 else torch.float32
         dev, nb = first.device, st.n_blocks
@@ -601,15 +639,15 @@ class OrbitExecutor:
                                         dims=(dims, list(range(len(dims)))))
             else:
                 total = x.to(dtype) * _probe(1, P)
-            idx = rg.rows[:, 0]
-            if self._adds(rg):
-                (Q if rg.dual else P).index_add_(0, rg.blocks, sq[idx])
-            sums.append(None if total is None else total[idx])
+            if self._adds(rg):        # a block's trace: the squared norms of its m rows
+                (Q if rg.dual else P).index_add_(0, rg.blocks, sq[rg.rows].sum(1))
+            sums.append(None if total is None else total[rg.rows[:, 0]])
         P, Q = self._reduce(P, Q)
+        self._lap("statistics")
         stable = stable_blocks(st.kind, P.view(nb, 1, 1), Q.view(nb, 1, 1))
         one = torch.ones_like(P)
-        A, A_dual = _solve(st.kind, torch.where(stable, P, one).view(nb, 1, 1),
-                           torch.where(stable, Q, one).view(nb, 1, 1))
+        A, A_dual = (_solve if exact else _first_order)(st.kind, torch.where(stable, P, one).view(nb, 1, 1),
+                                                        torch.where(stable, Q, one).view(nb, 1, 1))
         held = ~stable if skip is None else ~stable | skip.bool()
         c = torch.where(held, one, A.view(nb))
         c_dual = torch.where(held, one, A_dual.view(nb))
@@ -621,10 +659,11 @@ class OrbitExecutor:
             moment, = self._reduce(moment)
         sign = _orientation(st.kind, moment.view(nb, 1), exact).view(nb)
         sign = torch.where(held, one, sign)
+        self._lap("solves")
         for rg in st.groups:
             p, axis = self._part(params[rg.param], rg)
             factor = torch.ones(p.shape[axis], dtype=dtype, device=dev)
-            factor[rg.rows[:, 0]] = ((c_dual if rg.dual else c) * sign)[rg.blocks]
+            factor[rg.rows] = ((c_dual if rg.dual else c) * sign)[rg.blocks].unsqueeze(1)   # every row of a block
             shape = [1] * p.dim()
             shape[axis] = -1
             factor = factor.view(shape)        # a factor of exactly 1 (held, skipped) leaves the rows bit for bit
@@ -633,6 +672,7 @@ class OrbitExecutor:
                 p.copy_(torch.where(factor == 1, p, new))
             else:
                 p.mul_(factor.to(p.dtype))
+        self._lap("application")
         residual = (sign * c - 1).abs().amax() if nb else torch.zeros((), device=dev)
         return residual, stable
 
@@ -784,7 +824,7 @@ def _sum_over(p: torch.Tensor, axes: tuple) -> torch.Tensor:
 
 
 # entries per chunk of _column_square_sums: the squares stay in the L2 cache
-_CHUNK = 1 << 16
+_CHUNK = 1 << 18
 
 
 def _column_square_sums(x: torch.Tensor, axis: int, dtype) -> torch.Tensor:
