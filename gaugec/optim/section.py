@@ -830,11 +830,12 @@ _CHUNK = 1 << 18
 def _column_square_sums(x: torch.Tensor, axis: int, dtype) -> torch.Tensor:
     """Σ x² over every axis but ``axis`` ([x.shape[axis]], in ``dtype``). torch's strided norm along a leading axis is
     ~40x slower than square-and-sum, and squaring a large matrix whole costs more in page faults than the sum; so the
-    squares are taken over chunks of the leading rows into one reused buffer and summed by a matrix-vector product."""
+    squares are taken over chunks of the leading rows into one reused buffer and summed by a matrix-vector product
+    (under torch.compile the plain expression, which inductor fuses into one loop without the temporary)."""
     lead = x.movedim(axis, -1)
     lead = lead.reshape(-1, lead.shape[-1])
     n, width = lead.shape
-    if n * width <= _CHUNK or not lead.is_contiguous():
+    if n * width <= _CHUNK or not lead.is_contiguous() or torch.compiler.is_compiling():
         return lead.to(dtype).square().sum(dim=0)
     rows = max(1, _CHUNK // width)
     buffer = torch.empty(rows, width, dtype=dtype, device=x.device)
