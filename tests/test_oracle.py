@@ -373,3 +373,30 @@ def test_an_oracle_that_runs_out_of_time_leaves_the_compile_counted_and_checks_s
     assert row["status"] == "oracle timeout" and row["sound"] and "soundness only (sound)" in row["why"], row
     table = cov.format_coverage([row])
     assert "compiled: **1 / 1 = 100%**" in table and "unsound: 0" in table
+
+
+class _SdpaBlock(nn.Module):
+    """Attention whose output goes permute → .contiguous() → view: torch.export drops the .contiguous() (a no-op on
+    the layout its fake SDPA kernel reports), and the float64 re-run, whose SDPA returns another layout, then meets
+    a view of a non-viewable tensor (data2vec-vision in the coverage sweep)."""
+
+    def __init__(self, d=8, heads=2):
+        super().__init__()
+        self.heads = heads
+        self.qkv, self.o, self.head = nn.Linear(d, 3 * d), nn.Linear(d, d), nn.Linear(d, 3)
+
+    def forward(self, x):
+        b, t, d = x.shape
+        q, k, v = self.qkv(x).view(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        y = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+        return self.head(self.o(y.permute(0, 2, 1, 3).contiguous().view(b, t, d)) + x)
+
+
+def test_a_graph_whose_export_dropped_a_contiguous_still_runs_in_float64():
+    torch.manual_seed(0)
+    model, inputs = _SdpaBlock(), (torch.randn(1, 5, 8),)
+    plan = gaugec.compile(model, inputs)
+    assert any(g.kind == "add" for g in plan.gauges)      # the absorber pass re-runs the captured graph
+    rep = gaugec.verify(model, inputs, plan)
+    assert rep.sound and rep.found_rank <= rep.nullity
+    assert gaugec.verify(model, inputs, plan, soundness_only=True).sound

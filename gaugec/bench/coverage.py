@@ -132,7 +132,14 @@ def run_one(task: str, model_type: str) -> dict:
         def soundness_only(status, why):
             nonlocal running
             running = f"the soundness check over {ORACLE_LIMIT_S} s"
-            rep = gaugec.verify(model, inputs, plan, soundness_only=True)
+            try:
+                rep = gaugec.verify(model, inputs, plan, soundness_only=True)
+            except _Timeout:
+                raise
+            except Exception as exc:  # noqa: BLE001 - as the oracle's own failures below: a row, not a crash
+                return {**row, "status": "oracle failed", "why": f"{why}; the soundness check: "
+                        f"{type(exc).__name__}: {str(exc).splitlines()[0][:90]}",
+                        "generators": sum(g.dim for g in plan.gauges), "seconds": time.perf_counter() - t0}
             return {**row, "status": status, "sound": rep.sound,
                     "why": f"{why}: soundness only ({'sound' if rep.sound else 'UNSOUND'})",
                     "generators": sum(g.dim for g in plan.gauges), "seconds": time.perf_counter() - t0}
