@@ -117,7 +117,10 @@ def input_vocabularies(model, example_inputs: tuple) -> dict[int, tuple[int, set
     found by one forward pass with hooks on every ``nn.Embedding`` (a table whose lookup equals that input; when none
     does, the largest table). A position table longer than the vocabulary is not the vocabulary: ids drawn below it
     would index past the token table."""
-    tables = [m for m in model.modules() if isinstance(m, torch.nn.Embedding)]
+    # nn.Embedding and its look-alikes (I-BERT's QuantEmbedding): a 2-D weight looked up with a padding_idx, whose
+    # row gets no gradient from autograd although the forward reads it, so J would disagree with f on it
+    tables = [m for m in model.modules() if isinstance(m, torch.nn.Embedding) or (
+        hasattr(m, "padding_idx") and isinstance(getattr(m, "weight", None), torch.Tensor) and m.weight.dim() == 2)]
     ints = {i: x for i, x in enumerate(example_inputs) if isinstance(x, torch.Tensor) and not x.is_floating_point()
             and x.dtype != torch.bool}
     if not tables or not ints:
@@ -142,7 +145,7 @@ def input_vocabularies(model, example_inputs: tuple) -> dict[int, tuple[int, set
     out = {}
     for i in ints:       # no table takes the input as it is (ids offset first): every table, the largest
         mods = seen.get(i)
-        size = min(m.num_embeddings for m in mods) if mods else max(m.num_embeddings for m in tables)
+        size = min(m.weight.shape[0] for m in mods) if mods else max(m.weight.shape[0] for m in tables)
         out[i] = (size, {m.padding_idx for m in (mods or tables) if m.padding_idx is not None})
     return out
 

@@ -843,8 +843,8 @@ def _column_square_sums(x: torch.Tensor, axis: int, dtype) -> torch.Tensor:
     out = torch.zeros(width, dtype=dtype, device=x.device)
     for start in range(0, n, rows):
         chunk = lead[start:start + rows]
-        square = buffer[:len(chunk)]
-        torch.mul(chunk, chunk, out=square)
+        square = buffer[:len(chunk)].copy_(chunk)      # in ``dtype`` before squaring (a bfloat16 parameter)
+        square.mul_(square)
         out.addmv_(square.mT, ones[:len(chunk)])
     return out
 
