@@ -114,7 +114,7 @@ def generic_init_(model: torch.nn.Module, seed: int = 0):
 
 def input_vocabularies(model, example_inputs: tuple) -> dict[int, tuple[int, set]]:
     """For each integer input: (the size of the smallest embedding table it is looked up in, their padding rows),
-    found by one forward pass with hooks on every ``nn.Embedding`` (a table whose lookup equals that input; when none
+    found by one forward pass with hooks on every ``nn.Embedding`` or look-alike (a table whose lookup equals that input; when none
     does, the largest table). A position table longer than the vocabulary is not the vocabulary: ids drawn below it
     would index past the token table."""
     # nn.Embedding and its look-alikes (I-BERT's QuantEmbedding): a 2-D weight looked up with a padding_idx, whose

@@ -77,7 +77,8 @@ class GraphRunner:
                 args = tuple(torch.float64 if isinstance(a, torch.dtype) and a in _FLOATS else a for a in args)
                 if target is torch.ops.aten.view.default:
                     # the same values wherever view is valid; export drops a .contiguous() that was a no-op on the
-                    # layout it traced, which another batch can break (data2vec-vision's attention output)
+                    # layout its fake kernels reported, and this float64 re-run's SDPA returns another layout
+                    # (data2vec-vision's attention output)
                     target = torch.ops.aten.reshape.default
                 return super().call_function(target, args, kwargs)
 
