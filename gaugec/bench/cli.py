@@ -103,8 +103,8 @@ def main(argv=None):
         if len(rows) < asked:
             table = (f"**Partial: {len(rows)} of {asked} architectures** (stopped at --budget; `--resume` goes on "
                      f"from `docs/data/coverage_rows.jsonl`).\n\n{table}")
-        took = (f"rows gathered over several --resume runs, each row's seconds in its last column; this run "
-                f"{time.perf_counter() - t0:.0f} s" if args.resume else f"{time.perf_counter() - t0:.0f} s")
+        took = (f"{sum(r.get('seconds', 0.0) for r in rows):.0f} s summed over the rows, gathered by --resume runs"
+                if args.resume else f"{time.perf_counter() - t0:.0f} s")
         text = (f"Command: `python -m gaugec.bench coverage --write` (transformers {transformers.__version__}, "
                 f"torch {torch.__version__}, {took} on {os.cpu_count()} CPU cores)\n\n{table}")
         print(text)
