@@ -257,12 +257,30 @@ def _gl_first_order(P, Q):
     symmetric, with A^-T = (I + X/2)^-1 (I - X/2) exact — no eigensolver. Newton would solve
     X (P + Q) + (P + Q) X = Q - P; dividing by ‖P + Q‖_F ≥ λ_max instead never overshoots.
     Since I + X/2 = 2I - (I - X/2), A = 2 (I - X/2)^-1 - I and A^-T = 2 (I + X/2)^-1 - I: two inverses of symmetric
-    matrices with eigenvalues in [¾, 5/4], each by a batched Cholesky (a third of what two LU solves cost)."""
+    matrices M with eigenvalues in [¾, 5/4], taken together by Newton–Schulz (batched matrix products only)."""
     eye = torch.eye(P.shape[-1], dtype=P.dtype, device=P.device)
     X = 0.5 * (Q - P) / torch.linalg.matrix_norm(P + Q).clamp_min(torch.finfo(P.dtype).tiny)[:, None, None]
     X = 0.5 * (X + X.mT)
-    inverses = [torch.cholesky_inverse(torch.linalg.cholesky_ex(eye + sign * 0.5 * X)[0]) for sign in (-1.0, 1.0)]
-    return tuple(2 * inv - eye for inv in inverses)
+    half = 0.5 * X
+    inverses = _newton_schulz_inverse(torch.cat([eye - half, eye + half]), start=torch.cat([eye + half, eye - half]))
+    return tuple(2 * inv - eye for inv in inverses.chunk(2))
+
+
+def _newton_schulz_inverse(M, start):
+    """M^-1 for a batch of symmetric M with ‖I - M‖₂ ≤ ¼, from ``start`` = 2I - M (the Neumann series to first order;
+    a fresh tensor, used as a work buffer):
+    Y ← Y (2I - M Y) squares the residual E = I - M Y, and ‖E₀‖ = ‖(I - M)²‖ ≤ 1/16, so k steps leave
+    ‖E‖ ≤ 16^-(2^k): 3 steps reach 2·10⁻¹⁰ (below float32's rounding), 4 reach 5·10⁻²⁰ (below float64's). A fixed
+    count keeps the step a deterministic function of the point, with no host synchronisation; on a CPU the 2k
+    batched products cost less than LAPACK's per-matrix Cholesky factorisations and inverses."""
+    steps = 4 if M.dtype == torch.float64 else 3
+    two = 2 * torch.eye(M.shape[-1], dtype=M.dtype, device=M.device)
+    Y, T, Z = start, torch.empty_like(M), torch.empty_like(M)   # ``start`` is overwritten: no allocation per product
+    for _ in range(steps):
+        torch.baddbmm(two, M, Y, alpha=-1, out=T)
+        torch.bmm(Y, T, out=Z)
+        Y, Z = Z, Y
+    return Y
 
 
 def _gl_stable(P, Q):
