@@ -28,7 +28,9 @@ def _state_bytes(opt) -> int:
 
 
 def _executor_bytes(executor) -> int:
-    return sum(t.numel() * t.element_size() for st in executor.stages for rg in st.groups for t in (rg.rows, rg.blocks))
+    """The executor's index tensors and its per-step work buffers."""
+    return sum(t.numel() * t.element_size() for st in executor.stages for rg in st.groups for t in (rg.rows, rg.blocks)) \
+        + sum(t.numel() * t.element_size() for t in executor._work.values())
 
 
 def bench_step(device: str = "cpu", repeats: int = 10, only=None) -> list[dict]:
