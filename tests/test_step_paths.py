@@ -72,6 +72,9 @@ def test_chunked_column_square_sums_match_the_plain_reduction(axis):
     plain = x.square().sum(dim=1 - axis)
     assert torch.allclose(_column_square_sums(x, axis, torch.float64), plain, rtol=1e-13, atol=0)
     assert torch.allclose(_column_square_sums(x.float(), axis, torch.float32), plain.float(), rtol=1e-5, atol=0)
+    low = x.bfloat16()                                  # squared in float32, after the conversion
+    assert torch.allclose(_column_square_sums(low, axis, torch.float32), low.float().square().sum(dim=1 - axis),
+                          rtol=1e-5, atol=0)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])

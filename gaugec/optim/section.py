@@ -860,8 +860,11 @@ def _column_square_sums(x: torch.Tensor, axis: int, dtype) -> torch.Tensor:
     out = torch.zeros(width, dtype=dtype, device=x.device)
     for start in range(0, n, rows):
         chunk = lead[start:start + rows]
-        square = buffer[:len(chunk)].copy_(chunk)      # in ``dtype`` before squaring (a bfloat16 parameter)
-        square.mul_(square)
+        square = buffer[:len(chunk)]
+        if chunk.dtype == dtype:
+            torch.mul(chunk, chunk, out=square)        # one read of the chunk, the squares written to the cache
+        else:                                          # converted before squaring (a bfloat16 parameter)
+            square.copy_(chunk).mul_(square)
         out.addmv_(square.mT, ones[:len(chunk)])
     return out
 
